@@ -1,0 +1,209 @@
+"""One error hierarchy and one envelope for every 4xx/5xx.
+
+Every error leaves the service as `{"error": "<Name>", "detail": "<text>", "fields": [...]}`
+(`fields` only for validation errors). Services raise `DPSError` subclasses; the
+handlers installed by `install_error_handlers` turn them, FastAPI's request validation
+errors and Starlette's routing errors into that envelope.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class FieldError(BaseModel):
+    """One invalid input location."""
+
+    loc: list[str | int] = Field(description="Path to the offending value, e.g. ['body', 'name']")
+    msg: str
+    type: str
+
+
+class ErrorEnvelope(BaseModel):
+    """The body of every error response."""
+
+    error: str = Field(description="Machine-readable error name", examples=["PipelineNotFound"])
+    detail: str = Field(description="Human-readable explanation")
+    fields: list[FieldError] | None = Field(default=None, description="Invalid inputs, if any")
+
+
+class DPSError(Exception):
+    """Base of every error the service raises on purpose.
+
+    The class name is the envelope's `error`; subclasses set `status_code`.
+    """
+
+    status_code: int = 500
+    headers: Mapping[str, str] | None = None
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        fields: Sequence[FieldError] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.fields = list(fields) if fields is not None else None
+        if headers is not None:
+            self.headers = headers
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def envelope(self) -> ErrorEnvelope:
+        return ErrorEnvelope(error=self.name, detail=self.detail, fields=self.fields)
+
+
+class BadRequest(DPSError):
+    status_code = 400
+
+
+class Unauthorized(DPSError):
+    status_code = 401
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(DPSError):
+    status_code = 403
+
+
+class NotFound(DPSError):
+    status_code = 404
+
+
+class ProjectNotFound(NotFound):
+    pass
+
+
+class PipelineNotFound(NotFound):
+    pass
+
+
+class EventNotFound(NotFound):
+    pass
+
+
+class FeatureNotFound(NotFound):
+    pass
+
+
+class DeploymentNotFound(NotFound):
+    pass
+
+
+class Conflict(DPSError):
+    status_code = 409
+
+
+class PayloadTooLarge(DPSError):
+    status_code = 413
+
+
+class UnprocessableEntity(DPSError):
+    status_code = 422
+
+
+class ValidationFailed(UnprocessableEntity):
+    """Input that parsed but breaks a rule; `fields` says where."""
+
+
+class TooManyRequests(DPSError):
+    status_code = 429
+
+
+class ServiceUnavailable(DPSError):
+    status_code = 503
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries documenting the envelope for the given status codes."""
+    return {code: {"model": ErrorEnvelope} for code in codes}
+
+
+_STATUS_NAMES = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    406: "NotAcceptable",
+    413: "PayloadTooLarge",
+    415: "UnsupportedMediaType",
+    429: "TooManyRequests",
+}
+
+
+def _json(status: int, envelope: ErrorEnvelope, headers: Mapping[str, str] | None) -> JSONResponse:
+    return JSONResponse(
+        status_code=status,
+        content=envelope.model_dump(exclude_none=True),
+        headers=dict(headers) if headers else None,
+    )
+
+
+def validation_fields(errors: Sequence[Any]) -> list[FieldError]:
+    """Pydantic/FastAPI error dicts → FieldError list (input values are never echoed back)."""
+    return [
+        FieldError(
+            loc=[p if isinstance(p, int) else str(p) for p in err.get("loc", ())],
+            msg=str(err.get("msg", "")),
+            type=str(err.get("type", "")),
+        )
+        for err in errors
+    ]
+
+
+async def _dps_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DPSError)
+    if exc.status_code >= 500:
+        logger.error("request failed: %s: %s", exc.name, exc.detail)
+    return _json(exc.status_code, exc.envelope(), exc.headers)
+
+
+async def _request_validation(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    fields = validation_fields(exc.errors())
+    body_json_error = any(f.type == "json_invalid" for f in fields)
+    if body_json_error:
+        envelope = ErrorEnvelope(error="MalformedJSON", detail="Request body is not valid JSON")
+    else:
+        first = fields[0] if fields else None
+        where = ".".join(str(p) for p in first.loc) if first else "request"
+        detail = f"{where}: {first.msg}" if first else "Invalid request"
+        envelope = ErrorEnvelope(error="ValidationError", detail=detail, fields=fields)
+    return _json(422, envelope, None)
+
+
+async def _http_exception(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    name = _STATUS_NAMES.get(exc.status_code, "HTTPError")
+    detail = exc.detail if isinstance(exc.detail, str) else name
+    return _json(exc.status_code, ErrorEnvelope(error=name, detail=detail), exc.headers)
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    # A bug, not an input problem: log the traceback, answer with the envelope and
+    # no internals. The name says it is ours, never "Unknown".
+    logger.exception("unhandled error", exc_info=exc)
+    return _json(500, ErrorEnvelope(error="InternalError", detail="Internal server error"), None)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every error through the one envelope."""
+    app.add_exception_handler(DPSError, _dps_error)
+    app.add_exception_handler(RequestValidationError, _request_validation)
+    app.add_exception_handler(StarletteHTTPException, _http_exception)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,159 @@
+"""Settings: one class per process on a shared base.
+
+Shared concerns (which backend of each kind, where the servers are, how tokens are
+checked) are read from unprefixed environment variables (`CONFIG_STORE`,
+`MONGODB_URL`, `JWT_SECRET`...) so one env file wires every process the same way.
+Process-specific knobs (port, limits) carry the process's prefix (`API_`, `INGEST_`,
+`COMPUTE_`, `SERVING_`, `STANDALONE_`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Environment = Literal["production", "development"]
+ConfigStoreKind = Literal["mongodb", "sqlite"]
+EventLogKind = Literal["kafka", "local"]
+OnlineStoreKind = Literal["aerospike", "redis", "sqlite"]
+AnalyticsKind = Literal["none", "clickhouse", "chdb"]
+CacheKind = Literal["redis", "memory"]
+
+# Secrets that ship in examples and docs; a production process refuses them.
+_KNOWN_DEV_SECRETS = frozenset({"changethis", "dev-secret", "secret", "standalone-dev-secret"})
+
+
+class BackendSettings(BaseSettings):
+    """Which implementation serves each backend kind, and where its server is."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    config_store: ConfigStoreKind = "mongodb"
+    event_log: EventLogKind = "kafka"
+    online_store: OnlineStoreKind = "redis"
+    analytics: AnalyticsKind = "none"
+    cache: CacheKind = "redis"
+
+    mongodb_url: str = "mongodb://127.0.0.1:27017/"
+    mongodb_database: str = "dataplatform"
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_topic: str = "events"
+    kafka_consumer_group: str = "dps-compute"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    aerospike_hosts: str = "127.0.0.1:3000"
+    aerospike_namespace: str = "features"
+    clickhouse_url: str = "http://127.0.0.1:8123/"
+    # Embedded backends (standalone) keep their files here.
+    data_dir: Path = Path("./data")
+
+
+class AuthSettings(BaseSettings):
+    """How bearer tokens from the Identity Service are verified."""
+
+    model_config = SettingsConfigDict(env_prefix="JWT_", extra="ignore")
+
+    algorithm: Literal["HS256", "RS256"] = "HS256"
+    secret: SecretStr | None = None
+    public_key: str | None = None
+    issuer: str | None = None
+    audience: str | None = None
+
+
+class ServiceSettings(BaseSettings):
+    """The base every process's settings class extends."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    environment: Environment = Field(default="production", validation_alias="ENVIRONMENT")
+    auth_disabled: bool = Field(default=False, validation_alias="AUTH_DISABLED")
+    log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
+    backends: BackendSettings = Field(default_factory=BackendSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production_values(self) -> Self:
+        if self.environment != "production":
+            return self
+        if self.auth_disabled:
+            raise ValueError("AUTH_DISABLED=true is refused unless ENVIRONMENT=development")
+        if self.auth.algorithm == "HS256":
+            secret = self.auth.secret.get_secret_value() if self.auth.secret else ""
+            if secret in _KNOWN_DEV_SECRETS or len(secret) < 32:
+                raise ValueError(
+                    "JWT_SECRET must be set to a random value of at least 32 characters "
+                    "(or set ENVIRONMENT=development for local work)"
+                )
+        elif not self.auth.public_key:
+            raise ValueError("JWT_PUBLIC_KEY is required with JWT_ALGORITHM=RS256")
+        return self
+
+
+class ConfigApiSettings(ServiceSettings):
+    """The config API (`uvicorn main:app`)."""
+
+    model_config = SettingsConfigDict(env_prefix="API_", extra="ignore")
+
+    port: int = 8000
+    # Where storefronts reach ingestion; shown in GET .../webhook.
+    public_ingest_url: str = "http://127.0.0.1:8001"
+    default_rotation_grace_hours: int = Field(default=24, ge=0, le=24 * 30)
+
+
+class IngestionSettings(ServiceSettings):
+    """The ingestion runtime (`runtime/ingestion/main.py`)."""
+
+    model_config = SettingsConfigDict(env_prefix="INGEST_", extra="ignore")
+
+    port: int = 8001
+    max_event_bytes: int = 32 * 1024
+    max_batch_bytes: int = 500 * 1024
+    max_batch_events: int = 2500
+    signature_tolerance_seconds: int = 300
+    max_future_seconds: int = 300
+    dedup_ttl_seconds: int = 24 * 3600
+    unknown_properties: Literal["reject", "drop"] = "reject"
+    rate_limit_project: str = "6000/minute"
+    rate_limit_pipeline: str = "3000/minute"
+
+
+class ComputeSettings(ServiceSettings):
+    """The compute runtime (`runtime/compute/main.py`); HTTP only for health and metrics."""
+
+    model_config = SettingsConfigDict(env_prefix="COMPUTE_", extra="ignore")
+
+    port: int = 9100
+    max_batch_messages: int = 2000
+    poll_timeout_ms: int = 200
+
+
+class ServingSettings(ServiceSettings):
+    """The serving runtime (`runtime/serving/main.py`)."""
+
+    model_config = SettingsConfigDict(env_prefix="SERVING_", extra="ignore")
+
+    port: int = 8002
+    max_batch_users: int = 1000
+
+
+class StandaloneSettings(ServiceSettings):
+    """All four roles in one process with embedded backends: the quickest way to see it work."""
+
+    model_config = SettingsConfigDict(env_prefix="STANDALONE_", extra="ignore")
+
+    environment: Environment = Field(default="development", validation_alias="ENVIRONMENT")
+    port: int = 8000
+    backends: BackendSettings = Field(
+        default_factory=lambda: BackendSettings(
+            config_store="sqlite",
+            event_log="local",
+            online_store="sqlite",
+            analytics="chdb",
+            cache="memory",
+        )
+    )

@@ -1,0 +1,84 @@
+"""Deployments: versioned snapshots of a project's config, and the change list."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from app.schemas.common import ObjectIdStr, RequestModel, ResponseModel
+from app.schemas.feature import Aggregation
+from app.schemas.pipeline import Category, EventDefinition, PipelineStatus
+
+DeploymentStatus = Literal["pending", "deploying", "success", "failed", "rolled_back"]
+ChangeType = Literal["create", "update", "delete"]
+ResourceType = Literal["pipeline", "event", "feature"]
+
+
+class Change(ResponseModel):
+    type: ChangeType
+    resource_type: ResourceType
+    resource_id: str = Field(description="Pipeline/feature id; `{pipeline_id}/{event}` for events")
+    description: str = Field(examples=["feature cart_adds: windows 1h,24h → 5m,1h,24h"])
+
+
+class PipelineSnapshot(ResponseModel):
+    """A pipeline as deployed (no secrets: those rotate without a deploy)."""
+
+    id: str
+    name: str
+    description: str = ""
+    category: Category
+    status: PipelineStatus
+    events: list[EventDefinition]
+
+
+class FeatureSnapshot(ResponseModel):
+    """A feature as deployed."""
+
+    id: str
+    name: str
+    description: str = ""
+    pipeline_id: str
+    source_event: str
+    aggregation: Aggregation
+    field: str | None
+    time_windows: list[str]
+    enabled: bool
+
+
+class ConfigSnapshot(ResponseModel):
+    """The whole config of one project at one version: what the runtimes run."""
+
+    project_id: str
+    version: int
+    pipelines: list[PipelineSnapshot]
+    features: list[FeatureSnapshot]
+
+
+class DeploymentCreate(RequestModel):
+    """POST /deployments body (optional)."""
+
+    description: str = Field(default="", max_length=1000)
+
+
+class DeploymentRead(ResponseModel):
+    id: ObjectIdStr
+    project_id: str
+    version: int
+    status: DeploymentStatus
+    changes: list[Change]
+    description: str = ""
+    deployed_by: str
+    deployed_at: datetime | None
+    created_at: datetime
+    error: str | None = None
+    rolled_back_from: int | None = Field(
+        default=None, description="For a rollback: the version whose snapshot was re-activated"
+    )
+
+
+class PendingChanges(ResponseModel):
+    base_version: int | None = Field(description="Version the diff is against; null if none")
+    changes: list[Change]

@@ -1,0 +1,116 @@
+"""Pipelines with their nested events and fields (the plan's `pipelines` collection)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from app.schemas.common import (
+    Description,
+    Identifier,
+    Name,
+    ObjectIdStr,
+    PropertyName,
+    RequestModel,
+    ResponseModel,
+)
+
+FieldType = Literal["string", "number", "boolean", "timestamp", "object"]
+Category = Literal["behavioral", "transaction", "context", "marketing", "trust", "realtime"]
+PipelineStatus = Literal["active", "inactive", "configuring"]
+
+MAX_EVENTS_PER_PIPELINE = 100
+MAX_FIELDS_PER_EVENT = 100
+
+
+class EventField(RequestModel):
+    """One property an event carries in `properties`."""
+
+    name: PropertyName
+    type: FieldType
+    required: bool = False
+    description: Description = ""
+
+
+class EventDefinition(RequestModel):
+    """An event a pipeline accepts, with its property schema."""
+
+    name: Identifier = Field(examples=["add_to_cart"])
+    description: Description = ""
+    enabled: bool = True
+    fields: list[EventField] = Field(default_factory=list, max_length=MAX_FIELDS_PER_EVENT)
+
+    @field_validator("fields")
+    @classmethod
+    def _unique_field_names(cls, fields: list[EventField]) -> list[EventField]:
+        names = [f.name for f in fields]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate field names: {', '.join(duplicates)}")
+        return fields
+
+
+def _unique_event_names(events: list[EventDefinition]) -> list[EventDefinition]:
+    names = [e.name for e in events]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate event names: {', '.join(duplicates)}")
+    return events
+
+
+class PipelineCreate(RequestModel):
+    """POST body. With `template`, events (and suggested features) come from the template
+    unless `events` is given too."""
+
+    name: Name
+    description: Description = ""
+    category: Category | None = None
+    template: Identifier | None = Field(default=None, description="Start from a template")
+    events: list[EventDefinition] | None = Field(default=None, max_length=MAX_EVENTS_PER_PIPELINE)
+
+    @field_validator("events")
+    @classmethod
+    def _unique_events(cls, events: list[EventDefinition] | None) -> list[EventDefinition] | None:
+        return _unique_event_names(events) if events is not None else None
+
+
+class PipelineUpdate(RequestModel):
+    """PUT body: a full replacement. `revision` must match the stored one (else 409)."""
+
+    name: Name
+    description: Description = ""
+    category: Category
+    events: list[EventDefinition] = Field(max_length=MAX_EVENTS_PER_PIPELINE)
+    revision: int = Field(ge=1, description="The revision this edit was based on")
+
+    @field_validator("events")
+    @classmethod
+    def _unique_events(cls, events: list[EventDefinition]) -> list[EventDefinition]:
+        return _unique_event_names(events)
+
+
+class EventUpdate(EventDefinition):
+    """PUT .../events/{event_name} body; `name` may differ to rename the event."""
+
+
+class PipelineRead(ResponseModel):
+    id: ObjectIdStr
+    project_id: str
+    name: str
+    description: str
+    category: Category
+    status: PipelineStatus
+    events: list[EventDefinition]
+    revision: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookSecrets(ResponseModel):
+    """Signing secrets of a pipeline. Never part of PipelineRead or a deployment snapshot."""
+
+    current: str
+    previous: str | None = None
+    previous_expires_at: datetime | None = None

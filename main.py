@@ -1,0 +1,28 @@
+"""The config API process: `uvicorn main:app --port 8000`."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from app.api.v1.router import api_router
+from app.core.service import Backend, build_app
+from app.core.settings import ConfigApiSettings
+
+
+def create_app(settings: ConfigApiSettings | None = None) -> FastAPI:
+    settings = settings or ConfigApiSettings()
+    return build_app(
+        settings=settings,
+        title="Data Platform Service: config API",
+        description="Pipelines, event schemas, feature definitions and deployments.",
+        needs=(Backend.CONFIG_STORE, Backend.CACHE),
+        routers=api_router(),
+    )
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn main:app` reads this attribute; building it lazily keeps importing the
+    # module free of side effects (tests build their own app with create_app()).
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)
