@@ -34,10 +34,11 @@ ferretdb_install() {
   need_cmd go
   log "building FerretDB $FERRETDB_VERSION into $FERRETDB_BIN (first run: a minute or two)"
   mkdir -p "$FERRETDB_HOME"
-  local dir src
+  local dir src json
   # `go mod download` works outside any module and prints where the source is.
-  dir="$(cd "$FERRETDB_HOME" && go_env go mod download -json "$FERRETDB_MODULE@$FERRETDB_VERSION" |
-    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')"
+  json="$(cd "$FERRETDB_HOME" && go_env go mod download -json "$FERRETDB_MODULE@$FERRETDB_VERSION")" ||
+    die "go mod download $FERRETDB_MODULE@$FERRETDB_VERSION failed: $json"
+  dir="$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p' <<<"$json")"
   [[ -n "$dir" && -d "$dir" ]] || die "go mod download of $FERRETDB_MODULE@$FERRETDB_VERSION gave no source dir"
   # The published module lacks the generated build/version/version.txt, and
   # a binary built without it panics at start ("go install" does exactly
@@ -48,9 +49,13 @@ ferretdb_install() {
   chmod -R u+w "$src"
   printf '%s\n' "$FERRETDB_VERSION" >"$src/build/version/version.txt"
   printf '%s\n' "dps-scripts" >"$src/build/version/package.txt"
-  if ! (cd "$src" && go_env go build -trimpath -o "$FERRETDB_BIN.tmp" ./cmd/ferretdb) >&2; then
+  # Build output (mostly "go: downloading ...") goes to a log, not the console.
+  local build_log="$LOG_DIR/ferretdb-build.log"
+  mkdir -p "$LOG_DIR"
+  if ! (cd "$src" && go_env go build -trimpath -o "$FERRETDB_BIN.tmp" ./cmd/ferretdb) >"$build_log" 2>&1; then
+    tail -n 30 "$build_log" >&2
     rm -rf "$src" "$FERRETDB_BIN.tmp"
-    die "go build of FerretDB failed"
+    die "go build of FerretDB failed (full output: $build_log)"
   fi
   rm -rf "$src"
   # Rename last: a half-built binary is never taken for a cached one.

@@ -55,22 +55,24 @@ show_log_tail() {
 
 # ---------------------------------------------------------------- packages
 
-# apt-get update is slow and needed only once per machine boot at most;
-# remember in this process that it ran.
-_DPS_APT_UPDATED=0
+# apt_install PKG...: Debian packages, as root (or via sudo). servers.sh runs
+# the per-server scripts in parallel, so apt runs are serialized with flock
+# (dpkg would otherwise fail on its lock). apt-get update runs once per call.
 apt_install() {
   local sudo=()
   if [[ "$(id -u)" != 0 ]]; then
     command -v sudo >/dev/null 2>&1 || die "need root or sudo to apt-get install $*"
     sudo=(sudo)
   fi
-  if [[ "$_DPS_APT_UPDATED" == 0 ]]; then
+  mkdir -p "$RUN_DIR"
+  (
+    flock -w 900 9 || die "timed out waiting for $RUN_DIR/apt.lock"
     log "apt-get update"
-    "${sudo[@]}" apt-get update -qq >&2
-    _DPS_APT_UPDATED=1
-  fi
-  log "apt-get install $*"
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+    "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=300 update -qq >&2
+    log "apt-get install $*"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+      apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "$@" >&2
+  ) 9>"$RUN_DIR/apt.lock"
 }
 
 # need_cmd CMD [DEBIAN_PACKAGE]: make sure CMD exists, installing the package if given.
