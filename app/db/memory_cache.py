@@ -1,0 +1,111 @@
+"""The in-process cache for standalone mode: one process, so one dict is the shared copy.
+
+TTLs use the monotonic clock. Expired keys are dropped when read and, so that
+write-only keys (dedup claims nobody reads again) do not pile up, by a sweep of an
+expiry heap on every write. Pub/sub fans each message out to one asyncio queue per
+subscriber; like Redis, only subscribers present at publish time get it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import time
+from collections.abc import AsyncGenerator
+
+from app.core.settings import BackendSettings
+from app.db.cache import Cache
+
+# A subscriber that stops reading must not grow memory without bound: past this many
+# pending messages the oldest is dropped (notices are "something changed" pings, so
+# the newest is the one that matters).
+_SUBSCRIBER_QUEUE_MAX = 1024
+
+
+class MemoryCache(Cache):
+    """Dict with TTLs and asyncio-queue pub/sub; never unavailable."""
+
+    def __init__(self, settings: BackendSettings | None = None) -> None:
+        self._values: dict[str, tuple[bytes, float | None]] = {}
+        # (expires_at, key): may hold stale entries for keys rewritten since; the
+        # sweep checks the dict before deleting.
+        self._expiries: list[tuple[float, str]] = []
+        self._subscribers: dict[str, set[asyncio.Queue[bytes]]] = {}
+
+    async def ping(self) -> None:
+        """Always answers."""
+
+    def _live(self, key: str, now: float) -> bytes | None:
+        entry = self._values.get(key)
+        if entry is None:
+            return None
+        value, expires_at = entry
+        if expires_at is not None and expires_at <= now:
+            del self._values[key]
+            return None
+        return value
+
+    def _store(self, key: str, value: bytes, ttl_seconds: int | None, now: float) -> None:
+        self._sweep(now)
+        expires_at = None if ttl_seconds is None else now + ttl_seconds
+        self._values[key] = (value, expires_at)
+        if expires_at is not None:
+            heapq.heappush(self._expiries, (expires_at, key))
+
+    def _sweep(self, now: float) -> None:
+        while self._expiries and self._expiries[0][0] <= now:
+            expires_at, key = heapq.heappop(self._expiries)
+            entry = self._values.get(key)
+            if entry is not None and entry[1] == expires_at:
+                del self._values[key]
+
+    async def get(self, key: str) -> bytes | None:
+        """Returns the value or None if absent or expired."""
+        return self._live(key, time.monotonic())
+
+    async def set(self, key: str, value: bytes, ttl_seconds: int | None = None) -> None:
+        """Stores the value, replacing any TTL; ValueError for ttl ≤ 0."""
+        if ttl_seconds is not None and ttl_seconds <= 0:
+            raise ValueError("ttl_seconds must be positive (or None for no expiry)")
+        self._store(key, bytes(value), ttl_seconds, time.monotonic())
+
+    async def delete(self, key: str) -> None:
+        """Removes the key if present."""
+        self._values.pop(key, None)
+
+    async def add_if_absent(self, key: str, ttl_seconds: int) -> bool:
+        """True if this call claimed the key (absent or expired before)."""
+        if ttl_seconds <= 0:
+            raise ValueError("ttl_seconds must be positive")
+        now = time.monotonic()
+        if self._live(key, now) is not None:
+            return False
+        self._store(key, b"1", ttl_seconds, now)
+        return True
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        """Queues the message for every current subscriber of the channel."""
+        for queue in self._subscribers.get(channel, ()):
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(bytes(message))
+
+    def subscribe(self, channel: str) -> AsyncGenerator[bytes, None]:
+        """Yields messages published on the channel from the first `__anext__` on."""
+        return self._subscribe(channel)
+
+    async def _subscribe(self, channel: str) -> AsyncGenerator[bytes, None]:
+        queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=_SUBSCRIBER_QUEUE_MAX)
+        subscribers = self._subscribers.setdefault(channel, set())
+        subscribers.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            subscribers.discard(queue)
+            if not subscribers and self._subscribers.get(channel) is subscribers:
+                del self._subscribers[channel]
+
+    def rate_limit_storage_uri(self) -> str:
+        """Returns `async+memory://`: the `limits` in-process async storage."""
+        return "async+memory://"

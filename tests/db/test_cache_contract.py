@@ -1,0 +1,337 @@
+"""Cache contract: the same behaviour from RedisCache (real Redis) and MemoryCache.
+
+The Redis outage tests start a redis-server of their own on a free port and kill it by
+pid; the shared test server is never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from limits import parse
+from limits.aio.storage import Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import storage_from_string
+
+from app.core.settings import BackendSettings
+from app.db.cache import Cache, CacheUnavailable
+from app.db.memory_cache import MemoryCache
+from app.db.redis_cache import RedisCache
+from tests.conftest import REDIS_URL, unique
+
+PROBE = b"__probe__"
+# Upper bound for anything that must "fail fast": a hang fails the test instead of
+# blocking the suite. Not a timing assertion.
+FAIL_FAST_BOUND_S = 15.0
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("redis", id="redis", marks=pytest.mark.redis),
+        pytest.param("memory", id="memory"),
+    ]
+)
+async def cache(
+    request: pytest.FixtureRequest, backend_settings: BackendSettings
+) -> AsyncIterator[Cache]:
+    impl: Cache = RedisCache(backend_settings) if request.param == "redis" else MemoryCache()
+    await impl.initialize()
+    try:
+        yield impl
+    finally:
+        await impl.close()
+
+
+async def active_subscription(cache: Cache, channel: str) -> AsyncGenerator[bytes, None]:
+    """A subscription known to be live: a subscription starts on the first `__anext__`,
+    so probes are published until one comes back."""
+    sub = cast(AsyncGenerator[bytes, None], cache.subscribe(channel))
+    first = asyncio.ensure_future(anext(sub))
+    for _ in range(100):
+        await cache.publish(channel, PROBE)
+        done, _ = await asyncio.wait({first}, timeout=0.05)
+        if done:
+            break
+    assert first.result() == PROBE
+    return sub
+
+
+async def next_messages(sub: AsyncGenerator[bytes, None], count: int) -> list[bytes]:
+    """The next `count` messages, probes left out."""
+    got: list[bytes] = []
+    async with asyncio.timeout(FAIL_FAST_BOUND_S):
+        while len(got) < count:
+            message = await anext(sub)
+            if message != PROBE:
+                got.append(message)
+    return got
+
+
+async def wait_until_absent(cache: Cache, key: str) -> None:
+    for _ in range(int(FAIL_FAST_BOUND_S / 0.1)):
+        if await cache.get(key) is None:
+            return
+        await asyncio.sleep(0.1)
+    pytest.fail(f"{key} never expired")
+
+
+class TestKeyValue:
+    async def test_get_of_a_missing_key_returns_none(self, cache: Cache) -> None:
+        assert await cache.get(unique("missing")) is None
+
+    async def test_set_then_get_returns_the_exact_bytes(self, cache: Cache) -> None:
+        key, value = unique("k"), bytes(range(256)) * 3
+        await cache.set(key, value)
+        assert await cache.get(key) == value
+
+    async def test_set_overwrites_the_previous_value(self, cache: Cache) -> None:
+        key = unique("k")
+        await cache.set(key, b"one")
+        await cache.set(key, b"two")
+        assert await cache.get(key) == b"two"
+
+    async def test_delete_removes_the_key_and_ignores_missing_keys(self, cache: Cache) -> None:
+        key = unique("k")
+        await cache.set(key, b"v")
+        await cache.delete(key)
+        await cache.delete(key)
+        assert await cache.get(key) is None
+
+    async def test_a_value_set_with_a_ttl_expires(self, cache: Cache) -> None:
+        key = unique("k")
+        await cache.set(key, b"v", ttl_seconds=1)
+        assert await cache.get(key) == b"v"
+        await wait_until_absent(cache, key)
+
+    async def test_set_without_ttl_clears_an_earlier_ttl(self, cache: Cache) -> None:
+        key = unique("k")
+        await cache.set(key, b"short", ttl_seconds=1)
+        await cache.set(key, b"kept")
+        await asyncio.sleep(1.5)
+        assert await cache.get(key) == b"kept"
+
+    async def test_non_positive_ttl_is_refused(self, cache: Cache) -> None:
+        with pytest.raises(ValueError, match="ttl"):
+            await cache.set(unique("k"), b"v", ttl_seconds=0)
+        with pytest.raises(ValueError, match="ttl"):
+            await cache.add_if_absent(unique("k"), ttl_seconds=-1)
+
+    async def test_ping_answers(self, cache: Cache) -> None:
+        await cache.ping()
+
+
+class TestAddIfAbsent:
+    async def test_only_the_first_claim_wins(self, cache: Cache) -> None:
+        key = unique("dedup")
+        assert await cache.add_if_absent(key, ttl_seconds=60) is True
+        assert await cache.add_if_absent(key, ttl_seconds=60) is False
+
+    async def test_concurrent_claims_have_exactly_one_winner(self, cache: Cache) -> None:
+        key = unique("dedup")
+        results = await asyncio.gather(*(cache.add_if_absent(key, 60) for _ in range(20)))
+        assert results.count(True) == 1
+
+    async def test_a_claim_can_be_made_again_once_it_expired(self, cache: Cache) -> None:
+        key = unique("dedup")
+        assert await cache.add_if_absent(key, ttl_seconds=1) is True
+        await wait_until_absent(cache, key)
+        assert await cache.add_if_absent(key, ttl_seconds=1) is True
+
+
+class TestPubSub:
+    async def test_a_subscriber_receives_messages_in_publish_order(self, cache: Cache) -> None:
+        channel = unique("ch")
+        sub = await active_subscription(cache, channel)
+        try:
+            for message in (b"1", b"2", b"3"):
+                await cache.publish(channel, message)
+            assert await next_messages(sub, 3) == [b"1", b"2", b"3"]
+        finally:
+            await sub.aclose()
+
+    async def test_every_subscriber_of_the_channel_receives_the_message(self, cache: Cache) -> None:
+        channel = unique("ch")
+        first = await active_subscription(cache, channel)
+        second = await active_subscription(cache, channel)
+        try:
+            await cache.publish(channel, b"deployed:7")
+            assert await next_messages(first, 1) == [b"deployed:7"]
+            assert await next_messages(second, 1) == [b"deployed:7"]
+        finally:
+            await first.aclose()
+            await second.aclose()
+
+    async def test_messages_of_other_channels_are_not_delivered(self, cache: Cache) -> None:
+        channel, other = unique("ch"), unique("other")
+        sub = await active_subscription(cache, channel)
+        try:
+            await cache.publish(other, b"not for you")
+            await cache.publish(channel, b"for you")
+            assert await next_messages(sub, 1) == [b"for you"]
+        finally:
+            await sub.aclose()
+
+    async def test_publishing_after_the_subscriber_closed_succeeds(self, cache: Cache) -> None:
+        channel = unique("ch")
+        sub = await active_subscription(cache, channel)
+        await sub.aclose()
+        await cache.publish(channel, b"nobody listens")
+
+
+class TestRateLimitStorage:
+    async def test_the_uri_gives_a_working_limits_storage(self, cache: Cache) -> None:
+        uri = cache.rate_limit_storage_uri()
+        # limits defaults to the coredis driver, which is not installed (see RedisCache).
+        options: dict[str, Any] = {"implementation": "redispy"} if "redis" in uri else {}
+        storage = cast(Storage, storage_from_string(uri, **options))
+        limiter = MovingWindowRateLimiter(storage)
+        item, key = parse("2/minute"), unique("rl")
+        assert [await limiter.hit(item, key) for _ in range(3)] == [True, True, False]
+
+    @pytest.mark.redis
+    async def test_redis_uri_points_at_the_same_redis(
+        self, backend_settings: BackendSettings
+    ) -> None:
+        assert RedisCache(backend_settings).rate_limit_storage_uri() == f"async+{REDIS_URL}"
+
+    async def test_memory_uri_is_the_async_memory_storage(self) -> None:
+        assert MemoryCache().rate_limit_storage_uri() == "async+memory://"
+
+
+# --- Redis outages, on a redis-server of our own -----------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class OwnRedis:
+    """A private redis-server that tests may kill and restart."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.port = _free_port()
+        self.data_dir = data_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.data_dir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    break
+                subprocess.run(["sleep", "0.05"], check=True)
+        raise RuntimeError(f"own redis-server did not start on port {self.port}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    server = OwnRedis(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+async def own_cache(own_redis: OwnRedis) -> AsyncIterator[RedisCache]:
+    cache = RedisCache(BackendSettings(redis_url=own_redis.url))
+    await cache.initialize()
+    try:
+        yield cache
+    finally:
+        await cache.close()
+
+
+class TestRedisOutage:
+    async def test_every_call_raises_cache_unavailable_once_redis_died(
+        self, own_redis: OwnRedis, own_cache: RedisCache
+    ) -> None:
+        await own_cache.set("k", b"v")
+        own_redis.kill()
+        calls = [
+            own_cache.ping(),
+            own_cache.get("k"),
+            own_cache.set("k", b"v"),
+            own_cache.delete("k"),
+            own_cache.add_if_absent("d", 10),
+            own_cache.publish("ch", b"m"),
+        ]
+        for call in calls:
+            async with asyncio.timeout(FAIL_FAST_BOUND_S):
+                with pytest.raises(CacheUnavailable):
+                    await call
+
+    async def test_subscribing_to_a_dead_redis_raises_cache_unavailable(
+        self, own_redis: OwnRedis, own_cache: RedisCache
+    ) -> None:
+        own_redis.kill()
+        async with asyncio.timeout(FAIL_FAST_BOUND_S):
+            with pytest.raises(CacheUnavailable):
+                await anext(own_cache.subscribe("ch"))
+
+    async def test_a_subscription_raises_when_redis_restarts_and_a_new_one_works(
+        self, own_redis: OwnRedis, own_cache: RedisCache
+    ) -> None:
+        sub = await active_subscription(own_cache, "config")
+        own_redis.kill()
+        own_redis.start()
+        async with asyncio.timeout(FAIL_FAST_BOUND_S):
+            with pytest.raises(CacheUnavailable):
+                await anext(sub)
+        # The caller's recovery: resubscribe; the pool heals for ordinary calls too.
+        resubscribed = await active_subscription(own_cache, "config")
+        try:
+            await own_cache.publish("config", b"deployed:2")
+            assert await next_messages(resubscribed, 1) == [b"deployed:2"]
+            await own_cache.set("k", b"after restart")
+            assert await own_cache.get("k") == b"after restart"
+        finally:
+            await resubscribed.aclose()
+
+    async def test_initialize_succeeds_while_redis_is_down(self) -> None:
+        cache = RedisCache(BackendSettings(redis_url=f"redis://127.0.0.1:{_free_port()}/0"))
+        await cache.initialize()
+        try:
+            async with asyncio.timeout(FAIL_FAST_BOUND_S):
+                with pytest.raises(CacheUnavailable):
+                    await cache.ping()
+        finally:
+            await cache.close()
