@@ -207,3 +207,12 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _request_validation)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     app.add_exception_handler(Exception, _unexpected)
+
+
+# -- serving runtime -------------------------------------------------------------------
+class UnknownFeature(UnprocessableEntity):
+    """A feature selection named keys the deployed config does not serve."""
+
+
+class BatchTooLarge(PayloadTooLarge):
+    """A batch read named more user ids than the serving limit allows."""

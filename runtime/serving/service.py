@@ -1,0 +1,110 @@
+"""The serving rules: which config answers (the deployed one), which keys (a selection of
+its enabled features), how many users a batch may hold, and when "now" is."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from app.core.errors import BatchTooLarge, FieldError, ProjectNotFound, UnknownFeature
+from app.schemas.deployment import ConfigSnapshot
+from runtime.compute.aggregators import FeatureSpec
+from runtime.serving.aerospike_reader import Clock, FeatureReader
+from runtime.serving.plan import Selection, ServingPlan, UnknownFeatureKeys
+
+SpecsOf = Callable[[ConfigSnapshot], Sequence[FeatureSpec]]
+"""Returns the specs of a snapshot's enabled features (compute's own conversion)."""
+
+
+class SnapshotSource(Protocol):
+    """What serving needs of the shared config loader."""
+
+    async def get(self, project_id: str) -> ConfigSnapshot | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """Feature values of one or more users, all read at `now_ms` under `version`."""
+
+    version: int
+    now_ms: int
+    values: list[dict[str, Any]]
+
+
+class FeatureService:
+    """Answers feature reads from the deployed config and the online store."""
+
+    def __init__(
+        self,
+        loader: SnapshotSource,
+        reader: FeatureReader,
+        specs_of: SpecsOf,
+        clock: Clock,
+        max_batch_users: int,
+    ) -> None:
+        self._loader = loader
+        self._reader = reader
+        self._specs_of = specs_of
+        self._clock = clock
+        self.max_batch_users = max_batch_users
+        # The plan of the live version per project; replaced when a deploy changes it.
+        self._plans: dict[str, ServingPlan] = {}
+
+    async def plan(self, project_id: str) -> ServingPlan:
+        """Returns the plan of the project's deployed version.
+
+        Raises ProjectNotFound when the project has no successful deployment (an
+        unknown project looks the same).
+        """
+        snapshot = await self._loader.get(project_id)
+        if snapshot is None:
+            raise ProjectNotFound(f"Project {project_id!r} not found")
+        plan = self._plans.get(project_id)
+        if plan is None or plan.version != snapshot.version:
+            plan = ServingPlan.build(project_id, snapshot.version, self._specs_of(snapshot))
+            self._plans[project_id] = plan
+        return plan
+
+    async def read_user(self, project_id: str, user_id: str, keys: Sequence[str] | None) -> Reading:
+        """Returns one user's values (every enabled feature when `keys` is None).
+
+        Raises ProjectNotFound, UnknownFeature (listing the keys not served).
+        """
+        plan = await self.plan(project_id)
+        selection = _select(plan, keys)
+        now_ms = self._clock()
+        values = await self._reader.read_one(project_id, user_id, selection, now_ms)
+        return Reading(version=plan.version, now_ms=now_ms, values=[values])
+
+    async def read_users(
+        self, project_id: str, user_ids: Sequence[str], keys: Sequence[str] | None
+    ) -> Reading:
+        """Returns the values of each user id, in request order, from one store read.
+
+        Raises BatchTooLarge beyond `max_batch_users` ids, ProjectNotFound,
+        UnknownFeature.
+        """
+        if len(user_ids) > self.max_batch_users:
+            raise BatchTooLarge(
+                f"A batch holds at most {self.max_batch_users} user ids, got {len(user_ids)}"
+            )
+        plan = await self.plan(project_id)
+        selection = _select(plan, keys)
+        now_ms = self._clock()
+        values = await self._reader.read_many(project_id, user_ids, selection, now_ms)
+        return Reading(version=plan.version, now_ms=now_ms, values=values)
+
+
+def _select(plan: ServingPlan, keys: Sequence[str] | None) -> Selection:
+    try:
+        return plan.select(keys)
+    except UnknownFeatureKeys as exc:
+        fields = [
+            FieldError(loc=["features"], msg=f"unknown feature key {key!r}", type="unknown_feature")
+            for key in exc.keys
+        ]
+        raise UnknownFeature(
+            f"Not served by deployed version {plan.version}: {', '.join(exc.keys)}",
+            fields=fields,
+        ) from exc
