@@ -209,6 +209,56 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected)
 
 
+# -- ingestion (runtime/ingestion) ---------------------------------------------------------
+# Webhook senders are not bearer-token clients, so these carry no WWW-Authenticate header.
+
+
+class InvalidSignature(DPSError):
+    """Missing or malformed webhook headers, timestamp outside the tolerance, or no match."""
+
+    status_code = 401
+
+
+class ReplayedWebhook(Conflict):
+    """This webhook-id was already accepted within the tolerance window."""
+
+
+class PipelineInactive(Conflict):
+    """The pipeline exists in the deployed config but is not active."""
+
+
+class UnsupportedMediaType(DPSError):
+    status_code = 415
+
+
+class MalformedJSON(UnprocessableEntity):
+    """The body is not a JSON document we accept (syntax, NaN/Infinity, nesting)."""
+
+
+class InvalidBatch(UnprocessableEntity):
+    """The batch body is not `{"events": [...]}` with at least one event."""
+
+
+class UnknownEvent(ValidationFailed):
+    """The event is not in the deployed pipeline, or it is disabled."""
+
+
+class InvalidEvent(ValidationFailed):
+    """The envelope or its properties break the deployed schema; `fields` says where."""
+
+
+class EventInFuture(ValidationFailed):
+    """The event's timestamp is further ahead than the allowed clock skew."""
+
+
+class RateLimited(TooManyRequests):
+    """The project's or the pipeline's event rate limit is exhausted (see Retry-After)."""
+
+
+class EventLogUnavailable(ServiceUnavailable):
+    """The event log did not acknowledge the events; nothing was accepted (see Retry-After)."""
+
+
 # -- serving runtime -------------------------------------------------------------------
 class UnknownFeature(UnprocessableEntity):
     """A feature selection named keys the deployed config does not serve."""
@@ -216,3 +266,33 @@ class UnknownFeature(UnprocessableEntity):
 
 class BatchTooLarge(PayloadTooLarge):
     """A batch read named more user ids than the serving limit allows."""
+
+
+# -- deployments and the config loader -------------------------------------------------
+class NothingToDeploy(Conflict):
+    """The draft equals the live deployment: deploying it would not change anything."""
+
+
+class InvalidConfig(UnprocessableEntity):
+    """The draft cannot go live; `fields` lists every problem (loc `[features, id, attr]`)."""
+
+
+class DeploymentConflict(Conflict):
+    """Another deployment of the project is in progress or took this version first."""
+
+
+class RollbackNotAllowed(Conflict):
+    """The target deployment never went live (pending, deploying or failed)."""
+
+
+class AlreadyLive(Conflict):
+    """The rollback target is the version that is live now."""
+
+
+class DeploymentFailed(ServiceUnavailable):
+    """Publishing the new version failed; it is recorded `failed` and the previous one
+    stays live."""
+
+
+class ConfigUnavailable(ServiceUnavailable):
+    """Neither Redis nor the config store answered and no copy of the config is held."""
