@@ -93,9 +93,9 @@ ferretdb_start() {
 
 main() {
   case "${1:-}" in
-    install) ferretdb_install ;;
-    start) ferretdb_start ;;
-    stop) stop_server "$NAME" "$PATTERN" 15 ;;
+    install) lock_server "$NAME" && ferretdb_install ;;
+    start) lock_server "$NAME" && ferretdb_start ;;
+    stop) lock_server "$NAME" && stop_server "$NAME" "$PATTERN" 15 ;;
     status) status_line "$NAME" "$PATTERN" "$DPS_MONGO_PORT" ;;
     *) echo "usage: $0 install|start|stop|status" >&2; exit 2 ;;
   esac

@@ -50,12 +50,15 @@ kafka_install() {
   # download is never mistaken for a complete one.
   local tmp="$KAFKA_HOME/libs.tmp.$$"
   rm -rf "$tmp"
-  if ! mvn -B -q -Dstyle.color=never -f "$KAFKA_POM" \
+  local mvn_log="$LOG_DIR/kafka-install.log"
+  mkdir -p "$LOG_DIR"
+  if ! mvn -B -Dstyle.color=never -f "$KAFKA_POM" \
     -Dmaven.repo.local="$M2_REPO" \
     -Dkafka.version="$KAFKA_VERSION" \
-    dependency:copy-dependencies -DoutputDirectory="$tmp" >&2; then
+    dependency:copy-dependencies -DoutputDirectory="$tmp" >"$mvn_log" 2>&1; then
+    tail -n 30 "$mvn_log" >&2
     rm -rf "$tmp"
-    die "maven could not fetch Kafka $KAFKA_VERSION"
+    die "maven could not fetch Kafka $KAFKA_VERSION (full output: $mvn_log)"
   fi
   ls "$tmp"/kafka_2.13-"$KAFKA_VERSION".jar >/dev/null || die "kafka_2.13 jar missing after download"
   touch "$tmp/.complete"
@@ -124,6 +127,11 @@ kafka_launch() {
   conf="$(conf_dir "$NAME")"
   mkdir -p "$conf"
   java="$(java_bin)"
+  # generic_start only checks the client port; a taken controller port
+  # would make the broker die half-way through startup.
+  if port_open "$DPS_KAFKA_CONTROLLER_PORT"; then
+    die "kafka: controller port $DPS_HOST:$DPS_KAFKA_CONTROLLER_PORT is already in use"
+  fi
   write_server_properties "$conf/server.properties"
   cluster_id="$(random_cluster_id)"
   log "formatting KRaft storage (cluster id $cluster_id)"
@@ -131,8 +139,8 @@ kafka_launch() {
   # (just wiped) log dir; the broker refuses to start without it.
   "$java" -Xmx256m -Dlog4j2.configurationFile="$KAFKA_LOG4J" -cp "$KAFKA_LIBS/*" \
     kafka.tools.StorageTool format -t "$cluster_id" -c "$conf/server.properties" \
-    >>"$(log_file "$NAME").format" 2>&1 ||
-    { tail -n 30 "$(log_file "$NAME").format" >&2; die "kafka storage format failed"; }
+    >>"$LOG_DIR/kafka-format.log" 2>&1 ||
+    { tail -n 30 "$LOG_DIR/kafka-format.log" >&2; die "kafka storage format failed"; }
   log "starting Kafka $KAFKA_VERSION on $DPS_HOST:$DPS_KAFKA_PORT"
   # shellcheck disable=SC2086 # KAFKA_HEAP_OPTS is a list of flags
   start_bg "$NAME" "$java" $KAFKA_HEAP_OPTS \
@@ -144,16 +152,16 @@ kafka_launch() {
 
 kafka_start() {
   kafka_install
-  rm -f "$(log_file "$NAME").format"
+  rm -f "$LOG_DIR/kafka-format.log"
   generic_start "$NAME" "$PATTERN" "$DPS_KAFKA_PORT" kafka_ready kafka_launch
 }
 
 main() {
   case "${1:-}" in
-    install) kafka_install ;;
-    start) kafka_start ;;
+    install) lock_server "$NAME" && kafka_install ;;
+    start) lock_server "$NAME" && kafka_start ;;
     # A clean shutdown of a one-node KRaft cluster takes a few seconds.
-    stop) stop_server "$NAME" "$PATTERN" 30 ;;
+    stop) lock_server "$NAME" && stop_server "$NAME" "$PATTERN" 30 ;;
     status) status_line "$NAME" "$PATTERN" "$DPS_KAFKA_PORT" ;;
     libs) echo "$KAFKA_LIBS" ;; # for ad-hoc tools: java -cp "$(kafka.sh libs)/*" ...
     *) echo "usage: $0 install|start|stop|status|libs" >&2; exit 2 ;;

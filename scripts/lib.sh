@@ -8,10 +8,12 @@
 #   $REPO/.run/data/<name>/       server data, wiped on every fresh start
 #   $REPO/.run/conf/<name>/       generated config files
 #   $DPS_CACHE                    downloads/builds reused across runs, never required
+# DPS_RUN_DIR may move .run elsewhere (e.g. an isolated trial run); the tests
+# and other scripts assume the default.
 
 SCRIPTS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$SCRIPTS_DIR/.." && pwd)"
-RUN_DIR="$REPO/.run"
+RUN_DIR="${DPS_RUN_DIR:-$REPO/.run}"
 LOG_DIR="$RUN_DIR/logs"
 PID_DIR="$RUN_DIR/pids"
 DATA_DIR="$RUN_DIR/data"
@@ -35,7 +37,18 @@ log() { printf '[%s %s] %s\n' "$(date +%H:%M:%S)" "${LOG_NAME:-dps}" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 ensure_dirs() {
-  mkdir -p "$LOG_DIR" "$PID_DIR" "$DATA_DIR" "$CONF_DIR" "$DPS_CACHE"
+  mkdir -p "$LOG_DIR" "$PID_DIR" "$DATA_DIR" "$CONF_DIR" "$RUN_DIR/locks" "$DPS_CACHE"
+}
+
+# lock_server NAME: hold an exclusive lock on NAME until this script exits.
+# Several people (and test fixtures) share one work tree and its .run: two
+# concurrent `start`s would otherwise both wipe the data dir and launch a
+# server. The second one now waits, then finds the server running.
+# fd 200 is closed again in start_bg so the server does not inherit the lock.
+lock_server() {
+  ensure_dirs
+  exec 200>"$RUN_DIR/locks/$1.lock"
+  flock -w "${DPS_LOCK_TIMEOUT:-900}" 200 || die "timed out waiting for $RUN_DIR/locks/$1.lock"
 }
 
 log_file() { printf '%s/%s.log' "$LOG_DIR" "$1"; }
@@ -65,14 +78,18 @@ apt_install() {
     sudo=(sudo)
   fi
   mkdir -p "$RUN_DIR"
-  (
-    flock -w 900 9 || die "timed out waiting for $RUN_DIR/apt.lock"
-    log "apt-get update"
-    "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=300 update -qq >&2
-    log "apt-get install $*"
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-      apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "$@" >&2
-  ) 9>"$RUN_DIR/apt.lock"
+  mkdir -p "$LOG_DIR"
+  local apt_log="$LOG_DIR/apt.log"
+  if ! (
+    flock -w 900 9 || exit 1
+    log "apt-get update && apt-get install $* (output: $apt_log)"
+    "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=300 update -qq &&
+      "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "$@"
+  ) 9>"$RUN_DIR/apt.lock" 200>&- >>"$apt_log" 2>&1; then
+    tail -n 20 "$apt_log" >&2
+    die "apt-get install $* failed"
+  fi
 }
 
 # need_cmd CMD [DEBIAN_PACKAGE]: make sure CMD exists, installing the package if given.
@@ -137,8 +154,9 @@ start_bg() {
   # Keep the previous run's log for post-mortems, start a fresh one.
   [[ -f "$lf" ]] && mv -f "$lf" "$lf.prev"
   printf '=== %s start %s: %s\n' "$name" "$(date '+%F %T')" "$*" >"$lf"
+  # shellcheck disable=SC2016 # $$ and $@ are for the inner bash
   setsid bash -c 'echo $$ >"$0.tmp" && mv -f "$0.tmp" "$0" && exec "$@"' "$pf" "$@" \
-    >>"$lf" 2>&1 </dev/null &
+    >>"$lf" 2>&1 </dev/null 200>&- &
   for ((i = 0; i < 100; i++)); do
     [[ -s "$pf" ]] && return 0
     sleep 0.05

@@ -41,9 +41,9 @@ redis_start() {
 
 main() {
   case "${1:-}" in
-    install) redis_install ;;
-    start) redis_start ;;
-    stop) stop_server "$NAME" "$PATTERN" 10 ;;
+    install) lock_server "$NAME" && redis_install ;;
+    start) lock_server "$NAME" && redis_start ;;
+    stop) lock_server "$NAME" && stop_server "$NAME" "$PATTERN" 10 ;;
     status) status_line "$NAME" "$PATTERN" "$DPS_REDIS_PORT" ;;
     *) echo "usage: $0 install|start|stop|status" >&2; exit 2 ;;
   esac
