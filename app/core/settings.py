@@ -132,6 +132,11 @@ class ComputeSettings(ServiceSettings):
     port: int = 9100
     max_batch_messages: int = 2000
     poll_timeout_ms: int = 200
+    # User records read-applied-written at once (one batch's users share it).
+    write_concurrency: int = Field(default=64, ge=1, le=1024)
+    # Analytics is best-effort: beyond this many queued events the oldest are dropped.
+    analytics_queue_max: int = Field(default=100_000, ge=1)
+    analytics_batch_size: int = Field(default=1_000, ge=1)
 
 
 class ServingSettings(ServiceSettings):

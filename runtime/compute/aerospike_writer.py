@@ -1,0 +1,182 @@
+"""Writing user records: read, apply the batch's events, compare-and-set put.
+
+The plan names this module after Aerospike, the production store, but `FeatureWriter`
+works over ANY `OnlineStore` (Aerospike, Redis, SQLite): it only uses the interface's
+`get_many`/`get`/`put` with a generation check.
+
+Why compare-and-set: a user's events all live in one partition, so normally one
+consumer writes a user's record. During a consumer-group rebalance two consumers can
+briefly hold the same partition; the generation check makes the slower one re-read
+and re-apply instead of overwriting, and the offsets stored in the record make the
+re-apply skip what the faster one already applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from app.db.online_store import OnlineStore, StoredRecord, WriteConflict
+from runtime.compute.metrics import ComputeMetrics
+from runtime.compute.record import AppliedEvent, apply_batch
+from runtime.compute.specs import ProjectSpecs
+
+# Users read per get_many: one round trip for a whole batch of the default size, while
+# a very large batch never turns into one unbounded request.
+PREFETCH_CHUNK = 2000
+# Attempts per user before the batch fails (and is retried as a whole, with backoff).
+MAX_ATTEMPTS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class UserWrite:
+    """What one user's write did. `fresh` lists the indexes (into the events given) of
+    events the record had not applied before: the ones to forward to analytics."""
+
+    applied: int
+    duplicates: int
+    late: int
+    future: int
+    fresh: tuple[int, ...]
+
+
+def _fresh_indexes(
+    record: Mapping[str, object] | None, events: Sequence[AppliedEvent]
+) -> tuple[int, ...]:
+    """Returns the indexes of events `apply_batch` will not skip as duplicates: above the
+    stored offset of their partition and above every offset seen before them."""
+    stored = record.get("offsets", {}) if record is not None else {}
+    seen: dict[int, int] = {}
+    fresh: list[int] = []
+    for i, event in enumerate(events):
+        last = seen.get(event.partition)
+        if last is None and isinstance(stored, Mapping):
+            raw = stored.get(str(event.partition))
+            last = int(raw) if isinstance(raw, int) else None
+        if last is None or event.offset > last:
+            fresh.append(i)
+            seen[event.partition] = event.offset
+    return tuple(fresh)
+
+
+class FeatureWriter:
+    """Applies events to user records in any OnlineStore, with bounded concurrency."""
+
+    def __init__(
+        self,
+        store: OnlineStore,
+        *,
+        now_ms: Callable[[], int],
+        metrics: ComputeMetrics | None = None,
+        concurrency: int = 64,
+        max_attempts: int = MAX_ATTEMPTS,
+    ) -> None:
+        self._store = store
+        self._now_ms = now_ms
+        self._metrics = metrics
+        self._limit = asyncio.Semaphore(concurrency)
+        self._max_attempts = max_attempts
+
+    async def write_project(
+        self,
+        project_id: str,
+        specs: ProjectSpecs,
+        events_by_user: Mapping[str, Sequence[AppliedEvent]],
+        written: dict[str, UserWrite] | None = None,
+    ) -> dict[str, UserWrite]:
+        """Applies each user's events (in the given order) to the user's record.
+
+        Returns a UserWrite per user, also put into `written` (when given) as each user
+        completes. Every user is attempted; if any write failed, the first error is
+        raised afterwards (WriteConflict after `max_attempts`, or the store's own
+        error) and `written` tells which users are done. Retrying the same events is
+        harmless anyway: the stored offsets skip what was applied.
+
+        A project without features stores nothing: its users get `applied=0` and every
+        event `fresh` (still forwarded to analytics).
+        """
+        out = written if written is not None else {}
+        users = list(events_by_user)
+        if specs.ttl_seconds is None:
+            for user, events in events_by_user.items():
+                out[user] = UserWrite(0, 0, 0, 0, tuple(range(len(events))))
+            return out
+        current: dict[str, StoredRecord | None] = {}
+        for start in range(0, len(users), PREFETCH_CHUNK):
+            chunk = users[start : start + PREFETCH_CHUNK]
+            current.update(zip(chunk, await self._store.get_many(project_id, chunk), strict=True))
+
+        results = await asyncio.gather(
+            *(
+                self._write_limited(project_id, u, specs, events_by_user[u], current[u], out)
+                for u in users
+            ),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return out
+
+    async def _write_limited(
+        self,
+        project_id: str,
+        user_id: str,
+        specs: ProjectSpecs,
+        events: Sequence[AppliedEvent],
+        current: StoredRecord | None,
+        out: dict[str, UserWrite],
+    ) -> None:
+        async with self._limit:
+            out[user_id] = await self.write_user(project_id, user_id, specs, events, current)
+
+    async def write_user(
+        self,
+        project_id: str,
+        user_id: str,
+        specs: ProjectSpecs,
+        events: Sequence[AppliedEvent],
+        current: StoredRecord | None,
+    ) -> UserWrite:
+        """Applies `events` to `current` (the record as last read; None if absent) and
+        writes the result with the record TTL, re-reading and re-applying on a
+        generation conflict.
+
+        Returns the UserWrite. Raises WriteConflict after `max_attempts` conflicts,
+        ValueError when `specs` has no feature (no TTL), and whatever the store raises.
+        """
+        if specs.ttl_seconds is None:
+            raise ValueError(f"project {project_id} has no feature: nothing to write")
+        for attempt in range(1, self._max_attempts + 1):
+            before = current.record if current is not None else None
+            result = apply_batch(before, specs.by_event, events, self._now_ms())
+            fresh = _fresh_indexes(before, events)
+            if not fresh:
+                # Everything was applied before (a redelivery after a crash between the
+                # write and the commit): writing would change nothing but the TTL.
+                return UserWrite(0, result.skipped_duplicate, 0, 0, ())
+            started = time.perf_counter()
+            try:
+                await self._store.put(
+                    project_id,
+                    user_id,
+                    result.record,
+                    specs.ttl_seconds,
+                    current.generation if current is not None else None,
+                )
+            except WriteConflict:
+                if self._metrics is not None:
+                    self._metrics.store_conflicts.inc()
+                if attempt == self._max_attempts:
+                    raise
+                current = await self._store.get(project_id, user_id)
+                continue
+            finally:
+                if self._metrics is not None:
+                    self._metrics.store_write_seconds.observe(time.perf_counter() - started)
+            return UserWrite(
+                result.applied, result.skipped_duplicate, result.late, result.future, fresh
+            )
+        raise AssertionError("unreachable: the last attempt returns or raises")

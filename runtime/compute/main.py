@@ -1,0 +1,233 @@
+"""The compute process: `python -m runtime.compute.main` (HTTP on port 9100).
+
+The work is the consumer loop (`worker.py`): Kafka (or the local log) → per-user
+feature records in the online store, with the optional analytics sink fed on the
+side. The HTTP port only serves `/health`, `/ready` (backends plus the consumer's
+state) and `/metrics`.
+
+`compute_startup` (the start-up hook that runs the worker) and `compute_router`
+(`/metrics`, `/consumer`) are also what the standalone process mounts, after
+`config_loader_hook`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import generate_latest
+from pydantic import BaseModel
+
+from app.core.config_loader import config_loader_hook
+from app.core.service import (
+    Backend,
+    ReadyStatus,
+    Resources,
+    StartupHook,
+    build_app,
+    get_resources,
+    readiness,
+)
+from app.core.settings import ComputeSettings
+from app.db import factory
+from runtime.compute.aerospike_writer import FeatureWriter
+from runtime.compute.analytics_forwarder import AnalyticsForwarder
+from runtime.compute.metrics import ComputeMetrics
+from runtime.compute.worker import ComputeWorker, WorkerOptions, wall_clock_ms
+
+logger = logging.getLogger(__name__)
+
+# Where the hooks leave things in `Resources.extras`.
+CONFIG_LOADER = "config_loader"
+COMPUTE_WORKER = "compute_worker"
+COMPUTE_TASK = "compute_task"
+# How long shutdown waits for the in-flight batch to be stored and committed.
+_STOP_TIMEOUT_S = 30.0
+
+
+class ConsumerStatus(BaseModel):
+    """The consumer loop as /ready and /consumer report it."""
+
+    running: bool
+    consumer_started: bool
+    retrying: bool
+    last_error: str | None
+    batches_committed: int
+    last_commit_ms: int | None
+    lag: dict[str, int]
+
+
+class ComputeReadyStatus(ReadyStatus):
+    consumer: ConsumerStatus | None
+
+
+def consumer_status(resources: Resources) -> ConsumerStatus | None:
+    """Returns the worker's state, or None when this process runs no worker."""
+    worker = resources.extras.get(COMPUTE_WORKER)
+    task = resources.extras.get(COMPUTE_TASK)
+    if not isinstance(worker, ComputeWorker) or not isinstance(task, asyncio.Task):
+        return None
+    s = worker.state
+    return ConsumerStatus(
+        running=not task.done(),
+        consumer_started=s.consumer_started,
+        retrying=s.retrying,
+        last_error=s.last_error,
+        batches_committed=s.batches_committed,
+        last_commit_ms=s.last_commit_ms,
+        lag={str(p): v for p, v in sorted(s.lag.items())},
+    )
+
+
+def compute_startup(
+    metrics: ComputeMetrics,
+    *,
+    options: WorkerOptions | None = None,
+    now_ms: Callable[[], int] = wall_clock_ms,
+) -> StartupHook:
+    """Returns the start-up hook that runs the compute worker as a background task.
+
+    It builds the consumer from the process's backend settings (`factory.make_consumer`),
+    the analytics forwarder when the process has an analytics sink, and starts the loop;
+    on shutdown it lets the in-flight batch finish and commit, then leaves the group and
+    flushes analytics. Options default to the process's ComputeSettings (or the defaults
+    in another process). Runs after `config_loader_hook`; raises RuntimeError at
+    start-up when the process has no online store or no config loader.
+    """
+
+    async def start(resources: Resources, stack: AsyncExitStack) -> None:
+        loader = resources.extras.get(CONFIG_LOADER)
+        if loader is None or resources.online_store is None:
+            raise RuntimeError("compute needs the online store and the config loader hook")
+        opts = options or WorkerOptions.from_settings(resources.settings)
+        forwarder: AnalyticsForwarder | None = None
+        if resources.analytics is not None:
+            settings: Any = resources.settings
+            forwarder = AnalyticsForwarder(
+                resources.analytics,
+                metrics,
+                max_queue=getattr(settings, "analytics_queue_max", 100_000),
+                batch_size=getattr(settings, "analytics_batch_size", 1_000),
+            )
+            forwarder.start()
+            stack.push_async_callback(forwarder.close)
+        writer = FeatureWriter(
+            resources.online_store,
+            now_ms=now_ms,
+            metrics=metrics,
+            concurrency=opts.write_concurrency,
+        )
+        consumer = factory.make_consumer(resources.settings.backends)
+        worker = ComputeWorker(
+            consumer, writer, loader, metrics=metrics, options=opts, analytics=forwarder
+        )
+        task = asyncio.create_task(worker.run(), name="compute-worker")
+        resources.extras[COMPUTE_WORKER] = worker
+        resources.extras[COMPUTE_TASK] = task
+
+        async def stop() -> None:
+            worker.stop()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), _STOP_TIMEOUT_S)
+            except TimeoutError:
+                logger.warning("compute worker did not stop in time; cancelling it")
+            except Exception:
+                logger.exception("compute worker had failed")
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+        stack.push_async_callback(stop)
+
+    return start
+
+
+def compute_router(metrics: ComputeMetrics) -> APIRouter:
+    """Returns `GET /metrics` (Prometheus text) and `GET /consumer` (the loop's state)."""
+    router = APIRouter(tags=["health"])
+
+    @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def metrics_endpoint() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @router.get(
+        "/consumer",
+        summary="The consumer loop: running, retrying, lag per partition",
+        response_model=ConsumerStatus,
+        responses={503: {"model": ConsumerStatus}},
+    )
+    async def consumer(request: Request) -> JSONResponse:
+        status = consumer_status(get_resources(request))
+        if status is None:
+            return JSONResponse({"error": "NotRunning", "detail": "no worker"}, status_code=503)
+        return JSONResponse(status.model_dump(), status_code=200 if status.running else 503)
+
+    return router
+
+
+def _ready_router() -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get(
+        "/ready",
+        summary="Readiness: every backend answers and the consumer loop runs",
+        response_model=ComputeReadyStatus,
+        responses={503: {"model": ComputeReadyStatus}},
+    )
+    async def ready(request: Request) -> JSONResponse:
+        resources = get_resources(request)
+        backends = await readiness(resources)
+        consumer = consumer_status(resources)
+        ok = backends.status == "ready" and consumer is not None and consumer.running
+        body = ComputeReadyStatus(
+            status="ready" if ok else "unavailable", backends=backends.backends, consumer=consumer
+        )
+        return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+    return router
+
+
+def create_app(
+    settings: ComputeSettings | None = None, *, now_ms: Callable[[], int] | None = None
+) -> FastAPI:
+    """Returns the compute app; `now_ms` (epoch ms) defaults to the wall clock, tests
+    inject one to control lateness and pruning."""
+    settings = settings or ComputeSettings()
+    metrics = ComputeMetrics()
+    app = build_app(
+        settings=settings,
+        title="Data Platform Service: feature compute",
+        description=(
+            "Consumes the events topic into per-user windowed features (time tiles) in the "
+            "online store. HTTP is for health, readiness and Prometheus metrics only."
+        ),
+        needs=(Backend.CACHE, Backend.CONFIG_STORE, Backend.ONLINE_STORE, Backend.ANALYTICS),
+        startup=(
+            config_loader_hook,
+            compute_startup(metrics, now_ms=now_ms or wall_clock_ms),
+        ),
+    )
+    # The shared /ready knows only backends; compute's also reports the consumer loop.
+    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) != "/ready"]
+    app.include_router(_ready_router())
+    app.include_router(compute_router(metrics))
+    return app
+
+
+def main() -> None:
+    """Runs the process with uvicorn on COMPUTE_HOST:COMPUTE_PORT."""
+    import uvicorn
+
+    settings = ComputeSettings()
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Deployed config → the feature specs compute applies (pure, no I/O).
+
+A project's snapshot becomes `ProjectSpecs`: for every event that can feed a feature
+(an enabled event of an active pipeline), the enabled features built on it. Events are
+keyed by `event_key(pipeline_id, event)`, not by name alone, because two pipelines of
+one project may both define `add_to_cart` and features belong to one pipeline.
+`record.apply_batch` only ever looks its `specs_by_event` up by `AppliedEvent.event`,
+so compute passes this composite key as the event name.
+
+Fingerprints. `FeatureSpec.fingerprint` covers the aggregation and the field, so the
+record resets a feature whose aggregation or field changed. A feature can also change
+meaning by moving to another source event or pipeline (COUNT of `add_to_cart` →
+COUNT of `purchase`); `DeployedFeatureSpec` adds the source to the fingerprint so
+that change resets the tiles too. Anything serving a record written by compute must
+build its specs here as well, or every fingerprint would differ and it would serve
+empty values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from app.schemas.deployment import ConfigSnapshot
+from runtime.compute.aggregators import Aggregation, FeatureSpec
+from runtime.compute.record import record_ttl_seconds
+from runtime.compute.windows import parse_window
+
+
+def event_key(pipeline_id: str, event: str) -> str:
+    """Returns the key `specs_by_event` uses for `event` of pipeline `pipeline_id`."""
+    return f"{pipeline_id}/{event}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeployedFeatureSpec(FeatureSpec):
+    """A FeatureSpec that knows which pipeline event feeds it (`source`, an `event_key`)."""
+
+    source: str
+
+    @property
+    def fingerprint(self) -> str:
+        """Returns the base fingerprint plus the source event: a feature moved to another
+        event (or pipeline) restarts empty instead of mixing two meanings."""
+        base: str = FeatureSpec.fingerprint.fget(self)  # type: ignore[attr-defined]
+        return f"{base}@{self.source}"
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidFeature:
+    """A deployed feature compute cannot run (the deploy validation should make this
+    impossible; kept so one bad feature never stops a project's other features)."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectSpecs:
+    """What compute runs for one project at one deployed version.
+
+    `by_event` maps `event_key(...)` to the specs that event feeds (only keys with at
+    least one spec are present); `specs` lists every runnable feature once;
+    `ttl_seconds` is the record TTL for them, None when the project has no feature
+    (then there is nothing to store).
+    """
+
+    project_id: str
+    version: int
+    by_event: Mapping[str, tuple[FeatureSpec, ...]]
+    specs: tuple[FeatureSpec, ...]
+    ttl_seconds: int | None
+    invalid: tuple[InvalidFeature, ...] = field(default=())
+
+
+def build_specs(snapshot: ConfigSnapshot) -> ProjectSpecs:
+    """Returns the specs of `snapshot`: enabled features whose pipeline is active and
+    whose source event exists there and is enabled. Features that cannot be built
+    (an unparsable window, a missing field) are listed in `invalid`, never raised."""
+    live_events = {
+        event_key(p.id, e.name)
+        for p in snapshot.pipelines
+        if p.status == "active"
+        for e in p.events
+        if e.enabled
+    }
+    by_event: dict[str, list[FeatureSpec]] = {}
+    specs: list[FeatureSpec] = []
+    invalid: list[InvalidFeature] = []
+    for feature in snapshot.features:
+        source = event_key(feature.pipeline_id, feature.source_event)
+        if not feature.enabled or source not in live_events:
+            continue
+        try:
+            spec = DeployedFeatureSpec(
+                name=feature.name,
+                aggregation=Aggregation(feature.aggregation),
+                field=feature.field,
+                windows=tuple(parse_window(w) for w in feature.time_windows),
+                source=source,
+            )
+        except ValueError as exc:
+            invalid.append(InvalidFeature(feature.name, str(exc)))
+            continue
+        by_event.setdefault(source, []).append(spec)
+        specs.append(spec)
+    return ProjectSpecs(
+        project_id=snapshot.project_id,
+        version=snapshot.version,
+        by_event={k: tuple(v) for k, v in by_event.items()},
+        specs=tuple(specs),
+        ttl_seconds=record_ttl_seconds(specs) if specs else None,
+        invalid=tuple(invalid),
+    )
+
+
+class SpecCache:
+    """Memoises `build_specs` per (project, version): a batch looks its project's specs
+    up by the snapshot it got, and only a new version rebuilds them. One entry per
+    project (versions only move forward; a rollback is a new version)."""
+
+    def __init__(self) -> None:
+        self._by_project: dict[str, ProjectSpecs] = {}
+
+    def get(self, snapshot: ConfigSnapshot) -> tuple[ProjectSpecs, bool]:
+        """Returns (the specs of `snapshot`, whether they were built by this call)."""
+        cached = self._by_project.get(snapshot.project_id)
+        if cached is not None and cached.version == snapshot.version:
+            return cached, False
+        specs = build_specs(snapshot)
+        self._by_project[snapshot.project_id] = specs
+        return specs, True
+
+    def forget(self, project_id: str) -> None:
+        """Drops the project's entry (its config was deleted)."""
+        self._by_project.pop(project_id, None)

@@ -1,0 +1,389 @@
+"""The compute loop: events topic → per-user feature records, with exactly-once effect.
+
+One iteration: `getmany` a batch → decode → group by (project, user) → one
+read-apply-write per user (bounded concurrency) → only after EVERY write of the batch
+succeeded, commit the next offset of each partition → repeat.
+
+Failure rules:
+
+- A store (or config) failure never skips events: the batch is kept in memory and
+  retried with backoff until it is stored; nothing is committed meanwhile. Users
+  already written in a failed attempt are not written again.
+- A crash between a write and the commit redelivers events the record already holds;
+  the offsets stored in each record skip them (see `record.py`), so nothing counts twice.
+- A record that is not an event message cannot come from our ingestion: it is counted
+  (`compute_decode_errors_total`), logged by position only (never its payload) and
+  skipped.
+- Events of a project with no deployed config are counted as `no_config` and skipped.
+  Ingestion only accepts events for deployed configs, so this is the race of an event
+  accepted just before its project's config was deleted.
+- Specs are looked up per batch from the loader, memoised by version, so a deploy that
+  adds, changes or removes a feature applies from the next batch on, without restart.
+  An event validated against a newer version than the one held makes the loader poll
+  once first, so a deploy's first events are not applied under the previous config.
+
+Stopping: `stop()` lets the in-flight batch finish and commit, then leaves the group.
+A batch still waiting for a dead store is abandoned uncommitted (it is redelivered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pydantic import ValidationError
+
+from app.core.settings import ComputeSettings, ServiceSettings
+from app.db.analytics import AnalyticsEvent
+from app.db.event_log import EventLogConsumer, LogRecord
+from app.schemas.deployment import ConfigSnapshot
+from app.schemas.event import EventMessage
+from runtime.compute.aerospike_writer import FeatureWriter, UserWrite
+from runtime.compute.analytics_forwarder import AnalyticsForwarder
+from runtime.compute.metrics import ComputeMetrics
+from runtime.compute.record import AppliedEvent
+from runtime.compute.specs import ProjectSpecs, SpecCache, event_key
+
+logger = logging.getLogger(__name__)
+
+
+def wall_clock_ms() -> int:
+    """Returns the current wall-clock time in epoch milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+class SnapshotSource(Protocol):
+    """What the worker needs of the config loader (`app.core.config_loader.ConfigLoader`)."""
+
+    async def get(self, project_id: str) -> ConfigSnapshot | None: ...
+
+    async def poll(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    """Tuning of the loop; `from_settings` reads them from ComputeSettings."""
+
+    max_batch_messages: int = 2000
+    poll_timeout_ms: int = 200
+    write_concurrency: int = 64
+    retry_first_s: float = 0.2
+    retry_max_s: float = 10.0
+    # consumer.lag() may cost a broker round trip: refreshed at most this often.
+    lag_refresh_s: float = 1.0
+
+    @classmethod
+    def from_settings(cls, settings: ServiceSettings) -> WorkerOptions:
+        """Returns the options of a ComputeSettings; defaults for any other process
+        (the standalone process runs the worker with its own settings class)."""
+        if not isinstance(settings, ComputeSettings):
+            return cls()
+        return cls(
+            max_batch_messages=settings.max_batch_messages,
+            poll_timeout_ms=settings.poll_timeout_ms,
+            write_concurrency=settings.write_concurrency,
+        )
+
+
+@dataclass(slots=True)
+class WorkerState:
+    """What /ready reports about the consumer."""
+
+    consumer_started: bool = False
+    batches_committed: int = 0
+    last_commit_ms: int | None = None
+    retrying: bool = False
+    last_error: str | None = None
+    lag: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Decoded:
+    record: LogRecord
+    message: EventMessage
+
+
+@dataclass(slots=True)
+class _BatchCounts:
+    applied: int = 0
+    duplicates: int = 0
+    late: int = 0
+    future: int = 0
+    no_config: int = 0
+    without_features: int = 0
+
+
+class ComputeWorker:
+    """Consumes the event log into the online store until stopped."""
+
+    def __init__(
+        self,
+        consumer: EventLogConsumer,
+        writer: FeatureWriter,
+        configs: SnapshotSource,
+        *,
+        metrics: ComputeMetrics,
+        options: WorkerOptions | None = None,
+        analytics: AnalyticsForwarder | None = None,
+    ) -> None:
+        self._consumer = consumer
+        self._writer = writer
+        self._configs = configs
+        self._metrics = metrics
+        self._options = options or WorkerOptions()
+        self._analytics = analytics
+        self._specs = SpecCache()
+        self._stopping = asyncio.Event()
+        self._last_lag_refresh = 0.0
+        self.state = WorkerState()
+
+    # -- lifetime ------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Joins the group (retrying while the log is down) and processes batches until
+        `stop()`; leaves the group on the way out."""
+        try:
+            if not await self._start_consumer():
+                return
+            while not self._stopping.is_set():
+                records = await self._fetch()
+                await self._refresh_lag()
+                if records:
+                    await self.process(records)
+        finally:
+            with contextlib.suppress(Exception):
+                await self._consumer.stop()
+            self.state.consumer_started = False
+
+    def stop(self) -> None:
+        """Asks the loop to leave after the in-flight batch (returns at once)."""
+        self._stopping.set()
+
+    # -- one batch -----------------------------------------------------------------------
+    async def process(self, records: Sequence[LogRecord]) -> bool:
+        """Stores the effect of `records`, then commits past them.
+
+        Returns True once committed (or the commit failed after the write, which is
+        harmless), False when stopped before the batch could be stored.
+        """
+        decoded = self._decode(records)
+        done: dict[tuple[str, str], UserWrite] = {}
+        delay = self._options.retry_first_s
+        while True:
+            try:
+                counts = await self._apply(decoded, done)
+                break
+            except Exception as exc:  # any failure: keep the batch, never skip it
+                self._metrics.batch_retries.inc()
+                self.state.retrying = True
+                self.state.last_error = type(exc).__name__
+                logger.warning(
+                    "batch not stored; retrying",
+                    exc_info=exc,
+                    extra={"records": len(records), "retry_s": round(delay, 2)},
+                )
+                if await self._sleep_unless_stopped(delay * random.uniform(0.5, 1.0)):
+                    return False
+                delay = min(delay * 2, self._options.retry_max_s)
+        self.state.retrying = False
+        self.state.last_error = None
+        self._count(counts)
+        await self._commit(records)
+        return True
+
+    def _decode(self, records: Sequence[LogRecord]) -> list[_Decoded]:
+        decoded: list[_Decoded] = []
+        for record in records:
+            try:
+                message = EventMessage.decode(record.value)
+            except (ValidationError, ValueError):
+                self._metrics.decode_errors.inc()
+                # Position only: the payload is untrusted and may hold personal data.
+                logger.error(
+                    "skipping a record that is not an event message",
+                    extra={"partition": record.partition, "offset": record.offset},
+                )
+                continue
+            decoded.append(_Decoded(record, message))
+        return decoded
+
+    async def _apply(
+        self, decoded: Sequence[_Decoded], done: dict[tuple[str, str], UserWrite]
+    ) -> _BatchCounts:
+        by_project: dict[str, dict[str, list[_Decoded]]] = defaultdict(lambda: defaultdict(list))
+        for item in decoded:
+            by_project[item.message.project_id][item.message.user_id].append(item)
+
+        counts = _BatchCounts()
+        jobs = []
+        for project_id, users in by_project.items():
+            specs = await self._project_specs(project_id, users)
+            if specs is None:
+                counts.no_config += sum(len(items) for items in users.values())
+                continue
+            if specs.ttl_seconds is None:
+                counts.without_features += sum(len(items) for items in users.values())
+            jobs.append(self._write(project_id, specs, users, done))
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+        for (project_id, user_id), write in done.items():
+            counts.applied += write.applied
+            counts.duplicates += write.duplicates
+            counts.late += write.late
+            counts.future += write.future
+            self._forward(by_project[project_id][user_id], write)
+        return counts
+
+    async def _project_specs(
+        self, project_id: str, users: dict[str, list[_Decoded]]
+    ) -> ProjectSpecs | None:
+        """Returns the project's specs, or None when it has no deployed config.
+        Raises ConfigUnavailable (retried by the caller) when the config can't be read."""
+        snapshot = await self._configs.get(project_id)
+        newest = max(item.message.version for items in users.values() for item in items)
+        if snapshot is None or snapshot.version < newest:
+            # Behind ingestion: pick the deploy up now rather than up to a poll later.
+            await self._configs.poll()
+            snapshot = await self._configs.get(project_id)
+        if snapshot is None:
+            self._specs.forget(project_id)
+            return None
+        specs, built = self._specs.get(snapshot)
+        if built and specs.invalid:
+            self._metrics.invalid_features.inc(len(specs.invalid))
+            for bad in specs.invalid:
+                logger.error(
+                    "deployed feature cannot run; skipped",
+                    extra={"project_id": project_id, "feature": bad.name, "reason": bad.reason},
+                )
+        return specs
+
+    async def _write(
+        self,
+        project_id: str,
+        specs: ProjectSpecs,
+        users: dict[str, list[_Decoded]],
+        done: dict[tuple[str, str], UserWrite],
+    ) -> None:
+        pending = {
+            user_id: [
+                AppliedEvent(
+                    partition=i.record.partition,
+                    offset=i.record.offset,
+                    event=event_key(i.message.pipeline_id, i.message.event),
+                    t_ms=i.message.event_time_ms,
+                    properties=i.message.properties,
+                )
+                for i in items
+            ]
+            for user_id, items in users.items()
+            if (project_id, user_id) not in done
+        }
+        if not pending:
+            return
+        written: dict[str, UserWrite] = {}
+        try:
+            await self._writer.write_project(project_id, specs, pending, written)
+        finally:
+            for user_id, write in written.items():
+                done[(project_id, user_id)] = write
+
+    def _forward(self, items: Sequence[_Decoded], write: UserWrite) -> None:
+        if self._analytics is None or not write.fresh:
+            return
+        self._analytics.offer(
+            AnalyticsEvent(
+                project_id=m.project_id,
+                pipeline_id=m.pipeline_id,
+                user_id=m.user_id,
+                event=m.event,
+                event_id=m.event_id,
+                event_time_ms=m.event_time_ms,
+                received_at_ms=m.received_at_ms,
+                properties=m.properties,
+            )
+            for m in (items[i].message for i in write.fresh)
+        )
+
+    def _count(self, counts: _BatchCounts) -> None:
+        m = self._metrics
+        m.events_applied.inc(counts.applied)
+        m.events_duplicate.inc(counts.duplicates)
+        m.events_late.inc(counts.late)
+        m.events_future.inc(counts.future)
+        m.events_no_config.inc(counts.no_config)
+        m.events_without_features.inc(counts.without_features)
+
+    async def _commit(self, records: Sequence[LogRecord]) -> None:
+        next_offsets: dict[int, int] = {}
+        for record in records:
+            next_offsets[record.partition] = max(
+                next_offsets.get(record.partition, 0), record.offset + 1
+            )
+        try:
+            await self._consumer.commit(next_offsets)
+        except Exception as exc:
+            # The records are stored; a redelivery of them is skipped by the stored
+            # offsets, and the next commit moves past them anyway.
+            self._metrics.commit_failures.inc()
+            logger.warning("offset commit failed after the write", exc_info=exc)
+            return
+        self._metrics.batches.inc()
+        self.state.batches_committed += 1
+        self.state.last_commit_ms = wall_clock_ms()
+
+    # -- consumer plumbing ---------------------------------------------------------------
+    async def _start_consumer(self) -> bool:
+        delay = self._options.retry_first_s
+        while not self._stopping.is_set():
+            try:
+                await self._consumer.start()
+            except Exception as exc:
+                self.state.last_error = type(exc).__name__
+                logger.warning("event log unavailable at start; retrying", exc_info=exc)
+                if await self._sleep_unless_stopped(delay):
+                    return False
+                delay = min(delay * 2, self._options.retry_max_s)
+                continue
+            self.state.consumer_started = True
+            self.state.last_error = None
+            return True
+        return False
+
+    async def _fetch(self) -> list[LogRecord]:
+        try:
+            return await self._consumer.getmany(
+                self._options.max_batch_messages, self._options.poll_timeout_ms
+            )
+        except Exception as exc:
+            self.state.last_error = type(exc).__name__
+            logger.warning("event log read failed; retrying", exc_info=exc)
+            await self._sleep_unless_stopped(self._options.retry_first_s)
+            return []
+
+    async def _refresh_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._last_lag_refresh < self._options.lag_refresh_s:
+            return
+        self._last_lag_refresh = now
+        try:
+            lag = await self._consumer.lag()
+        except Exception as exc:  # lag is diagnostics; the loop goes on without it
+            logger.debug("consumer lag unavailable: %r", exc)
+            return
+        self.state.lag = dict(lag)
+        self._metrics.set_lag(lag)
+
+    async def _sleep_unless_stopped(self, seconds: float) -> bool:
+        """Sleeps; returns True (early) if stop() was called."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return self._stopping.is_set()
