@@ -296,3 +296,44 @@ class DeploymentFailed(ServiceUnavailable):
 
 class ConfigUnavailable(ServiceUnavailable):
     """Neither Redis nor the config store answered and no copy of the config is held."""
+
+
+# -- config API: pipelines, events, features -------------------------------------------
+class PipelineNameTaken(Conflict):
+    """Another pipeline of the project has this name."""
+
+
+class FeatureNameTaken(Conflict):
+    """Another feature of the project has this name."""
+
+
+class EventNameTaken(Conflict):
+    """The pipeline already has an event of this name."""
+
+
+class RevisionConflict(Conflict):
+    """The edit was based on an older revision; the detail gives the current one."""
+
+
+class PipelineInUse(Conflict):
+    """Features still use the pipeline (delete with `?cascade=true` to remove them too)."""
+
+
+class EventInUse(Conflict):
+    """A feature's `source_event` is this event."""
+
+
+class FieldInUse(Conflict):
+    """The edit removes or retypes a field a feature aggregates."""
+
+
+class ServedKeyConflict(Conflict):
+    """Another feature already produces one of the served keys `{name}_{window}`."""
+
+
+class PipelineNotReady(Conflict):
+    """The pipeline cannot be activated yet (it has no enabled event)."""
+
+
+class TemplateNotFound(NotFound):
+    """No pipeline template has this name."""
