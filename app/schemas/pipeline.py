@@ -16,6 +16,7 @@ from app.schemas.common import (
     RequestModel,
     ResponseModel,
 )
+from app.schemas.feature import FeatureRead
 
 FieldType = Literal["string", "number", "boolean", "timestamp", "object"]
 Category = Literal["behavioral", "transaction", "context", "marketing", "trust", "realtime"]
@@ -68,6 +69,10 @@ class PipelineCreate(RequestModel):
     description: Description = ""
     category: Category | None = None
     template: Identifier | None = Field(default=None, description="Start from a template")
+    with_features: bool = Field(
+        default=False,
+        description="With `template`: also create the template's suggested features",
+    )
     events: list[EventDefinition] | None = Field(default=None, max_length=MAX_EVENTS_PER_PIPELINE)
 
     @field_validator("events")
@@ -114,3 +119,40 @@ class WebhookSecrets(ResponseModel):
     current: str
     previous: str | None = None
     previous_expires_at: datetime | None = None
+
+
+class WebhookRotate(RequestModel):
+    """POST .../webhook/rotate body (optional)."""
+
+    grace_hours: int | None = Field(
+        default=None,
+        ge=0,
+        le=24 * 30,
+        description="How long the previous secret stays valid; default from settings "
+        "(API_DEFAULT_ROTATION_GRACE_HOURS, 24); 0 retires it at once",
+    )
+
+
+class WebhookInfo(ResponseModel):
+    """What a storefront needs to send signed events to this pipeline."""
+
+    pipeline_id: str
+    ingest_url: str = Field(examples=["https://ingest.example.com/ingest/shop_1/6650..."])
+    batch_ingest_url: str
+    signature_scheme: str = Field(examples=["standard-webhooks-v1"])
+    signature_description: str
+    headers: dict[str, str] = Field(description="Header name → what to put in it")
+    secret: str = Field(description="Current signing secret (`whsec_...`)")
+    secret_expires_at: datetime | None = Field(
+        default=None, description="Always null: the current secret is valid until rotated"
+    )
+    previous_secret: str | None = Field(
+        default=None, description="The secret before the last rotation, while still valid"
+    )
+    previous_secret_expires_at: datetime | None = None
+
+
+class PipelineCreated(PipelineRead):
+    """POST .../pipelines answer: the pipeline, and the features a template brought."""
+
+    features: list[FeatureRead] = Field(default_factory=list)
