@@ -11,6 +11,9 @@ from app.core.errors import ServiceUnavailable
 from app.core.service import Resources, get_resources
 from app.db.cache import Cache
 from app.db.config_store import ConfigStore
+from app.services.feature_service import FeatureService
+from app.services.pipeline_service import PipelineService
+from app.services.secret_publisher import SecretPublisher
 
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
@@ -30,4 +33,37 @@ def get_cache(resources: ResourcesDep) -> Cache:
 ConfigStoreDep = Annotated[ConfigStore, Depends(get_config_store)]
 CacheDep = Annotated[Cache, Depends(get_cache)]
 
-__all__ = ["CacheDep", "ConfigStoreDep", "PrincipalDep", "ProjectDep", "Request", "ResourcesDep"]
+
+def get_feature_service(store: ConfigStoreDep) -> FeatureService:
+    return FeatureService(store)
+
+
+def get_pipeline_service(store: ConfigStoreDep, resources: ResourcesDep) -> PipelineService:
+    settings = resources.settings
+    # Standalone has no API_ settings: there ingestion answers on the API's own port.
+    ingest_url = getattr(settings, "public_ingest_url", None) or (
+        f"http://{settings.host}:{settings.port}"
+    )
+    publisher = SecretPublisher(resources.cache) if resources.cache is not None else None
+    return PipelineService(
+        store,
+        FeatureService(store),
+        ingest_url=ingest_url,
+        default_grace_hours=getattr(settings, "default_rotation_grace_hours", 24),
+        publisher=publisher,
+    )
+
+
+FeatureServiceDep = Annotated[FeatureService, Depends(get_feature_service)]
+PipelineServiceDep = Annotated[PipelineService, Depends(get_pipeline_service)]
+
+__all__ = [
+    "CacheDep",
+    "ConfigStoreDep",
+    "FeatureServiceDep",
+    "PipelineServiceDep",
+    "PrincipalDep",
+    "ProjectDep",
+    "Request",
+    "ResourcesDep",
+]

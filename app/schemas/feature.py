@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from app.schemas.common import (
     Description,
@@ -31,7 +31,7 @@ class FeatureBase(RequestModel):
     field: PropertyName | None = Field(
         default=None, description="Property aggregated; required for all but COUNT"
     )
-    time_windows: list[str] = Field(
+    time_windows: list[Annotated[str, StringConstraints(max_length=16)]] = Field(
         min_length=1,
         max_length=MAX_WINDOWS,
         examples=[["5m", "1h", "24h", "7d", "30d"]],

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from app.api.v1 import features, pipelines, templates
+
 
 def api_router() -> list[APIRouter]:
-    return []
+    return [pipelines.router, features.router, templates.router]
