@@ -337,3 +337,7 @@ class PipelineNotReady(Conflict):
 
 class TemplateNotFound(NotFound):
     """No pipeline template has this name."""
+
+
+class DraftChanged(Conflict):
+    """The draft kept changing while a rollback reset it; retrying the rollback finishes it."""
