@@ -1,0 +1,359 @@
+"""The compute worker on real Kafka and Redis (config loader), SQLite online store:
+stored records equal the brute-force oracle, deploys apply without restart, offsets are
+committed only after the writes, and nothing is skipped or counted twice."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+
+from app.core.settings import BackendSettings
+from app.db.event_log import LogRecord
+from app.db.online_store import OnlineStore, StoredRecord
+from runtime.compute.record import AppliedEvent, apply_batch, serve
+from runtime.compute.specs import ProjectSpecs, build_specs, event_key
+from runtime.compute.windows import parse_window
+from tests.conftest import unique
+from tests.factories import new_id
+from tests.runtime.compute.harness import ComputeKit, sample
+from tests.runtime.compute.oracle import (
+    RawEvent,
+    all_aggregations,
+    assert_same_values,
+    config,
+    feature,
+    oracle_values,
+    pipeline,
+)
+
+pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+
+NOW = 1_767_225_600_000  # 2026-01-01T00:00:00Z: the worker's clock in these tests
+WINDOWS = ["5m", "1h", "24h", "7d"]
+MINUTE = 60_000
+DAY = 86_400_000
+
+
+@pytest.fixture
+async def kit(backend_settings: BackendSettings) -> AsyncIterator[ComputeKit]:
+    k = ComputeKit(backend_settings.model_copy(update={"online_store": "sqlite"}), NOW)
+    await k.start()
+    try:
+        yield k
+    finally:
+        await k.close()
+
+
+def random_events(
+    rng: random.Random, users: list[str], pipeline_id: str, count: int, event: str = "add_to_cart"
+) -> list[RawEvent]:
+    """Events spread so every window has some: many in the last minutes, some over days,
+    a few older than the longest window (late)."""
+    out = []
+    for _ in range(count):
+        roll = rng.random()
+        if roll < 0.4:
+            age = rng.randrange(0, 10 * MINUTE)
+        elif roll < 0.7:
+            age = rng.randrange(0, 2 * DAY)
+        else:
+            age = rng.randrange(0, 8 * DAY)
+        properties: dict[str, Any] = {"product_id": f"sku-{rng.randrange(12)}"}
+        if rng.random() < 0.9:
+            properties["price"] = rng.choice(
+                [rng.randrange(1, 100), rng.randrange(100, 10_000) / 100]
+            )
+        out.append(RawEvent(rng.choice(users), pipeline_id, event, NOW - age, properties))
+    return out
+
+
+def expected_record(specs: ProjectSpecs, events: list[RawEvent]) -> dict[str, Any]:
+    """The record one apply of all a user's events at NOW produces (the tile state)."""
+    applied = [
+        AppliedEvent(0, i, event_key(e.pipeline_id, e.event), e.t_ms, e.properties)
+        for i, e in enumerate(events)
+    ]
+    return apply_batch(None, specs.by_event, applied, NOW).record
+
+
+def late_count(events: list[RawEvent], longest: str) -> int:
+    window = parse_window(longest)
+    lo = window.tile_range(NOW)[0]
+    return sum(1 for e in events if window.tile_of(e.t_ms) < lo)
+
+
+def of_user(events: list[RawEvent], user: str) -> list[RawEvent]:
+    return [e for e in events if e.user_id == user]
+
+
+class TestStoredRecordsEqualTheOracle:
+    async def test_every_aggregation_and_window_matches_the_oracle_and_the_tile_state(
+        self, kit: ComputeKit
+    ):
+        project, p = unique("shop"), new_id()
+        features = all_aggregations(p, WINDOWS)
+        snapshot = config(project, 1, [pipeline(p, "add_to_cart", "page_view")], features)
+        await kit.publish(snapshot)
+        rng = random.Random(6)
+        users = [f"u{i}" for i in range(5)]
+        events = random_events(rng, users, p, 400)
+        # An event no feature uses still advances the record (and counts as applied).
+        events += [RawEvent(u, p, "page_view", NOW - MINUTE) for u in users]
+        await kit.produce(project, events, version=1)
+
+        running = kit.run()
+        await running.wait_processed(len(events))
+        await running.stop()
+
+        specs = build_specs(snapshot)
+        for user in users:
+            stored = await kit.store.get(project, user)
+            assert stored is not None
+            mine = of_user(events, user)
+            assert_same_values(
+                serve(stored.record, specs.specs, NOW), oracle_values(features, mine, NOW)
+            )
+            assert stored.record["features"] == expected_record(specs, mine)["features"]
+        late = late_count(events, "7d")
+        assert late > 0
+        assert sample(running.metrics, "compute_events_late_total") == late
+        assert sample(running.metrics, "compute_events_applied_total") == len(events) - late
+        assert sample(running.metrics, "compute_events_duplicate_total") == 0
+
+    async def test_offsets_are_committed_past_every_record_of_the_batch(self, kit: ComputeKit):
+        project, p = unique("shop"), new_id()
+        await kit.publish(
+            config(project, 1, [pipeline(p, "add_to_cart")], [feature("n", p, "COUNT", ["1h"])])
+        )
+        events = [RawEvent(f"u{i % 7}", p, "add_to_cart", NOW - i) for i in range(60)]
+        await kit.produce(project, events, version=1)
+
+        running = kit.run()
+        await running.wait_processed(len(events))
+        await running.stop()
+
+        assert sum((await kit.committed()).values()) == len(events)
+
+
+class TestDeployWithoutRestart:
+    async def test_a_deploy_that_changes_adds_and_removes_features_applies_from_the_next_batch(
+        self, kit: ComputeKit
+    ):
+        project, p = unique("shop"), new_id()
+        kept = feature("kept", p, "COUNT", ["1h"])
+        changed_v1 = feature("changed", p, "COUNT", ["1h"])
+        removed = feature("removed", p, "COUNT", ["1h"])
+        pipes = [pipeline(p, "add_to_cart")]
+        await kit.publish(config(project, 1, pipes, [kept, changed_v1, removed]))
+        rng = random.Random(7)
+        before = [
+            RawEvent(
+                f"u{rng.randrange(3)}",
+                p,
+                "add_to_cart",
+                NOW - rng.randrange(30 * MINUTE),
+                {"price": rng.randrange(1, 50), "product_id": f"s{rng.randrange(5)}"},
+            )
+            for _ in range(40)
+        ]
+        await kit.produce(project, before, version=1)
+        running = kit.run()
+        await running.wait_processed(len(before))
+
+        changed_v2 = feature("changed", p, "SUM", ["1h"])
+        added = feature("added", p, "COUNT_DISTINCT", ["1h"])
+        snapshot_v2 = config(project, 2, pipes, [kept, changed_v2, added])
+        await kit.publish(snapshot_v2)
+        after = [
+            RawEvent(
+                f"u{rng.randrange(3)}",
+                p,
+                "add_to_cart",
+                NOW - rng.randrange(30 * MINUTE),
+                {"price": rng.randrange(1, 50), "product_id": f"s{rng.randrange(5)}"},
+            )
+            for _ in range(40)
+        ]
+        await kit.produce(project, after, version=2)
+        await running.wait_processed(len(before) + len(after))
+        await running.stop()
+
+        specs = build_specs(snapshot_v2)
+        for user in ("u0", "u1", "u2"):
+            stored = await kit.store.get(project, user)
+            assert stored is not None
+            got = serve(stored.record, specs.specs, NOW)
+            want = oracle_values([kept], of_user(before + after, user), NOW)
+            want |= oracle_values([changed_v2, added], of_user(after, user), NOW)
+            assert_same_values(got, want)
+            assert "removed" not in stored.record["features"]
+
+
+class _Crash(BaseException):
+    """Stands for the process dying: not an Exception, so nothing in the worker catches it."""
+
+
+class TestExactlyOnceEffect:
+    async def test_a_crash_between_the_write_and_the_commit_does_not_count_twice(
+        self, kit: ComputeKit
+    ):
+        project, p = unique("shop"), new_id()
+        features = all_aggregations(p, ["5m", "1h"])
+        await kit.publish(config(project, 1, [pipeline(p, "add_to_cart")], features))
+        rng = random.Random(8)
+        events = [
+            RawEvent(
+                f"u{rng.randrange(4)}",
+                p,
+                "add_to_cart",
+                NOW - rng.randrange(50 * MINUTE),
+                {"price": rng.randrange(1, 9), "product_id": f"s{rng.randrange(9)}"},
+            )
+            for _ in range(120)
+        ]
+        await kit.produce(project, events, version=1)
+
+        consumer = kit.consumer()
+        crash_at_commit = _CrashingCommit(consumer)
+        first = kit.run(consumer=crash_at_commit)  # type: ignore[arg-type]
+        with pytest.raises(_Crash):
+            await first.task
+        written = sample(first.metrics, "compute_store_write_seconds_count")
+        assert written > 0
+        assert await kit.committed() == {}
+
+        second = kit.run()
+        await second.wait_processed(len(events))
+        await second.stop()
+
+        assert sample(second.metrics, "compute_events_duplicate_total") > 0
+        for user in ("u0", "u1", "u2", "u3"):
+            stored = await kit.store.get(project, user)
+            assert stored is not None
+            assert_same_values(
+                serve(
+                    stored.record,
+                    build_specs(config(project, 1, [pipeline(p, "add_to_cart")], features)).specs,
+                    NOW,
+                ),
+                oracle_values(features, of_user(events, user), NOW),
+            )
+
+    async def test_a_failing_store_is_retried_and_nothing_is_committed_meanwhile(
+        self, kit: ComputeKit
+    ):
+        project, p = unique("shop"), new_id()
+        features = [feature("n", p, "COUNT", ["1h"]), feature("s", p, "SUM", ["1h"])]
+        snapshot = config(project, 1, [pipeline(p, "add_to_cart")], features)
+        await kit.publish(snapshot)
+        events = [
+            RawEvent(f"u{i % 5}", p, "add_to_cart", NOW - i * 1000, {"price": i}) for i in range(50)
+        ]
+        await kit.produce(project, events, version=1)
+        store = _Outage(kit.store)
+
+        running = kit.run(store=store)
+        await running.wait_for(lambda: sample(running.metrics, "compute_batch_retries_total") >= 3)
+        assert await kit.committed() == {}
+        assert running.worker.state.retrying
+        store.down = False
+        await running.wait_processed(len(events))
+        await running.stop()
+
+        assert sum((await kit.committed()).values()) == len(events)
+        specs = build_specs(snapshot)
+        for user in (f"u{i}" for i in range(5)):
+            stored = await kit.store.get(project, user)
+            assert stored is not None
+            got = serve(stored.record, specs.specs, NOW)
+            assert_same_values(got, oracle_values(features, of_user(events, user), NOW))
+
+
+class TestSkippedRecords:
+    async def test_records_that_are_not_event_messages_are_counted_skipped_and_committed_past(
+        self, kit: ComputeKit
+    ):
+        project, p = unique("shop"), new_id()
+        await kit.publish(
+            config(project, 1, [pipeline(p, "add_to_cart")], [feature("n", p, "COUNT", ["1h"])])
+        )
+        await kit.produce_raw(f"{project}:u1".encode(), b"{not an event")
+        await kit.produce(project, [RawEvent("u1", p, "add_to_cart", NOW - 5)], version=1)
+
+        running = kit.run()
+        await running.wait_processed(2)
+        await running.stop()
+
+        assert sample(running.metrics, "compute_decode_errors_total") == 1
+        assert sample(running.metrics, "compute_events_applied_total") == 1
+        assert sum((await kit.committed()).values()) == 2
+
+    async def test_events_of_a_project_without_a_deployed_config_are_counted_as_no_config(
+        self, kit: ComputeKit
+    ):
+        project, p = unique("shop"), new_id()
+        await kit.produce(project, [RawEvent("u1", p, "add_to_cart", NOW - 5)] * 3, version=1)
+
+        running = kit.run()
+        await running.wait_processed(3)
+        await running.stop()
+
+        assert sample(running.metrics, "compute_events_no_config_total") == 3
+        assert await kit.store.get(project, "u1") is None
+        assert sum((await kit.committed()).values()) == 3
+
+
+class _CrashingCommit:
+    """A real consumer whose commit never happens: the process 'dies' right before it."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    async def start(self) -> None:
+        await self._inner.start()
+
+    async def stop(self) -> None:
+        await self._inner.stop()
+
+    async def getmany(self, max_records: int, timeout_ms: int) -> list[LogRecord]:
+        records: list[LogRecord] = await self._inner.getmany(max_records, timeout_ms)
+        return records
+
+    async def commit(self, next_offsets: Any) -> None:
+        raise _Crash
+
+    async def lag(self) -> dict[int, int]:
+        lag: dict[int, int] = await self._inner.lag()
+        return lag
+
+
+class _Outage(OnlineStore):
+    """The real store, except that writes fail as in an outage while `down` is set."""
+
+    def __init__(self, inner: OnlineStore) -> None:
+        self._inner = inner
+        self.down = True
+
+    async def ping(self) -> None:
+        await self._inner.ping()
+
+    async def get(self, project_id: str, user_id: str) -> StoredRecord | None:
+        return await self._inner.get(project_id, user_id)
+
+    async def get_many(self, project_id: str, user_ids: Sequence[str]) -> list[StoredRecord | None]:
+        return await self._inner.get_many(project_id, user_ids)
+
+    async def put(
+        self,
+        project_id: str,
+        user_id: str,
+        record: dict[str, Any],
+        ttl_seconds: int,
+        expected_generation: int | None,
+    ) -> None:
+        if self.down:
+            raise ConnectionError("store unavailable")
+        await self._inner.put(project_id, user_id, record, ttl_seconds, expected_generation)
