@@ -56,9 +56,9 @@ def shown(value: object) -> str:
 
 
 def loc_key(key: str) -> str:
-    """Returns a dict key as it appears in a field path: itself if it is a plain identifier
-    of reasonable length, else its escaped, truncated rendering."""
-    return key if len(key) <= _SHOWN_CHARS and key.isidentifier() else shown(key)
+    """Returns a dict key as it appears in a field path: itself if it is printable and of
+    reasonable length, else its escaped, truncated rendering."""
+    return key if len(key) <= _SHOWN_CHARS and key.isprintable() else shown(key)
 
 
 def field_error(loc: list[str | int], msg: str, kind: str) -> FieldError:
@@ -265,6 +265,50 @@ def _missing_or_wrong(name: str, value: object, msg: str) -> FieldError:
     if value is None:
         return field_error([name], "is required", "missing")
     return field_error([name], msg, "wrong_type")
+
+
+# -- HTTP shapes (documentation and clients) --------------------------------------------------
+class EventEnvelopeDoc(BaseModel):
+    """One event as a storefront sends it (documents the raw body parsed by hand above)."""
+
+    model_config = ConfigDict(extra="forbid", title="EventEnvelope")
+
+    event: str = Field(description="Event name, as deployed", examples=["add_to_cart"])
+    user_id: str = Field(pattern=USER_ID_PATTERN, examples=["u-42"])
+    timestamp: str | int | None = Field(
+        default=None,
+        description="Event time: RFC 3339 with offset, or epoch milliseconds; defaults to "
+        "the receive time; at most 5 minutes in the future",
+        examples=["2025-05-01T12:00:00Z"],
+    )
+    event_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_EVENT_ID_LENGTH,
+        description="Dedup key: an id seen in the last 24 h is acknowledged, not produced",
+    )
+    properties: dict[str, Any] = Field(
+        description="Checked against the deployed event's fields", examples=[{"price": 9.5}]
+    )
+
+
+class SingleIngestResponse(BaseModel):
+    accepted: int = Field(description="1 if produced now, 0 if a duplicate")
+    duplicates: int = Field(description="1 if the event id was seen in the last 24 h")
+    event_id: str = Field(description="The event's id (the webhook-id when none was given)")
+
+
+class BatchRejection(BaseModel):
+    index: int = Field(description="Position of the event in `events`")
+    error: str = Field(examples=["InvalidEvent"])
+    detail: str
+    fields: list[FieldError] | None = None
+
+
+class BatchIngestResponse(BaseModel):
+    accepted: int = Field(description="Events produced by this request")
+    duplicates: int = Field(description="Events already seen (24 h) or repeated in the batch")
+    rejected: list[BatchRejection]
 
 
 # -- Kafka message -----------------------------------------------------------------------------

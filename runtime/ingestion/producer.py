@@ -1,0 +1,61 @@
+"""Turning accepted events into event-log records, and producing them before any 2xx.
+
+Record key `{project_id}:{user_id}` (one user's events stay in one partition, in order),
+value `EventMessage.encode()`. `produce_many` returns only when every record is durable
+(Kafka: acks=all, idempotent producer; standalone: fsynced local log) and raises
+otherwise; the route answers 2xx only after it returned, so an acknowledged event can
+never be missing from the log. A failure becomes 503 `EventLogUnavailable` with
+`Retry-After`: the sender retries, nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from app.core.errors import EventLogUnavailable
+from app.db.event_log import EventLogProducer
+from app.db.event_log import EventLogUnavailable as LogDown
+from app.schemas.event import EventMessage, record_key
+from runtime.ingestion.metrics import IngestionMetrics
+
+logger = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 5
+
+
+def to_records(messages: Sequence[EventMessage]) -> list[tuple[bytes, bytes]]:
+    """Returns the (key, value) records for the messages, in order."""
+    return [(record_key(m.project_id, m.user_id), m.encode()) for m in messages]
+
+
+class EventSink:
+    """Produces messages through the process's event log producer."""
+
+    def __init__(self, producer: EventLogProducer, metrics: IngestionMetrics) -> None:
+        self._producer = producer
+        self._metrics = metrics
+
+    async def produce(self, messages: Sequence[EventMessage]) -> None:
+        """Returns once every message is durable in the log.
+
+        Raises EventLogUnavailable (503, Retry-After) when the log did not acknowledge
+        them all; some may still have been stored (consumers dedup by event_id).
+        """
+        records = to_records(messages)
+        started = time.perf_counter()
+        try:
+            await self._producer.produce_many(records)
+        except LogDown as exc:
+            logger.warning(
+                "event log unavailable: %s",
+                exc,
+                extra={"project_id": messages[0].project_id, "records": len(records)},
+            )
+            raise EventLogUnavailable(
+                "The event log did not acknowledge the events; nothing was accepted, retry later",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            ) from exc
+        finally:
+            self._metrics.produce_seconds.observe(time.perf_counter() - started)

@@ -1,0 +1,190 @@
+"""HTTP of the ingestion runtime: read the request, call `IngestionService`, answer.
+
+Mounted by `runtime/ingestion/main.py` (port 8001) and by the standalone process. There
+is no bearer-token auth here: the webhook signature is the authentication.
+
+Decisions callers see (also in the OpenAPI descriptions):
+- bodies must be `application/json` (UTF-8): anything else is 415;
+- a single event body is at most INGEST_MAX_EVENT_BYTES (32 KB) of raw bytes; a batch at
+  most INGEST_MAX_BATCH_BYTES (500 KB) and INGEST_MAX_BATCH_EVENTS (2,500) events, each at
+  most 32 KB as compact JSON: 413 beyond. Content-Length is checked first, then the
+  bytes are counted while reading, so a missing or lying Content-Length cannot make the
+  server buffer more than the limit;
+- a new single event is 202 `{"accepted": 1, "duplicates": 0, "event_id": ...}`; one
+  whose event id was seen in the last 24 h is 200 `{"accepted": 0, "duplicates": 1, ...}`;
+- a batch is `{"events": [...]}` (an object, so it can grow fields) and is answered 202
+  `{"accepted", "duplicates", "rejected": [{"index", "error", "detail", "fields"?}]}`
+  whenever it was processed, even if every item was rejected (per-item errors are
+  permanent: resending the same batch cannot fix them);
+- a replayed webhook-id is 409 `ReplayedWebhook`: the delivery was authentic and its
+  events were handled by the first copy.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from app.core.errors import (
+    DPSError,
+    PayloadTooLarge,
+    RateLimited,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+    error_responses,
+)
+from app.core.service import get_resources
+from app.schemas.event import BatchIngestResponse, EventEnvelopeDoc, SingleIngestResponse
+from runtime.ingestion.service import IngestionService
+
+logger = logging.getLogger(__name__)
+
+INGESTION_SERVICE = "ingestion_service"
+"""Key of the IngestionService in `Resources.extras` (set by the ingestion start-up hook)."""
+
+_ERRORS = error_responses(401, 404, 409, 413, 415, 422, 429, 503)
+
+
+def get_ingestion(request: Request) -> IngestionService:
+    """The running process's IngestionService; raises ServiceUnavailable if it has none."""
+    service = get_resources(request).extras.get(INGESTION_SERVICE)
+    if not isinstance(service, IngestionService):
+        raise ServiceUnavailable("Ingestion is not running in this process")
+    return service
+
+
+def _check_content_type(request: Request) -> None:
+    raw = request.headers.get("content-type", "")
+    media_type, _, params = raw.partition(";")
+    if media_type.strip().lower() != "application/json":
+        raise UnsupportedMediaType(
+            f"Content-Type must be application/json, got {raw[:64]!r}"
+            if raw
+            else "Content-Type must be application/json"
+        )
+    charset = params.strip().lower()
+    if charset and charset.replace(" ", "") not in ("charset=utf-8", 'charset="utf-8"'):
+        raise UnsupportedMediaType("Only UTF-8 JSON is accepted (charset=utf-8)")
+
+
+def _check_declared_length(request: Request, limit: int, what: str) -> None:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"Body of {declared} bytes exceeds the {what} limit of {limit}")
+
+
+async def _read_body(request: Request, limit: int, what: str) -> bytes:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"Body exceeds the {what} limit of {limit} bytes")
+    return bytes(body)
+
+
+async def _handle(
+    request: Request, project_id: str, pipeline_id: str, *, batch: bool
+) -> JSONResponse:
+    service = get_ingestion(request)
+    settings = service.settings
+    limit = settings.max_batch_bytes if batch else settings.max_event_bytes
+    what = "batch" if batch else "single-event"
+    context = {"project_id": project_id[:64], "pipeline_id": pipeline_id[:64]}
+    try:
+        _check_content_type(request)
+        _check_declared_length(request, limit, what)
+        target = await service.target(project_id, pipeline_id)
+        body = await _read_body(request, limit, what)
+        if batch:
+            result = await service.ingest_batch(target, body, request.headers)
+        else:
+            result = await service.ingest_single(target, body, request.headers)
+    except DPSError as exc:
+        service.metrics.rejected_requests.labels(reason=exc.name).inc()
+        level = logging.WARNING if exc.status_code >= 500 else logging.INFO
+        if not isinstance(exc, RateLimited):  # a flood of 429s would flood the log
+            logger.log(level, "ingest refused: %s: %s", exc.name, exc.detail, extra=context)
+        raise
+    if batch:
+        if result.rejected:
+            logger.info(
+                "batch partly rejected: %d accepted, %d rejected (first: %s)",
+                result.accepted,
+                len(result.rejected),
+                result.rejected[0]["error"],
+                extra=context,
+            )
+        content: dict[str, Any] = {
+            "accepted": result.accepted,
+            "duplicates": result.duplicates,
+            "rejected": result.rejected,
+        }
+        return JSONResponse(content, status_code=202)
+    status = 202 if result.accepted else 200
+    content = {
+        "accepted": result.accepted,
+        "duplicates": result.duplicates,
+        "event_id": result.event_id,
+    }
+    return JSONResponse(content, status_code=status)
+
+
+def _body_doc(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    # The bodies are read raw (for the signature and the size limits), so FastAPI does
+    # not know their shape; it is documented here, inline.
+    return {
+        "requestBody": {
+            "required": True,
+            "description": description,
+            "content": {"application/json": {"schema": schema}},
+        }
+    }
+
+
+def ingestion_router() -> APIRouter:
+    """Returns the router with `POST /ingest/{project_id}/{pipeline_id}` and `.../batch`."""
+    router = APIRouter(tags=["ingestion"])
+    envelope = EventEnvelopeDoc.model_json_schema()
+    batch_body = {
+        "type": "object",
+        "properties": {"events": {"type": "array", "items": envelope, "minItems": 1}},
+        "required": ["events"],
+        "additionalProperties": False,
+    }
+
+    @router.post(
+        "/ingest/{project_id}/{pipeline_id}",
+        summary="Ingest one signed event",
+        description=(
+            "Standard Webhooks signature required (webhook-id, webhook-timestamp, "
+            "webhook-signature). 202 when produced, 200 when its event id was already "
+            "seen within 24 h (not produced again)."
+        ),
+        status_code=202,
+        response_model=SingleIngestResponse,
+        responses={200: {"model": SingleIngestResponse}, **_ERRORS},
+        openapi_extra=_body_doc(envelope, "One event envelope (at most 32 KB)"),
+    )
+    async def ingest_one(request: Request, project_id: str, pipeline_id: str) -> JSONResponse:
+        return await _handle(request, project_id, pipeline_id, batch=False)
+
+    @router.post(
+        "/ingest/{project_id}/{pipeline_id}/batch",
+        summary="Ingest a signed batch of events",
+        description=(
+            'Body `{"events": [envelope, ...]}`: at most 2,500 events and 500 KB, each '
+            "event at most 32 KB. Valid events are accepted even if others are rejected; "
+            "`rejected` lists the others by index."
+        ),
+        status_code=202,
+        response_model=BatchIngestResponse,
+        responses=_ERRORS,
+        openapi_extra=_body_doc(batch_body, "A batch of event envelopes"),
+    )
+    async def ingest_batch(request: Request, project_id: str, pipeline_id: str) -> JSONResponse:
+        return await _handle(request, project_id, pipeline_id, batch=True)
+
+    return router
