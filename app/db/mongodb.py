@@ -2,8 +2,9 @@
 
 Also runs on FerretDB 1.x (SQLite handler), which the test suite uses: no multi-document
 transactions, no TTL indexes, a subset of the aggregation language. So every write is a
-single-document operation settled by a unique index or a revision check in the filter,
-and reads are plain `find`/`count_documents`/`distinct`.
+single-document operation settled by a unique index or a revision check in the filter
+(guarded by a revision claim, see `_claim`: FerretDB's updates are not atomic), and reads
+are plain `find`/`count_documents`/`distinct`.
 
 `_id` is a real ObjectId, and so is a feature's `pipeline_id`. Ids are checked to be 24
 hex characters before they become ObjectIds; anything else is "not found", so no
@@ -13,7 +14,7 @@ operator can reach a query through an id. Datetimes come back tz-aware in UTC.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
@@ -30,6 +31,9 @@ from app.schemas.deployment import DeploymentStatus
 from app.schemas.pipeline import Category, PipelineStatus
 
 Doc = dict[str, Any]
+
+# A revision claim older than this was left by a writer that died mid-replace.
+CLAIM_STALE_AFTER = timedelta(seconds=30)
 
 # Every list is ordered by a unique key too, so pages never overlap or skip.
 _DRAFT_ORDER = [("created_at", ASCENDING), ("_id", ASCENDING)]
@@ -118,6 +122,10 @@ class MongoConfigStore(ConfigStore):
     def _deployments(self) -> AsyncCollection[Doc]:
         return self._db["deployments"]
 
+    @property
+    def _claims(self) -> AsyncCollection[Doc]:
+        return self._db["revision_claims"]
+
     async def _create_indexes(self) -> None:
         p, f, d = self._pipelines, self._features, self._deployments
         await p.create_index([("project_id", ASCENDING)])
@@ -172,8 +180,8 @@ class MongoConfigStore(ConfigStore):
                 dup = DuplicateKey("id")
             raise dup from exc
 
-    @staticmethod
     async def _replace(
+        self,
         coll: AsyncCollection[Doc],
         doc: PipelineDocument | FeatureDocument,
         expected_revision: int,
@@ -186,13 +194,44 @@ class MongoConfigStore(ConfigStore):
             "project_id": require_str(doc.project_id, "project_id"),
             "revision": int(expected_revision),
         }
+        claim = await self._claim(coll.name, doc.id, int(expected_revision))
+        if claim is None:
+            return False
         try:
             result = await coll.replace_one(query, _to_mongo(doc))
         except OperationFailure as exc:
             if not _is_duplicate(exc):
                 raise
             raise _dup_key(exc, "name") from exc
+        finally:
+            await self._claims.delete_one({"_id": claim})
         return result.matched_count == 1
+
+    async def _claim(self, collection: str, doc_id: str, revision: int) -> str | None:
+        """Returns the claim id if this writer may replace `doc_id` at `revision`, None if
+        another writer holds that claim.
+
+        FerretDB 1.x evaluates an update's filter on a read and writes afterwards, so two
+        concurrent `replace_one(..., revision: N)` calls can both match and both write.
+        An insert into a unique `_id` is atomic on every server, so writers first claim
+        `(collection, id, N)`; the holder releases it once its replace is done, and a later
+        writer's filter then sees the new revision. A claim left by a writer that died
+        before releasing it is taken over once it is older than `CLAIM_STALE_AFTER`.
+        """
+        claim_id = f"{collection}:{doc_id}:{revision}"
+        for _ in range(2):
+            now = datetime.now(UTC)
+            try:
+                await self._claims.insert_one({"_id": claim_id, "at": now})
+            except OperationFailure as exc:
+                if not _is_duplicate(exc):
+                    raise
+                stale = {"_id": claim_id, "at": {"$lt": now - CLAIM_STALE_AFTER}}
+                if (await self._claims.delete_one(stale)).deleted_count == 0:
+                    return None
+                continue
+            return claim_id
+        return None
 
     @staticmethod
     async def _delete(coll: AsyncCollection[Doc], project_id: str, doc_id: str) -> bool:

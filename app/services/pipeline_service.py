@@ -12,6 +12,7 @@ nested edits (events, activate, rotate) re-read and retry on their own.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -287,7 +288,10 @@ class PipelineService:
         With `expected_revision` (a client's PUT) a stale revision is a RevisionConflict;
         without, a concurrent save makes it re-read and re-apply the edit.
         """
-        for _ in range(_MAX_ATTEMPTS):
+        for attempt in range(_MAX_ATTEMPTS):
+            if attempt:
+                # Another writer is mid-save; give it a moment to finish.
+                await asyncio.sleep(0.01 * attempt)
             current = await self._require(project_id, pipeline_id)
             if expected_revision is not None and current.revision != expected_revision:
                 raise _revision_conflict(current, expected_revision)

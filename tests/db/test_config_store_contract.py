@@ -119,18 +119,33 @@ class TestPipelines:
     async def test_concurrent_replaces_on_one_revision_let_exactly_one_win(
         self, config_store: ConfigStore
     ) -> None:
-        doc = pipeline_document(_project())
-        await config_store.insert_pipeline(doc)
-        edits = [
-            doc.model_copy(update={"description": f"tab {i}", "revision": 2}) for i in range(5)
-        ]
-        results = await asyncio.gather(
-            *(config_store.replace_pipeline(e, expected_revision=1) for e in edits)
-        )
-        assert sorted(results) == [False] * 4 + [True]
-        stored = await config_store.get_pipeline(doc.project_id, doc.id)
-        assert stored is not None
-        assert stored == edits[results.index(True)]
+        # Several rounds: a store whose check-and-write is not atomic loses some of them.
+        for _ in range(10):
+            doc = pipeline_document(_project())
+            await config_store.insert_pipeline(doc)
+            edits = [
+                doc.model_copy(update={"description": f"tab {i}", "revision": 2}) for i in range(3)
+            ]
+            results = await asyncio.gather(
+                *(config_store.replace_pipeline(e, expected_revision=1) for e in edits)
+            )
+            assert sorted(results) == [False, False, True]
+            stored = await config_store.get_pipeline(doc.project_id, doc.id)
+            assert stored == edits[results.index(True)]
+
+    async def test_concurrent_feature_replaces_let_exactly_one_win(
+        self, config_store: ConfigStore
+    ) -> None:
+        for _ in range(10):
+            doc = feature_document(_project(), new_id())
+            await config_store.insert_feature(doc)
+            edits = [
+                doc.model_copy(update={"description": f"tab {i}", "revision": 2}) for i in range(2)
+            ]
+            results = await asyncio.gather(
+                *(config_store.replace_feature(e, expected_revision=1) for e in edits)
+            )
+            assert sorted(results) == [False, True]
 
     async def test_delete_removes_once(self, config_store: ConfigStore) -> None:
         doc = pipeline_document(_project())
