@@ -268,6 +268,12 @@ class BatchTooLarge(PayloadTooLarge):
     """A batch read named more user ids than the serving limit allows."""
 
 
+class OnlineStoreUnavailable(ServiceUnavailable):
+    """The online store did not answer a feature read (see Retry-After)."""
+
+    headers = {"Retry-After": "1"}
+
+
 # -- deployments and the config loader -------------------------------------------------
 class NothingToDeploy(Conflict):
     """The draft equals the live deployment: deploying it would not change anything."""

@@ -10,14 +10,18 @@ after the user's last event.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from app.db.online_store import OnlineStore
+from app.core.errors import OnlineStoreUnavailable
+from app.db.online_store import OnlineStore, StoredRecord
 from runtime.compute.record import serve
 from runtime.serving.metrics import ServingMetrics
 from runtime.serving.plan import Selection
+
+logger = logging.getLogger(__name__)
 
 Clock = Callable[[], int]
 """Returns the current time in epoch milliseconds (tests inject their own)."""
@@ -41,10 +45,13 @@ class FeatureReader:
         """Returns {feature key: value} for the selection at `now_ms`.
 
         A user without a record gets every selected key at its empty value. Raises
-        whatever the store raises when it cannot answer.
+        OnlineStoreUnavailable when the store cannot answer.
         """
         started = time.perf_counter()
-        stored = await self._store.get(project_id, user_id)
+        try:
+            stored = await self._store.get(project_id, user_id)
+        except Exception as exc:
+            raise _unavailable(exc) from exc
         self._metrics.store_read_seconds.labels("get").observe(time.perf_counter() - started)
         if stored is None:
             return dict(selection.empty)
@@ -56,10 +63,13 @@ class FeatureReader:
         """Returns one {feature key: value} per user id, in the order of `user_ids`, from
         ONE batch read of the store (a repeated id is answered each time it appears).
 
-        Raises whatever the store raises when it cannot answer.
+        Raises OnlineStoreUnavailable when the store cannot answer.
         """
         started = time.perf_counter()
-        records = await self._store.get_many(project_id, user_ids)
+        try:
+            records: list[StoredRecord | None] = await self._store.get_many(project_id, user_ids)
+        except Exception as exc:
+            raise _unavailable(exc) from exc
         self._metrics.store_read_seconds.labels("get_many").observe(time.perf_counter() - started)
         empty = selection.empty
         specs = selection.specs
@@ -67,3 +77,11 @@ class FeatureReader:
             dict(empty) if stored is None else serve(stored.record, specs, now_ms)
             for stored in records
         ]
+
+
+def _unavailable(exc: Exception) -> OnlineStoreUnavailable:
+    # Stores raise their driver's errors (redis, sqlite3, aerospike): the interface has
+    # no common type. Only the store call is guarded, never the merge, so a bug in the
+    # maths still surfaces as a 500; the traceback is logged either way.
+    logger.warning("online store read failed: %r", exc, exc_info=exc)
+    return OnlineStoreUnavailable("The online store did not answer; retry shortly")
