@@ -1,0 +1,137 @@
+"""The online store on Redis: one hash per (project, user), compare-and-set in Lua.
+
+Key `dps:f:{project_id}:{user_id}` (each id percent-encoded, so a `:` inside an id can
+never make two (project, user) pairs share a key), fields `rec` (the record as
+compact JSON) and `gen` (the generation, 1 on create). A write is one Lua script:
+check the generation, set both fields, set the TTL; Redis runs scripts atomically,
+so two writers can never both succeed from the same generation. Expired keys are
+gone (Redis expires them), so they read as absent and can be created again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import quote
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+
+from app.core.settings import BackendSettings
+from app.db.online_store import OnlineStore, StoredRecord, WriteConflict
+
+_KEY_PREFIX = "dps:f"
+_CONNECT_TIMEOUT_S = 1.0
+_SOCKET_TIMEOUT_S = 5.0  # large records (hundreds of KB) take a moment to move
+_MAX_CONNECTIONS = 64
+_POOL_WAIT_S = 5.0
+
+# KEYS[1] record key; ARGV[1] expected generation ("" = must not exist);
+# ARGV[2] record JSON; ARGV[3] TTL in milliseconds. Returns the new generation, or
+# -1 when the expectation does not hold.
+_COMPARE_AND_SET = """
+local current = redis.call('HGET', KEYS[1], 'gen')
+if ARGV[1] == '' then
+  if current then return -1 end
+  current = '0'
+elseif current ~= ARGV[1] then
+  return -1
+end
+local generation = tonumber(current) + 1
+redis.call('HSET', KEYS[1], 'rec', ARGV[2], 'gen', generation)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return generation
+"""
+
+
+def record_key(project_id: str, user_id: str) -> str:
+    """The Redis key of a user's record."""
+    return f"{_KEY_PREFIX}:{quote(project_id, safe='')}:{quote(user_id, safe='')}"
+
+
+def _decode(fields: Sequence[bytes | str | None]) -> StoredRecord | None:
+    record_json, generation = fields
+    if record_json is None or generation is None:
+        return None
+    record: dict[str, Any] = json.loads(record_json)
+    return StoredRecord(record=record, generation=int(generation))
+
+
+class RedisOnlineStore(OnlineStore):
+    """Feature records in Redis hashes with TTLs."""
+
+    def __init__(self, settings: BackendSettings) -> None:
+        self._url = settings.redis_url
+        self._client: aioredis.Redis | None = None
+        self._cas: Any = None
+
+    async def initialize(self) -> None:
+        """Builds the pool and registers the script; connects lazily."""
+        if self._client is not None:
+            return
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self._url,
+            max_connections=_MAX_CONNECTIONS,
+            timeout=_POOL_WAIT_S,
+            socket_connect_timeout=_CONNECT_TIMEOUT_S,
+            socket_timeout=_SOCKET_TIMEOUT_S,
+            socket_keepalive=True,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.2), retries=1),
+        )
+        self._client = aioredis.Redis(connection_pool=pool)
+        # Script objects run EVALSHA and reload the script after a Redis restart.
+        self._cas = self._client.register_script(_COMPARE_AND_SET)
+
+    async def close(self) -> None:
+        """Closes the pool; idempotent."""
+        if self._client is not None:
+            await self._client.aclose(close_connection_pool=True)
+        self._client = None
+
+    def _redis(self) -> aioredis.Redis:
+        if self._client is None:
+            raise RuntimeError("RedisOnlineStore used before initialize()")
+        return self._client
+
+    async def ping(self) -> None:
+        """Returns when Redis answers PING; raises redis.exceptions.RedisError."""
+        await self._redis().ping()
+
+    async def get(self, project_id: str, user_id: str) -> StoredRecord | None:
+        """Returns the record, or None if absent or expired."""
+        fields = await self._redis().hmget(record_key(project_id, user_id), ["rec", "gen"])
+        return _decode(fields)
+
+    async def get_many(self, project_id: str, user_ids: Sequence[str]) -> list[StoredRecord | None]:
+        """Returns the records in the order of `user_ids`, in one round trip."""
+        if not user_ids:
+            return []
+        pipe = self._redis().pipeline(transaction=False)
+        for user_id in user_ids:
+            pipe.hmget(record_key(project_id, user_id), ["rec", "gen"])
+        return [_decode(fields) for fields in await pipe.execute()]
+
+    async def put(
+        self,
+        project_id: str,
+        user_id: str,
+        record: dict[str, Any],
+        ttl_seconds: int,
+        expected_generation: int | None,
+    ) -> None:
+        """Compare-and-set with the TTL; raises WriteConflict, ValueError for ttl ≤ 0."""
+        if ttl_seconds <= 0:
+            raise ValueError("ttl_seconds must be positive")
+        self._redis()
+        payload = json.dumps(record, separators=(",", ":"), allow_nan=False)
+        expected = "" if expected_generation is None else str(expected_generation)
+        generation = await self._cas(
+            keys=[record_key(project_id, user_id)],
+            args=[expected, payload, ttl_seconds * 1000],
+        )
+        if int(generation) < 0:
+            raise WriteConflict(
+                f"{project_id}/{user_id}: generation {expected_generation!r} is stale"
+            )

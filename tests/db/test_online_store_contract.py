@@ -1,0 +1,300 @@
+"""Online store contract: Redis (real), SQLite, and Aerospike when AEROSPIKE_HOSTS is set.
+
+Every test uses its own project id, so tests never see each other's records (and
+Aerospike's records, in per-project sets, expire by their TTL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aerospike
+import pytest
+import redis.asyncio as aioredis
+from aerospike import exception as aerospike_errors
+
+from app.core.settings import BackendSettings
+from app.db.aerospike import AerospikeOnlineStore, parse_hosts, record_to_bins, write_arguments
+from app.db.factory import make_online_store
+from app.db.online_store import OnlineStore, StoredRecord, WriteConflict
+from app.db.redis_online import record_key
+from app.db.sqlite_online import store_path
+from tests.conftest import AEROSPIKE_HOSTS, REDIS_URL, requires_aerospike, unique
+
+TTL = 3600
+EXPIRY_BOUND_S = 15.0  # turns "never expires" into a failure; not a timing assertion
+
+KINDS = [
+    pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("aerospike", id="aerospike", marks=[pytest.mark.aerospike, requires_aerospike]),
+]
+
+
+class Kit:
+    """A store of one kind plus the kind-specific look at a record's remaining TTL."""
+
+    def __init__(self, kind: str, settings: BackendSettings, store: OnlineStore) -> None:
+        self.kind = kind
+        self.settings = settings
+        self.store = store
+        self.project = unique("proj")
+
+    async def remaining_ttl_s(self, user_id: str) -> float:
+        if self.kind == "redis":
+            client = aioredis.Redis.from_url(REDIS_URL)
+            try:
+                return float(await client.pttl(record_key(self.project, user_id))) / 1000
+            finally:
+                await client.aclose()
+        if self.kind == "sqlite":
+            with sqlite3.connect(store_path(self.settings)) as conn:
+                (expires_at_ms,) = conn.execute(
+                    "SELECT expires_at_ms FROM online_records WHERE project_id = ? AND user_id = ?",
+                    (self.project, user_id),
+                ).fetchone()
+            return (expires_at_ms - time.time() * 1000) / 1000
+
+        def read_ttl() -> float:
+            client = aerospike.client({"hosts": parse_hosts(AEROSPIKE_HOSTS or "")})
+            try:
+                _, meta = client.exists((self.settings.aerospike_namespace, self.project, user_id))
+                return float(meta["ttl"])
+            finally:
+                client.close()
+
+        return await asyncio.to_thread(read_ttl)
+
+
+@pytest.fixture(params=KINDS)
+async def kit(
+    request: pytest.FixtureRequest, backend_settings: BackendSettings
+) -> AsyncIterator[Kit]:
+    settings = backend_settings.model_copy(update={"online_store": request.param})
+    store = make_online_store(settings)
+    await store.initialize()
+    try:
+        yield Kit(request.param, settings, store)
+    finally:
+        await store.close()
+
+
+def a_record(seed: int = 1) -> dict[str, Any]:
+    return {
+        "features": {"views": {"fp": "f1", "w": {"5m": {"1700000000000": {"c": seed}}}}},
+        "offsets": {"3": 100 + seed},
+        "updated_ms": 1_700_000_000_000 + seed,
+    }
+
+
+def a_large_record() -> dict[str, Any]:
+    """100 features x 5 windows x 61 tiles, the size a busy user reaches."""
+    windows = ["5m", "1h", "24h", "7d", "30d"]
+    return {
+        "features": {
+            f"feature_{f:03d}": {
+                "fp": f"fp{f}",
+                "w": {
+                    w: {
+                        str(1_700_000_000_000 + t * 60_000): {"c": t, "s": t * 1.5}
+                        for t in range(61)
+                    }
+                    for w in windows
+                },
+            }
+            for f in range(100)
+        },
+        "offsets": {str(p): 10_000 + p for p in range(12)},
+        "updated_ms": 1_700_000_000_000,
+    }
+
+
+async def created(kit: Kit, user_id: str, record: dict[str, Any], ttl: int = TTL) -> StoredRecord:
+    await kit.store.put(kit.project, user_id, record, ttl, expected_generation=None)
+    stored = await kit.store.get(kit.project, user_id)
+    assert stored is not None
+    return stored
+
+
+async def wait_until_absent(kit: Kit, user_id: str) -> None:
+    for _ in range(int(EXPIRY_BOUND_S / 0.25)):
+        if await kit.store.get(kit.project, user_id) is None:
+            return
+        await asyncio.sleep(0.25)
+    pytest.fail(f"{user_id} did not expire")
+
+
+class TestReadWrite:
+    async def test_get_of_an_absent_record_returns_none(self, kit: Kit) -> None:
+        assert await kit.store.get(kit.project, "nobody") is None
+
+    async def test_a_created_record_reads_back_equal_with_a_generation(self, kit: Kit) -> None:
+        stored = await created(kit, "u1", a_record())
+        assert stored.record == a_record()
+        assert isinstance(stored.generation, int)
+
+    async def test_an_update_with_the_read_generation_replaces_the_record(self, kit: Kit) -> None:
+        first = await created(kit, "u1", a_record(1))
+        await kit.store.put(kit.project, "u1", a_record(2), TTL, first.generation)
+        second = await kit.store.get(kit.project, "u1")
+        assert second is not None
+        assert second.record == a_record(2)
+        assert second.generation != first.generation
+
+    async def test_a_large_record_round_trips(self, kit: Kit) -> None:
+        stored = await created(kit, "busy", a_large_record())
+        assert stored.record == a_large_record()
+
+    async def test_ping_answers(self, kit: Kit) -> None:
+        await kit.store.ping()
+
+    async def test_a_non_positive_ttl_is_refused(self, kit: Kit) -> None:
+        with pytest.raises(ValueError, match="ttl"):
+            await kit.store.put(kit.project, "u1", a_record(), 0, None)
+
+
+class TestCompareAndSet:
+    async def test_a_stale_generation_is_a_write_conflict_and_changes_nothing(
+        self, kit: Kit
+    ) -> None:
+        first = await created(kit, "u1", a_record(1))
+        await kit.store.put(kit.project, "u1", a_record(2), TTL, first.generation)
+        with pytest.raises(WriteConflict):
+            await kit.store.put(kit.project, "u1", a_record(3), TTL, first.generation)
+        current = await kit.store.get(kit.project, "u1")
+        assert current is not None
+        assert current.record == a_record(2)
+
+    async def test_creating_a_record_that_exists_is_a_write_conflict(self, kit: Kit) -> None:
+        await created(kit, "u1", a_record(1))
+        with pytest.raises(WriteConflict):
+            await kit.store.put(kit.project, "u1", a_record(2), TTL, expected_generation=None)
+
+    async def test_updating_a_record_that_does_not_exist_is_a_write_conflict(
+        self, kit: Kit
+    ) -> None:
+        with pytest.raises(WriteConflict):
+            await kit.store.put(kit.project, "ghost", a_record(), TTL, expected_generation=1)
+        assert await kit.store.get(kit.project, "ghost") is None
+
+    async def test_concurrent_writers_from_one_generation_have_exactly_one_winner(
+        self, kit: Kit
+    ) -> None:
+        base = await created(kit, "u1", a_record(0))
+
+        async def attempt(seed: int) -> bool:
+            try:
+                await kit.store.put(kit.project, "u1", a_record(seed), TTL, base.generation)
+            except WriteConflict:
+                return False
+            return True
+
+        results = await asyncio.gather(*(attempt(seed) for seed in range(1, 9)))
+        assert results.count(True) == 1
+        winner = results.index(True) + 1
+        current = await kit.store.get(kit.project, "u1")
+        assert current is not None
+        assert current.record == a_record(winner)
+
+
+class TestTtl:
+    async def test_a_write_sets_the_ttl(self, kit: Kit) -> None:
+        await created(kit, "u1", a_record(), ttl=TTL)
+        assert 0 < await kit.remaining_ttl_s("u1") <= TTL
+
+    async def test_an_update_resets_the_ttl_to_the_new_one(self, kit: Kit) -> None:
+        first = await created(kit, "u1", a_record(), ttl=100)
+        await kit.store.put(kit.project, "u1", a_record(2), TTL, first.generation)
+        assert 100 < await kit.remaining_ttl_s("u1") <= TTL
+
+    async def test_an_expired_record_reads_as_absent_and_can_be_created_again(
+        self, kit: Kit
+    ) -> None:
+        await created(kit, "u1", a_record(1), ttl=1)
+        await wait_until_absent(kit, "u1")
+        assert await kit.store.get_many(kit.project, ["u1"]) == [None]
+        again = await created(kit, "u1", a_record(2))
+        assert again.record == a_record(2)
+
+
+class TestGetMany:
+    async def test_results_follow_the_request_order_with_gaps(self, kit: Kit) -> None:
+        await created(kit, "u1", a_record(1))
+        await created(kit, "u2", a_record(2))
+        got = await kit.store.get_many(kit.project, ["u2", "missing", "u1", "u2"])
+        assert [None if r is None else r.record for r in got] == [
+            a_record(2),
+            None,
+            a_record(1),
+            a_record(2),
+        ]
+
+    async def test_no_ids_give_no_records(self, kit: Kit) -> None:
+        assert await kit.store.get_many(kit.project, []) == []
+
+    async def test_projects_do_not_see_each_others_users(self, kit: Kit) -> None:
+        other = unique("proj")
+        await created(kit, "u1", a_record(1))
+        assert await kit.store.get(other, "u1") is None
+        await kit.store.put(other, "u1", a_record(2), TTL, expected_generation=None)
+        mine = await kit.store.get(kit.project, "u1")
+        theirs = await kit.store.get(other, "u1")
+        assert mine is not None
+        assert mine.record == a_record(1)
+        assert theirs is not None
+        assert theirs.record == a_record(2)
+
+
+class TestKeys:
+    @pytest.mark.redis
+    def test_redis_keys_cannot_collide_through_separators(self) -> None:
+        assert record_key("a:b", "c") != record_key("a", "b:c")
+        assert record_key("p1", "u1") == "dps:f:p1:u1"
+
+    def test_aerospike_bins_must_have_names_of_at_most_15_bytes(self) -> None:
+        assert record_to_bins(a_record()) == a_record()
+        with pytest.raises(ValueError, match="bin name"):
+            record_to_bins({"a_very_long_bin_name": 1})
+        with pytest.raises(ValueError, match="at least one bin"):
+            record_to_bins({})
+
+    def test_aerospike_hosts_parse_with_a_default_port(self) -> None:
+        assert parse_hosts("a:3100, b") == [("a", 3100), ("b", 3000)]
+
+
+class TestAerospikeCallsAgainstTheInstalledClient:
+    """Runs without a server: a client with no cluster validates every argument before
+    it looks for a node, so a ParamError (misspelt policy key) or a ClientError (e.g.
+    the `meta["ttl"]` that client 19.1 deprecated) fails these tests; "no node for the
+    namespace" means the call was well formed."""
+
+    @pytest.fixture
+    def offline_client(self, backend_settings: BackendSettings) -> Iterator[Any]:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        settings = backend_settings.model_copy(update={"aerospike_hosts": f"127.0.0.1:{port}"})
+        config = AerospikeOnlineStore(settings).client_config()
+        client = aerospike.client(
+            {**config, "fail_if_not_connected": False, "connect_timeout": 200}
+        )
+        try:
+            yield client
+        finally:
+            client.close()
+
+    @pytest.mark.parametrize("expected_generation", [None, 7], ids=["create", "update"])
+    def test_compare_and_set_arguments_are_well_formed(
+        self, offline_client: Any, expected_generation: int | None
+    ) -> None:
+        ops, meta, policy = write_arguments(a_record(), 60, expected_generation)
+        key = ("features", "proj", "u1")
+        extra = {} if meta is None else {"meta": meta}
+        with pytest.raises(aerospike_errors.AerospikeError) as raised:
+            offline_client.operate(key, ops, policy=policy, **extra)
+        assert not isinstance(raised.value, aerospike_errors.ClientError), raised.value
