@@ -48,6 +48,9 @@ class Resources:
     analytics: AnalyticsSink | None = None
     # Anything a role adds at start-up (config loader, consumer task, rate limiter...).
     extras: dict[str, Any] = field(default_factory=dict)
+    # Readiness checks a role adds at start-up beside the backends' pings (compute's
+    # consumer loop): name -> coroutine that returns when healthy, raises otherwise.
+    checks: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
 
     def pings(self) -> dict[str, Callable[[], Awaitable[None]]]:
         candidates: dict[str, Any] = {
@@ -57,7 +60,8 @@ class Resources:
             Backend.ONLINE_STORE: self.online_store,
             Backend.ANALYTICS: self.analytics,
         }
-        return {name: c.ping for name, c in candidates.items() if c is not None}
+        pings = {name: c.ping for name, c in candidates.items() if c is not None}
+        return pings | self.checks
 
 
 # A start-up hook gets the resources and the exit stack, so what it starts it also stops.

@@ -2,8 +2,8 @@
 
 The work is the consumer loop (`worker.py`): Kafka (or the local log) → per-user
 feature records in the online store, with the optional analytics sink fed on the
-side. The HTTP port only serves `/health`, `/ready` (backends plus the consumer's
-state) and `/metrics`.
+side. The HTTP port only serves `/health`, `/ready` (backends plus the consumer loop, as
+`compute_consumer`), `/consumer` (the loop's state and lag) and `/metrics`.
 
 `compute_startup` (the start-up hook that runs the worker) and `compute_router`
 (`/metrics`, `/consumer`) are also what the standalone process mounts, after
@@ -26,15 +26,7 @@ from prometheus_client.exposition import generate_latest
 from pydantic import BaseModel
 
 from app.core.config_loader import config_loader_hook
-from app.core.service import (
-    Backend,
-    ReadyStatus,
-    Resources,
-    StartupHook,
-    build_app,
-    get_resources,
-    readiness,
-)
+from app.core.service import Backend, Resources, StartupHook, build_app, get_resources
 from app.core.settings import ComputeSettings
 from app.db import factory
 from runtime.compute.aerospike_writer import FeatureWriter
@@ -48,6 +40,8 @@ logger = logging.getLogger(__name__)
 CONFIG_LOADER = "config_loader"
 COMPUTE_WORKER = "compute_worker"
 COMPUTE_TASK = "compute_task"
+# The name of the consumer loop's entry in /ready.
+CONSUMER_CHECK = "compute_consumer"
 # How long shutdown waits for the in-flight batch to be stored and committed.
 _STOP_TIMEOUT_S = 30.0
 
@@ -64,8 +58,16 @@ class ConsumerStatus(BaseModel):
     lag: dict[str, int]
 
 
-class ComputeReadyStatus(ReadyStatus):
-    consumer: ConsumerStatus | None
+class ConsumerNotRunning(Exception):
+    """The consumer loop has stopped (or crashed): nothing is being computed."""
+
+
+class ConsumerNotStarted(Exception):
+    """The consumer has not joined its group yet (event log unreachable)."""
+
+
+class ConsumerRetrying(Exception):
+    """A batch cannot be stored (online store or config unavailable) and is being retried."""
 
 
 def consumer_status(resources: Resources) -> ConsumerStatus | None:
@@ -132,6 +134,17 @@ def compute_startup(
         resources.extras[COMPUTE_WORKER] = worker
         resources.extras[COMPUTE_TASK] = task
 
+        async def consumer_check() -> None:
+            # /ready reports this beside the backends' pings; /consumer has the details.
+            if task.done():
+                raise ConsumerNotRunning("the consumer loop is not running")
+            if not worker.state.consumer_started:
+                raise ConsumerNotStarted("the consumer has not joined its group")
+            if worker.state.retrying:
+                raise ConsumerRetrying(f"batch retrying after {worker.state.last_error}")
+
+        resources.checks[CONSUMER_CHECK] = consumer_check
+
         async def stop() -> None:
             worker.stop()
             try:
@@ -172,28 +185,6 @@ def compute_router(metrics: ComputeMetrics) -> APIRouter:
     return router
 
 
-def _ready_router() -> APIRouter:
-    router = APIRouter(tags=["health"])
-
-    @router.get(
-        "/ready",
-        summary="Readiness: every backend answers and the consumer loop runs",
-        response_model=ComputeReadyStatus,
-        responses={503: {"model": ComputeReadyStatus}},
-    )
-    async def ready(request: Request) -> JSONResponse:
-        resources = get_resources(request)
-        backends = await readiness(resources)
-        consumer = consumer_status(resources)
-        ok = backends.status == "ready" and consumer is not None and consumer.running
-        body = ComputeReadyStatus(
-            status="ready" if ok else "unavailable", backends=backends.backends, consumer=consumer
-        )
-        return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
-
-    return router
-
-
 def create_app(
     settings: ComputeSettings | None = None, *, now_ms: Callable[[], int] | None = None
 ) -> FastAPI:
@@ -214,9 +205,6 @@ def create_app(
             compute_startup(metrics, now_ms=now_ms or wall_clock_ms),
         ),
     )
-    # The shared /ready knows only backends; compute's also reports the consumer loop.
-    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) != "/ready"]
-    app.include_router(_ready_router())
     app.include_router(compute_router(metrics))
     return app
 

@@ -4,6 +4,7 @@ committed only after the writes, and nothing is skipped or counted twice."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -18,7 +19,7 @@ from runtime.compute.specs import ProjectSpecs, build_specs, event_key
 from runtime.compute.windows import parse_window
 from tests.conftest import unique
 from tests.factories import new_id
-from tests.runtime.compute.harness import ComputeKit, sample
+from tests.runtime.compute.harness import CATCH_UP_BOUND_S, ComputeKit, sample
 from tests.runtime.compute.oracle import (
     RawEvent,
     all_aggregations,
@@ -306,6 +307,27 @@ class TestSkippedRecords:
         assert sum((await kit.committed()).values()) == 3
 
 
+class TestGracefulStop:
+    async def test_stop_during_a_batch_stores_and_commits_it_before_leaving(self, kit: ComputeKit):
+        project, p = unique("shop"), new_id()
+        features = [feature("n", p, "COUNT", ["1h"])]
+        snapshot = config(project, 1, [pipeline(p, "add_to_cart")], features)
+        await kit.publish(snapshot)
+        events = [RawEvent(f"u{i % 4}", p, "add_to_cart", NOW - i) for i in range(30)]
+        await kit.produce(project, events, version=1)
+        consumer = _StopAfterFetch(kit.consumer())
+
+        running = kit.run(consumer=consumer)  # type: ignore[arg-type]
+        consumer.worker = running.worker
+        async with asyncio.timeout(CATCH_UP_BOUND_S):
+            await running.task
+
+        fetched = consumer.fetched
+        assert 0 < fetched <= len(events)
+        assert sum((await kit.committed()).values()) == fetched
+        assert sample(running.metrics, "compute_events_applied_total") == fetched
+
+
 class _CrashingCommit:
     """A real consumer whose commit never happens: the process 'dies' right before it."""
 
@@ -328,6 +350,25 @@ class _CrashingCommit:
     async def lag(self) -> dict[int, int]:
         lag: dict[int, int] = await self._inner.lag()
         return lag
+
+
+class _StopAfterFetch(_CrashingCommit):
+    """A real consumer; the worker is asked to stop as soon as a batch was fetched."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.worker: Any = None
+        self.fetched = 0
+
+    async def getmany(self, max_records: int, timeout_ms: int) -> list[LogRecord]:
+        records = await super().getmany(max_records, timeout_ms)
+        if records:
+            self.fetched += len(records)
+            self.worker.stop()
+        return records
+
+    async def commit(self, next_offsets: Any) -> None:
+        await self._inner.commit(next_offsets)
 
 
 class _Outage(OnlineStore):
