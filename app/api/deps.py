@@ -11,6 +11,7 @@ from app.core.errors import ServiceUnavailable
 from app.core.service import Resources, get_resources
 from app.db.cache import Cache
 from app.db.config_store import ConfigStore
+from app.services.deployment_service import DeploymentService
 from app.services.feature_service import FeatureService
 from app.services.pipeline_service import PipelineService
 from app.services.secret_publisher import SecretPublisher
@@ -57,9 +58,17 @@ def get_pipeline_service(store: ConfigStoreDep, resources: ResourcesDep) -> Pipe
 FeatureServiceDep = Annotated[FeatureService, Depends(get_feature_service)]
 PipelineServiceDep = Annotated[PipelineService, Depends(get_pipeline_service)]
 
+
+def get_deployment_service(store: ConfigStoreDep, cache: CacheDep) -> DeploymentService:
+    return DeploymentService(store, cache)
+
+
+DeploymentServiceDep = Annotated[DeploymentService, Depends(get_deployment_service)]
+
 __all__ = [
     "CacheDep",
     "ConfigStoreDep",
+    "DeploymentServiceDep",
     "FeatureServiceDep",
     "PipelineServiceDep",
     "PrincipalDep",
