@@ -1,0 +1,230 @@
+"""The analytics sink: raw events into ClickHouse, on a server or embedded (chDB).
+
+Both sinks are clickhouse-connect clients running the same SQL: ClickHouseSink talks
+HTTP to `settings.clickhouse_url`; ChdbSink uses clickhouse-connect's `chdb`
+interface (`get_client(interface="chdb", path=...)`, an in-process engine whose files
+live in `settings.data_dir / "chdb"`). clickhouse-connect has no async chDB client, so
+both run the synchronous client in a single-thread executor: one INSERT per batch,
+never on the event loop.
+
+chDB holds one engine per process: sinks on the same path share it, and opening a
+different path while a sink is open raises clickhouse_connect's ProgrammingError.
+Its calls go through one process-wide thread, because chDB is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+from app.core.settings import BackendSettings
+from app.db.analytics import AnalyticsEvent, AnalyticsSink
+
+_T = TypeVar("_T")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+CREATE_EVENTS_TABLE = """
+CREATE TABLE IF NOT EXISTS events (
+    project_id LowCardinality(String),
+    pipeline_id LowCardinality(String),
+    user_id String,
+    event LowCardinality(String),
+    event_id String,
+    event_time DateTime64(3, 'UTC'),
+    received_at DateTime64(3, 'UTC'),
+    properties String
+)
+ENGINE = MergeTree
+PARTITION BY toYYYYMM(event_time)
+ORDER BY (project_id, user_id, event_time)
+"""
+COLUMNS = [
+    "project_id",
+    "pipeline_id",
+    "user_id",
+    "event",
+    "event_id",
+    "event_time",
+    "received_at",
+    "properties",
+]
+_COUNT_EVENTS = "SELECT count() FROM events WHERE project_id = {project_id:String}"
+_RECENT_EVENTS = """
+SELECT project_id, pipeline_id, user_id, event, event_id, event_time, received_at, properties
+FROM events WHERE project_id = {project_id:String}
+ORDER BY event_time DESC, event_id LIMIT {limit:UInt32}
+"""
+
+
+def _to_datetime(ms: int) -> datetime:
+    # Exact: going through a float timestamp could round .123 to .122999.
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+def _to_ms(value: datetime) -> int:
+    aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+    return (aware - _EPOCH) // timedelta(milliseconds=1)
+
+
+def _row(event: AnalyticsEvent) -> list[Any]:
+    return [
+        event.project_id,
+        event.pipeline_id,
+        event.user_id,
+        event.event,
+        event.event_id,
+        _to_datetime(event.event_time_ms),
+        _to_datetime(event.received_at_ms),
+        json.dumps(event.properties, separators=(",", ":"), ensure_ascii=False),
+    ]
+
+
+def _event(row: Sequence[Any]) -> AnalyticsEvent:
+    project_id, pipeline_id, user_id, event, event_id, event_time, received_at, props = row
+    return AnalyticsEvent(
+        project_id=project_id,
+        pipeline_id=pipeline_id,
+        user_id=user_id,
+        event=event,
+        event_id=event_id,
+        event_time_ms=_to_ms(event_time),
+        received_at_ms=_to_ms(received_at),
+        properties=json.loads(props),
+    )
+
+
+class ClickHouseClientSink(AnalyticsSink):
+    """The SQL both sinks share; subclasses say how to build the client and which
+    thread runs it."""
+
+    def __init__(self) -> None:
+        self._client: Client | None = None
+
+    def _connect(self) -> Client:
+        raise NotImplementedError
+
+    def _executor(self) -> ThreadPoolExecutor:
+        raise NotImplementedError
+
+    async def _run(self, fn: Callable[[], _T]) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor(), fn)
+
+    def _started(self) -> Client:
+        if self._client is None:
+            raise RuntimeError(f"{type(self).__name__} used before initialize()")
+        return self._client
+
+    async def initialize(self) -> None:
+        """Connects and creates the `events` table if needed; idempotent. Raises
+        clickhouse_connect's errors when the engine or server cannot be reached."""
+        if self._client is not None:
+            return
+
+        def connect() -> Client:
+            client = self._connect()
+            try:
+                client.command(CREATE_EVENTS_TABLE)
+            except BaseException:
+                client.close()
+                raise
+            return client
+
+        self._client = await self._run(connect)
+
+    async def close(self) -> None:
+        """Closes the client; idempotent."""
+        client, self._client = self._client, None
+        if client is not None:
+            await self._run(client.close)
+
+    async def ping(self) -> None:
+        """Runs `SELECT 1`; raises when the engine or server does not answer."""
+        client = self._started()
+        await self._run(lambda: client.command("SELECT 1"))
+
+    async def insert(self, events: Sequence[AnalyticsEvent]) -> None:
+        """Inserts the batch with one INSERT; raises on failure (nothing is retried here)."""
+        if not events:
+            return
+        client = self._started()
+        rows = [_row(event) for event in events]
+        await self._run(lambda: client.insert("events", rows, column_names=COLUMNS))
+
+    async def count_events(self, project_id: str) -> int:
+        """Returns how many events the project has stored."""
+        client = self._started()
+        result = await self._run(
+            lambda: client.query(_COUNT_EVENTS, parameters={"project_id": project_id})
+        )
+        return int(result.result_rows[0][0])
+
+    async def recent_events(self, project_id: str, limit: int = 100) -> list[AnalyticsEvent]:
+        """Returns the project's latest events, newest first (diagnostics and tests)."""
+        client = self._started()
+        params = {"project_id": project_id, "limit": limit}
+        result = await self._run(lambda: client.query(_RECENT_EVENTS, parameters=params))
+        return [_event(row) for row in result.result_rows]
+
+
+class ClickHouseSink(ClickHouseClientSink):
+    """Events into a ClickHouse server over HTTP (`settings.clickhouse_url`, which may
+    carry user, password and database: `http://user:pass@host:8123/db`)."""
+
+    def __init__(self, settings: BackendSettings) -> None:
+        super().__init__()
+        self._url = settings.clickhouse_url
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _connect(self) -> Client:
+        return clickhouse_connect.get_client(
+            dsn=self._url, connect_timeout=5, send_receive_timeout=30
+        )
+
+    def _executor(self) -> ThreadPoolExecutor:
+        # One thread: the client's HTTP session runs one query at a time.
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="clickhouse")
+        return self._pool
+
+    async def close(self) -> None:
+        """Closes the client and its thread; idempotent."""
+        await super().close()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
+
+
+_CHDB_EXECUTOR: ThreadPoolExecutor | None = None
+_CHDB_EXECUTOR_LOCK = threading.Lock()
+
+
+def _chdb_executor() -> ThreadPoolExecutor:
+    """The one thread of the process that talks to chDB."""
+    global _CHDB_EXECUTOR
+    with _CHDB_EXECUTOR_LOCK:
+        if _CHDB_EXECUTOR is None:
+            _CHDB_EXECUTOR = ThreadPoolExecutor(1, thread_name_prefix="chdb")
+        return _CHDB_EXECUTOR
+
+
+class ChdbSink(ClickHouseClientSink):
+    """Events into the embedded chDB engine under `settings.data_dir / "chdb"`."""
+
+    def __init__(self, settings: BackendSettings) -> None:
+        super().__init__()
+        self._path = settings.data_dir / "chdb"
+
+    def _connect(self) -> Client:
+        self._path.mkdir(parents=True, exist_ok=True)
+        return clickhouse_connect.get_client(interface="chdb", path=str(self._path))
+
+    def _executor(self) -> ThreadPoolExecutor:
+        return _chdb_executor()
