@@ -137,7 +137,7 @@ def oracle(events: Sequence[Sent], user_id: str, now_ms: int) -> dict[str, Any]:
                 ),
                 key=lambda e: e.t_ms,
             )
-            values = [e.properties.get(f.field) for e in hits] if f.field else []
+            values: list[Any] = [e.properties[f.field] for e in hits] if f.field else []
             key = f"{f.name}_{label}"
             match f.aggregation:
                 case "COUNT":
