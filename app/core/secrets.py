@@ -25,7 +25,7 @@ from typing import Annotated, Any
 from fastapi import Depends
 from pydantic import ValidationError
 
-from app.core.config_loader import listen_forever
+from app.core.config_channel import listen_forever
 from app.core.errors import ConfigUnavailable, ServiceUnavailable
 from app.core.service import Resources, get_resources
 from app.db.cache import Cache

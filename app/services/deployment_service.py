@@ -19,7 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
-from app.core.config_loader import (
+from app.core.config_channel import (
     announce,
     config_key,
     publish_config,
