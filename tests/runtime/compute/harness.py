@@ -60,9 +60,15 @@ def processed(metrics: ComputeMetrics) -> int:
 class Running:
     """A worker running as a task, with its metrics."""
 
-    def __init__(self, worker: ComputeWorker, metrics: ComputeMetrics) -> None:
+    def __init__(
+        self,
+        worker: ComputeWorker,
+        metrics: ComputeMetrics,
+        forwarder: AnalyticsForwarder | None = None,
+    ) -> None:
         self.worker = worker
         self.metrics = metrics
+        self.forwarder = forwarder
         self.task = asyncio.create_task(worker.run())
 
     async def wait_processed(self, count: int) -> None:
@@ -86,8 +92,12 @@ class Running:
 
     async def stop(self) -> None:
         self.worker.stop()
-        async with asyncio.timeout(CATCH_UP_BOUND_S):
-            await self.task
+        try:
+            async with asyncio.timeout(CATCH_UP_BOUND_S):
+                await self.task
+        finally:
+            if self.forwarder is not None:
+                await self.forwarder.close(timeout_s=1.0)
 
 
 class ComputeKit:
@@ -115,9 +125,8 @@ class ComputeKit:
 
     async def close(self) -> None:
         for running in self._running:
-            running.worker.stop()
             with contextlib.suppress(BaseException):
-                await running.task
+                await running.stop()
         await self.loader.stop()
         await self.producer.stop()
         await self.store.close()
@@ -163,7 +172,7 @@ class ComputeKit:
             options=options or WorkerOptions(max_batch_messages=500, retry_first_s=0.05),
             analytics=forwarder,
         )
-        running = Running(worker, metrics)
+        running = Running(worker, metrics, forwarder)
         self._running.append(running)
         return running
 
