@@ -319,6 +319,11 @@ class ConfigLoader:
         now = time.monotonic()
         for project_id in [p for p, t in self._missing.items() if t <= now]:
             self._missing.pop(project_id, None)
+        # Unknown project ids (typos, probes) must not pile up locks forever.
+        for project_id, lock in list(self._locks.items()):
+            idle = not lock.locked()
+            if idle and project_id not in self._configs and project_id not in self._missing:
+                del self._locks[project_id]
         projects = list(self._configs)
         if not self._redis_ok:
             # One ping, not one failing GET per project, while Redis is down.
