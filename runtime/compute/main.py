@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 CONFIG_LOADER = "config_loader"
 COMPUTE_WORKER = "compute_worker"
 COMPUTE_TASK = "compute_task"
+COMPUTE_METRICS = "compute_metrics"
 # The name of the consumer loop's entry in /ready.
 CONSUMER_CHECK = "compute_consumer"
 # How long shutdown waits for the in-flight batch to be stored and committed.
@@ -133,6 +134,7 @@ def compute_startup(
         task = asyncio.create_task(worker.run(), name="compute-worker")
         resources.extras[COMPUTE_WORKER] = worker
         resources.extras[COMPUTE_TASK] = task
+        resources.extras[COMPUTE_METRICS] = metrics
 
         async def consumer_check() -> None:
             # /ready reports this beside the backends' pings; /consumer has the details.
