@@ -13,6 +13,7 @@ import pytest
 
 from app.core.settings import BackendSettings
 from app.db.event_log import LogRecord
+from app.db.kafka import DEFAULT_PARTITIONS
 from app.db.online_store import OnlineStore, StoredRecord
 from runtime.compute.record import AppliedEvent, apply_batch, serve
 from runtime.compute.specs import ProjectSpecs, build_specs, event_key
@@ -137,6 +138,34 @@ class TestStoredRecordsEqualTheOracle:
         await running.stop()
 
         assert sum((await kit.committed()).values()) == len(events)
+
+
+class TestLagMetric:
+    async def test_lag_per_partition_is_exported_and_reaches_zero_once_caught_up(
+        self, kit: ComputeKit
+    ):
+        project, p = unique("shop"), new_id()
+        await kit.publish(
+            config(project, 1, [pipeline(p, "add_to_cart")], [feature("n", p, "COUNT", ["1h"])])
+        )
+        events = [RawEvent(f"u{i}", p, "add_to_cart", NOW - i) for i in range(40)]
+        await kit.produce(project, events, version=1)
+
+        running = kit.run()
+        await running.wait_processed(len(events))
+
+        def lag_series() -> dict[str, float]:
+            return {
+                s.labels["partition"]: s.value
+                for family in running.metrics.registry.collect()
+                if family.name == "compute_consumer_lag"
+                for s in family.samples
+            }
+
+        await running.wait_for(lambda: bool(lag_series()) and sum(lag_series().values()) == 0)
+        await running.stop()
+        # The only member of its group holds every partition of the topic.
+        assert set(lag_series()) == {str(i) for i in range(DEFAULT_PARTITIONS)}
 
 
 class TestDeployWithoutRestart:
