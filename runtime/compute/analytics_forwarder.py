@@ -118,15 +118,15 @@ class AnalyticsForwarder:
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
                 continue
             backoff = _BACKOFF_FIRST_S
-            # Remove exactly what was inserted. Only events beyond max_queue are dropped
-            # meanwhile, from the left: count them so a drop never re-sends or skips one.
             self._remove_sent(batch)
             self._metrics.analytics_inserted.inc(len(batch))
             self._metrics.analytics_queue.set(len(self._queue))
 
     def _remove_sent(self, batch: list[AnalyticsEvent]) -> None:
-        # While the insert was awaited, `offer` may have dropped some of `batch` from the
-        # left of the queue. The batch's survivors are still at the left, in order.
+        # The batch was read from the left of the queue without removing it (a failed
+        # insert keeps it). While the insert was awaited, `offer` may have dropped some
+        # of it from the left; the survivors are still at the left, in order, so
+        # popping while the head belongs to the batch removes exactly what was sent.
         sent = {id(e) for e in batch}
         while self._queue and id(self._queue[0]) in sent:
             self._queue.popleft()
