@@ -9,9 +9,10 @@ never blocks, slows or fails feature computation. What can be lost, by design:
 - whatever is still queued when the process dies (a clean stop flushes what it can
   within `close(timeout_s)`).
 
-Events reach the sink at most once per process for each record write, but a redelivery
-after a crash can send an event again: consumers of the table should dedup on
-`event_id` when they need exact counts.
+Only events new to their user's record are forwarded (a redelivery the record skips
+is not sent again), so for projects with features an event reaches the table at most
+once. Events of a project without any feature are not stored in a record and may be
+sent again after a crash: readers that need exact counts should dedup on `event_id`.
 """
 
 from __future__ import annotations
