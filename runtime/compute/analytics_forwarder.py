@@ -9,10 +9,10 @@ never blocks, slows or fails feature computation. What can be lost, by design:
 - whatever is still queued when the process dies (a clean stop flushes what it can
   within `close(timeout_s)`).
 
-Only events new to their user's record are forwarded (a redelivery the record skips
-is not sent again), so for projects with features an event reaches the table at most
-once. Events of a project without any feature are not stored in a record and may be
-sent again after a crash: readers that need exact counts should dedup on `event_id`.
+Only events new to their user's record are forwarded, so a Kafka redelivery the
+record skips is not sent again. Duplicates remain possible (an insert that timed out
+after the server stored it is retried; events of a project without any feature have
+no record to dedup against): readers that need exact counts dedup on `event_id`.
 """
 
 from __future__ import annotations
