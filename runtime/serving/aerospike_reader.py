@@ -2,7 +2,8 @@
 
 The plan calls this module the Aerospike reader; the class works over ANY
 `OnlineStore` (Aerospike, Redis, the embedded SQLite store), since stores keep the
-record opaque and the maths lives in `runtime/compute/record.py`. Values are merged at
+record opaque and the maths lives in `runtime/compute` (`merge.py` applies it to many
+records at one `now`). Values are merged at
 read time from the tiles inside `(now - window, now]`, so a window slides forward
 without any write: a 5m count drops back to 0 five minutes (plus at most one 5 s tile)
 after the user's last event.
@@ -17,7 +18,6 @@ from typing import Any
 
 from app.core.errors import OnlineStoreUnavailable
 from app.db.online_store import OnlineStore, StoredRecord
-from runtime.compute.record import serve
 from runtime.serving.metrics import ServingMetrics
 from runtime.serving.plan import Selection
 
@@ -55,7 +55,7 @@ class FeatureReader:
         self._metrics.store_read_seconds.labels("get").observe(time.perf_counter() - started)
         if stored is None:
             return dict(selection.empty)
-        return serve(stored.record, selection.specs, now_ms)
+        return selection.merger(now_ms)(stored.record)
 
     async def read_many(
         self, project_id: str, user_ids: Sequence[str], selection: Selection, now_ms: int
@@ -72,11 +72,8 @@ class FeatureReader:
             raise _unavailable(exc) from exc
         self._metrics.store_read_seconds.labels("get_many").observe(time.perf_counter() - started)
         empty = selection.empty
-        specs = selection.specs
-        return [
-            dict(empty) if stored is None else serve(stored.record, specs, now_ms)
-            for stored in records
-        ]
+        merge = selection.merger(now_ms)
+        return [dict(empty) if stored is None else merge(stored.record) for stored in records]
 
 
 def _unavailable(exc: Exception) -> OnlineStoreUnavailable:

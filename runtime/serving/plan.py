@@ -14,6 +14,7 @@ from typing import Any
 
 from runtime.compute.aggregators import FeatureSpec, empty_value
 from runtime.compute.windows import Window
+from runtime.serving.merge import Merger
 
 # Distinct `?features=` selections remembered per version. Callers use a handful of
 # fixed selections; a client sending ever-new ones must not grow memory without bound
@@ -29,7 +30,7 @@ class UnknownFeatureKeys(ValueError):
         self.keys = list(keys)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Selection:
     """The specs to merge and the answer for a user without a record.
 
@@ -39,10 +40,18 @@ class Selection:
 
     specs: tuple[FeatureSpec, ...]
     empty: dict[str, Any]
+    _merger: Merger | None = None
 
     @property
     def keys(self) -> list[str]:
         return list(self.empty)
+
+    def merger(self, now_ms: int) -> Merger:
+        """Returns the Merger of these specs at `now_ms` (reused while it covers it)."""
+        merger = self._merger
+        if merger is None or not merger.covers(now_ms):
+            merger = self._merger = Merger(self.specs, now_ms)
+        return merger
 
 
 def _selection(specs: Iterable[FeatureSpec]) -> Selection:
