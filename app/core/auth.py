@@ -92,7 +92,10 @@ def issue_token(
 _bearer = HTTPBearer(auto_error=False, description="JWT from the Identity Service")
 
 
-def get_principal(
+# The dependencies below are `async def` although they never await: FastAPI runs a sync
+# dependency in a worker thread, and that hop cost more than the JWT check itself on
+# the serving hot path (measured by bench/serving_bench.py).
+async def get_principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
@@ -109,7 +112,7 @@ def get_principal(
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def get_project_id(
+async def get_project_id(
     project_id: Annotated[str, Path(description="Project id (from the Identity Service)")],
     principal: PrincipalDep,
 ) -> str:

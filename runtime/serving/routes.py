@@ -82,7 +82,7 @@ _BATCH = TypeAdapter(BatchRequest)
 _BATCH_SCHEMA = BatchRequest.model_json_schema()
 
 
-def get_feature_service(request: Request) -> FeatureService:
+async def get_feature_service(request: Request) -> FeatureService:
     """The FeatureService the start-up hook built."""
     service: FeatureService | None = get_resources(request).extras.get(FEATURE_SERVICE)
     if service is None:
