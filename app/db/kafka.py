@@ -19,13 +19,22 @@ committed offset.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    TopicAlreadyExistsError,
+    UnknownProducerId,
+    for_code,
+)
 
 from app.core.settings import BackendSettings
 from app.db.event_log import EventLogConsumer, EventLogProducer, EventLogUnavailable, LogRecord
@@ -42,6 +51,13 @@ _MAX_REPLICATION = 3
 
 _T = TypeVar("_T")
 _FAILURES = (KafkaError, OSError, TimeoutError)
+# Errors after which an idempotent producer's sequence state is lost for good.
+_FATAL_TO_IDEMPOTENCE = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    ProducerFenced,
+)
 
 
 async def ensure_topic(settings: BackendSettings, partitions: int = DEFAULT_PARTITIONS) -> None:
@@ -107,6 +123,7 @@ class KafkaEventProducer(EventLogProducer):
         self._topic = settings.kafka_topic
         self._partitions = partitions
         self._producer: AIOKafkaProducer | None = None
+        self._broken = False
         self._start_lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -155,11 +172,32 @@ class KafkaEventProducer(EventLogProducer):
         if not metadata.partitions_for_topic(self._topic):
             raise EventLogUnavailable(f"topic {self._topic} does not exist")
 
+    async def _replace_if_broken(self) -> None:
+        """Drops a producer whose idempotence state is broken, so start() builds a new one.
+
+        aiokafka's idempotent producer does not recover from a lost sequence (e.g.
+        OutOfOrderSequenceNumber after a broker restart): every later batch fails the
+        same way, or its sender task ends and later sends wait forever. A fresh producer
+        (new producer id) works again. Found by the ingestion broker-outage test."""
+        producer = self._producer
+        if producer is None:
+            return
+        sender = getattr(producer, "_sender", None)
+        task = getattr(sender, "sender_task", None)
+        if not self._broken and not (task is not None and task.done()):
+            return
+        self._producer, self._broken = None, False
+        logger.warning("kafka producer lost its idempotence state; replacing it")
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(_REQUEST_TIMEOUT_MS / 1000):
+                await producer.stop()
+
     async def produce_many(self, records: Sequence[tuple[bytes, bytes]]) -> None:
         """Sends every (key, value) and returns once all are acknowledged by all in-sync
         replicas. Raises EventLogUnavailable otherwise (some may still be stored)."""
         if not records:
             return
+        await self._replace_if_broken()
         await self.start()
         assert self._producer is not None
         futures: list[asyncio.Future[Any]] = []
@@ -178,6 +216,8 @@ class KafkaEventProducer(EventLogProducer):
         if pending:
             raise EventLogUnavailable(f"{len(pending)} of {len(records)} records not acknowledged")
         failed = [error for f in done if (error := f.exception()) is not None]
+        if any(isinstance(e, _FATAL_TO_IDEMPOTENCE) for e in failed):
+            self._broken = True
         if failed:
             raise EventLogUnavailable(
                 f"{len(failed)} of {len(records)} records failed: {failed[0]!r}"
