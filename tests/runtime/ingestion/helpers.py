@@ -9,7 +9,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from app.schemas.deployment import ConfigSnapshot, PipelineSnapshot
 from app.schemas.event import EventMessage
@@ -103,26 +103,34 @@ def signed(
 
 
 async def read_topic(bootstrap: str, topic: str) -> list[EventMessage]:
-    """Returns every message on `topic` (all partitions, from the beginning)."""
+    """Returns every message on `topic` (all partitions, from the beginning), decoded."""
+    return [EventMessage.decode(value) for _, value in await read_records(bootstrap, topic)]
+
+
+async def read_records(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes]]:
+    """Returns every (key, value) on `topic` (all partitions, from the beginning)."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,  # no group: every partition is assigned to this consumer
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
     )
     await consumer.start()
     try:
-        if topic not in await consumer.topics():  # fetches fresh metadata
-            return []
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
+        deadline = time.monotonic() + 30
+        while not consumer.assignment():
+            assert time.monotonic() < deadline, f"no partitions of {topic} within 30 s"
+            await consumer.getmany(timeout_ms=100)
+        tps = sorted(consumer.assignment(), key=lambda tp: tp.partition)
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
-        messages: list[EventMessage] = []
-        deadline = time.monotonic() + 30
+        records: list[tuple[bytes | None, bytes]] = []
         while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
             assert time.monotonic() < deadline, "topic not read back within 30 s"
             batches = await consumer.getmany(*tps, timeout_ms=500)
-            for records in batches.values():
-                messages.extend(EventMessage.decode(r.value) for r in records)
-        return messages
+            for batch in batches.values():
+                records.extend((r.key, r.value) for r in batch if r.value is not None)
+        return records
     finally:
         await consumer.stop()
