@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import sys
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from app.core.service import Backend, Resources, StartupHook, build_app
 from app.core.settings import IngestionSettings, ServingSettings, StandaloneSettings
 from runtime.compute.main import compute_startup
 from runtime.compute.metrics import ComputeMetrics
+from runtime.compute.worker import wall_clock_ms
 from runtime.ingestion.main import ingestion_startup
 from runtime.ingestion.metrics import IngestionMetrics
 from runtime.ingestion.routes import ingestion_router
@@ -81,8 +83,12 @@ def _print_welcome(settings: StandaloneSettings) -> StartupHook:
     return welcome
 
 
-def create_app(settings: StandaloneSettings | None = None) -> FastAPI:
-    """Returns the one-process app with every role mounted."""
+def create_app(
+    settings: StandaloneSettings | None = None, *, now_ms: Callable[[], int] | None = None
+) -> FastAPI:
+    """Returns the one-process app with every role mounted; `now_ms` (epoch ms) is the
+    clock of compute and serving, the wall clock unless a test injects one."""
+    clock = now_ms or wall_clock_ms
     settings = _with_dev_secret(settings or StandaloneSettings())
     ingestion_settings, serving_settings = _role_settings(settings)
     ingestion_metrics, serving_metrics, compute_metrics = (
@@ -113,8 +119,10 @@ def create_app(settings: StandaloneSettings | None = None) -> FastAPI:
             config_loader_hook,
             secret_provider_hook,
             ingestion_startup(ingestion_settings, ingestion_metrics),
-            serving_startup(serving_metrics, max_batch_users=serving_settings.max_batch_users),
-            compute_startup(compute_metrics),
+            serving_startup(
+                serving_metrics, max_batch_users=serving_settings.max_batch_users, now_ms=clock
+            ),
+            compute_startup(compute_metrics, now_ms=clock),
             _print_welcome(settings),
         ),
     )
