@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import pytest
@@ -173,6 +173,16 @@ def assert_clear_of_tile_edges(events: Sequence[Sent], now_ms: int) -> None:
 
 
 # -- the four processes ------------------------------------------------------------------------
+class Roles(Protocol):
+    """What the scenario needs: a client per role (`api`, `ingest`, `serving`; one shared
+    client in standalone), the shared clock, and tokens."""
+
+    clock: Clock
+    clients: dict[str, httpx.AsyncClient]
+
+    def bearer(self, project_id: str) -> dict[str, str]: ...
+
+
 class Platform:
     """Config API, ingestion, compute and serving on shared backends, started in-process."""
 
@@ -216,7 +226,7 @@ class Platform:
         return {"authorization": f"Bearer {issue_token(self.auth, 'e2e', [project_id])}"}
 
 
-async def configure(platform: Platform, project_id: str) -> tuple[str, str, int]:
+async def configure(platform: Roles, project_id: str) -> tuple[str, str, int]:
     """Creates and activates the pipeline, creates FEATURES and deploys; returns
     (pipeline id, webhook secret, deployed version)."""
     api = platform.clients["api"]
@@ -277,7 +287,7 @@ async def send_batch(ingest: httpx.AsyncClient, path: str, secret: str, batch: l
     assert response.json()["accepted"] == len(batch), response.text
 
 
-async def read_users(platform: Platform, project_id: str, user_ids: list[str]) -> dict[str, Any]:
+async def read_users(platform: Roles, project_id: str, user_ids: list[str]) -> dict[str, Any]:
     response = await platform.clients["serving"].post(
         f"/features/{project_id}/users/batch",
         json={"user_ids": user_ids},
@@ -328,7 +338,7 @@ LATER_S = [150, 360, 3_700, 7_300, 90_000, 450_000, 691_200]
 
 
 async def wait_until_served(
-    platform: Platform, project_id: str, events: Sequence[Sent], users: list[str]
+    platform: Roles, project_id: str, events: Sequence[Sent], users: list[str]
 ) -> dict[str, Any]:
     """Polls serving until every user's features equal the oracle at the clock's now."""
     expected = [oracle(events, u, platform.clock()) for u in users]
@@ -356,7 +366,9 @@ async def platform(backend_settings: BackendSettings) -> AsyncIterator[Platform]
         yield running
 
 
-async def test_every_feature_and_window_matches_the_oracle_as_time_moves(platform: Platform):
+async def drive_whole_path(platform: Roles) -> None:
+    """Configure and deploy through the API, send signed events through ingestion, wait
+    for compute, then compare serving with the oracle at t0 and at later clock times."""
     project_id = unique("shop")
     pipeline_id, secret, version = await configure(platform, project_id)
     t0 = platform.clock()
@@ -394,3 +406,7 @@ async def test_every_feature_and_window_matches_the_oracle_as_time_moves(platfor
         served["features"] == oracle([], served["user_id"], platform.clock())
         for served in body["users"]
     )
+
+
+async def test_every_feature_and_window_matches_the_oracle_as_time_moves(platform: Platform):
+    await drive_whole_path(platform)
