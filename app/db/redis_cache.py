@@ -15,7 +15,7 @@ A silent reconnect would hide exactly that gap.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import cast
 
@@ -125,6 +125,20 @@ class RedisCache(Cache):
         with _unavailable_on_outage("SET NX"):
             claimed = await self._redis().set(key, b"1", ex=ttl_seconds, nx=True)
         return bool(claimed)
+
+    async def add_many_if_absent(self, keys: Sequence[str], ttl_seconds: int) -> list[bool]:
+        """SET NX EX for every key in one pipeline (no MULTI); returns per key whether this
+        call claimed it. Raises CacheUnavailable (some keys may then be claimed)."""
+        if ttl_seconds <= 0:
+            raise ValueError("ttl_seconds must be positive")
+        if not keys:
+            return []
+        with _unavailable_on_outage("pipelined SET NX"):
+            pipe = self._redis().pipeline(transaction=False)
+            for key in keys:
+                pipe.set(key, b"1", ex=ttl_seconds, nx=True)
+            results = await pipe.execute()
+        return [bool(r) for r in results]
 
     async def publish(self, channel: str, message: bytes) -> None:
         """PUBLISH; raises CacheUnavailable. Only current subscribers get the message."""
