@@ -61,9 +61,6 @@ logger = logging.getLogger(__name__)
 
 _PROJECT_RE = re.compile(PROJECT_ID_PATTERN)
 _PIPELINE_RE = re.compile(OBJECT_ID_PATTERN)
-# Concurrent cache calls per batch: enough to hide round trips, few enough to leave
-# pooled connections for other requests.
-_CLAIM_CONCURRENCY = 16
 _RETRY = {"Retry-After": str(RETRY_AFTER_S)}
 
 T = TypeVar("T")
@@ -322,34 +319,35 @@ class IngestionService:
     async def _claim_all(self, keys: Sequence[str], ttl: int) -> list[bool]:
         if len(keys) == 1:
             return [await self._cache_call(self._cache.add_if_absent(keys[0], ttl))]
-        semaphore = asyncio.Semaphore(_CLAIM_CONCURRENCY)
-
-        async def claim(key: str) -> bool:
-            async with semaphore:
-                return await self._cache.add_if_absent(key, ttl)
-
-        outcomes = await asyncio.gather(*(claim(k) for k in keys), return_exceptions=True)
-        failed = next((o for o in outcomes if isinstance(o, BaseException)), None)
-        if failed is not None:
-            await self._release([k for k, o in zip(keys, outcomes, strict=True) if o is True])
-            if isinstance(failed, CacheUnavailable):
-                raise _cache_down(failed)
-            raise failed
-        return [o is True for o in outcomes]
+        try:
+            return await self._cache.add_many_if_absent(keys, ttl)
+        except CacheUnavailable as exc:
+            # Which keys got claimed is unknown. Releasing them all may free a concurrent
+            # duplicate's claim (at worst a duplicate record, which consumers drop by
+            # event id); keeping them could turn this batch's retry into "duplicates" of
+            # events that were never produced.
+            await self._release(keys)
+            raise _cache_down(exc) from exc
 
     async def _release(self, keys: Sequence[str]) -> None:
-        """Deletes claims, retrying briefly; a claim that cannot be released is logged
-        (its sender's retry would be taken for a duplicate until it expires)."""
-        for key in keys:
+        """Deletes claims, retrying briefly. If the cache stays down the rest are left to
+        expire and logged: until then a retry of those events is taken for a duplicate
+        (the one loss window left, needing Kafka and Redis to fail together)."""
+        for done, key in enumerate(keys):
             for attempt in range(3):
                 try:
                     await self._cache.delete(key)
                     break
                 except CacheUnavailable as exc:
                     if attempt == 2:
-                        logger.error("could not release claim %s: %s", key, exc)
-                    else:
-                        await asyncio.sleep(0.05 * (attempt + 1))
+                        logger.error(
+                            "could not release %d claim(s), first %s: %s",
+                            len(keys) - done,
+                            key,
+                            exc,
+                        )
+                        return
+                    await asyncio.sleep(0.05 * (attempt + 1))
 
     async def _cache_call(self, call: Awaitable[T]) -> T:
         try:
