@@ -43,7 +43,7 @@ from app.core.settings import IngestionSettings
 from app.db.cache import Cache, CacheUnavailable
 from app.schemas.common import OBJECT_ID_PATTERN
 from app.schemas.deployment import ConfigSnapshot
-from app.schemas.event import EventMessage, loads_json, parse_envelope
+from app.schemas.event import EventMessage, loads_json, parse_envelope, shown
 from app.schemas.pipeline import WebhookSecrets
 from runtime.ingestion.metrics import IngestionMetrics
 from runtime.ingestion.producer import RETRY_AFTER_S, EventSink
@@ -143,7 +143,7 @@ class IngestionService:
         PipelineInactive, or ConfigUnavailable (503) when the config cannot be read.
         """
         if not _PROJECT_RE.fullmatch(project_id) or not _PIPELINE_RE.fullmatch(pipeline_id):
-            raise PipelineNotFound(f"Pipeline {project_id!r}/{pipeline_id!r} not found")
+            raise PipelineNotFound(f"Pipeline {shown(project_id)}/{shown(pipeline_id)} not found")
         snapshot = self._configs.peek(project_id)
         if snapshot is None:
             try:

@@ -84,7 +84,7 @@ async def running(settings: IngestionSettings) -> AsyncIterator[tuple[FastAPI, h
 
 @pytest.fixture(scope="module")
 async def ingest() -> AsyncIterator[IngestApp]:
-    limited = [f"{LIMITED_PREFIX}-{uuid.uuid4().hex[:12]}" for _ in range(4)]
+    limited = [f"{LIMITED_PREFIX}-{uuid.uuid4().hex[:12]}" for _ in range(5)]
     settings = ingestion_settings(rate_limit_overrides=dict.fromkeys(limited, LIMITED_RATE))
     async for app, client in running(settings):
         yield IngestApp(app, client, settings, limited)

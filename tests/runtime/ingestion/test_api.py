@@ -369,17 +369,27 @@ class TestUnknownPropertiesSetting:
 
 
 class TestMetrics:
-    async def test_metrics_count_accepted_rejected_and_duplicates(self, ingest: IngestApp) -> None:
+    async def test_metrics_count_each_outcome(self, ingest: IngestApp) -> None:
         pipe = await deploy_pipeline(ingest, unique("shop"))
         payload = event()
         await pipe.post(payload)
         await pipe.post(payload)
         await pipe.post(event(event="refund"))
+        await pipe.post({"events": [event(), event(user_id="$x")]}, batch=True)
+        limited = await deploy_pipeline(ingest, ingest.limited_projects[4])
+        await limited.post({"events": [event() for _ in range(4)]}, batch=True)
         text = (await ingest.client.get("/metrics")).text
-        assert "ingest_events_accepted_total" in text
-        assert 'ingest_requests_rejected_total{reason="UnknownEvent"}' in text
-        assert "ingest_events_deduplicated_total" in text
-        assert "ingest_produce_seconds_bucket" in text
+        samples = {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line and not line.startswith("#")
+        }
+        assert samples["ingest_events_accepted_total"] >= 2
+        assert samples["ingest_events_deduplicated_total"] >= 1
+        assert samples['ingest_requests_rejected_total{reason="UnknownEvent"}'] >= 1
+        assert samples['ingest_batch_events_rejected_total{reason="InvalidEvent"}'] >= 1
+        assert samples['ingest_requests_rate_limited_total{scope="pipeline"}'] >= 1
+        assert samples["ingest_produce_seconds_count"] >= 2
 
 
 async def test_openapi_documents_both_routes_and_their_bodies(ingest: IngestApp) -> None:
