@@ -120,7 +120,8 @@ class IngestionSettings(ServiceSettings):
     unknown_properties: Literal["reject", "drop"] = "reject"
     rate_limit_project: str = "6000/minute"
     rate_limit_pipeline: str = "3000/minute"
-    # Per-project override of both limits, e.g. INGEST_RATE_LIMIT_OVERRIDES='{"shop1":"100/second"}'.
+    # Per-project override of both limits:
+    # INGEST_RATE_LIMIT_OVERRIDES='{"shop1": "100/second"}'
     rate_limit_overrides: dict[str, str] = Field(default_factory=dict)
 
 
