@@ -25,7 +25,7 @@ from app.core.metrics import metrics_router
 from app.core.secrets import secret_provider_hook
 from app.core.service import Backend, Resources, StartupHook, build_app
 from app.core.settings import IngestionSettings, ServingSettings, StandaloneSettings
-from runtime.compute.main import compute_startup
+from runtime.compute.main import compute_router, compute_startup
 from runtime.compute.metrics import ComputeMetrics
 from runtime.compute.worker import wall_clock_ms
 from runtime.ingestion.main import ingestion_startup
@@ -111,6 +111,7 @@ def create_app(
             *api_router(),
             ingestion_router(),
             serving_router(serving_metrics),
+            compute_router(),
             metrics_router(
                 ingestion_metrics.registry, serving_metrics.registry, compute_metrics.registry
             ),

@@ -6,7 +6,7 @@ side. The HTTP port only serves `/health`, `/ready` (backends plus the consumer 
 `compute_consumer`), `/consumer` (the loop's state and lag) and `/metrics`.
 
 `compute_startup` (the start-up hook that runs the worker) and `compute_router`
-(`/metrics`, `/consumer`) are also what the standalone process mounts, after
+(`/consumer`) are also what the standalone process mounts, after
 `config_loader_hook`.
 """
 
@@ -20,12 +20,11 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST
-from prometheus_client.exposition import generate_latest
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from app.core.config_loader import config_loader_hook
+from app.core.metrics import metrics_router
 from app.core.service import Backend, Resources, StartupHook, build_app, get_resources
 from app.core.settings import ComputeSettings
 from app.db import factory
@@ -164,13 +163,9 @@ def compute_startup(
     return start
 
 
-def compute_router(metrics: ComputeMetrics) -> APIRouter:
-    """Returns `GET /metrics` (Prometheus text) and `GET /consumer` (the loop's state)."""
+def compute_router() -> APIRouter:
+    """Returns `GET /consumer` (the loop's state: running, retrying, lag)."""
     router = APIRouter(tags=["health"])
-
-    @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-    async def metrics_endpoint() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @router.get(
         "/consumer",
@@ -207,7 +202,8 @@ def create_app(
             compute_startup(metrics, now_ms=now_ms or wall_clock_ms),
         ),
     )
-    app.include_router(compute_router(metrics))
+    app.include_router(compute_router())
+    app.include_router(metrics_router(metrics.registry))
     return app
 
 

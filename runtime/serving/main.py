@@ -13,13 +13,14 @@ from contextlib import AsyncExitStack
 from fastapi import FastAPI
 
 from app.core.config_loader import config_loader_hook
+from app.core.metrics import metrics_router
 from app.core.service import Backend, Resources, StartupHook, build_app
 from app.core.settings import ServingSettings
 from app.schemas.deployment import ConfigSnapshot
 from runtime.compute.aggregators import FeatureSpec
 from runtime.compute.specs import build_specs
 from runtime.serving.aerospike_reader import Clock, FeatureReader, system_clock
-from runtime.serving.metrics import ServingMetrics, metrics_router
+from runtime.serving.metrics import ServingMetrics
 from runtime.serving.routes import FEATURE_SERVICE, serving_router
 from runtime.serving.service import FeatureService
 

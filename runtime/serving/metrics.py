@@ -8,10 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fastapi import APIRouter
-from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
-from prometheus_client.exposition import generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 # Store reads are sub-millisecond on a local Redis; the buckets resolve that range and
 # still show a slow remote store.
@@ -45,14 +42,3 @@ class ServingMetrics:
             buckets=_BATCH_BUCKETS,
             registry=self.registry,
         )
-
-
-def metrics_router(registry: CollectorRegistry) -> APIRouter:
-    """Returns a router with `GET /metrics` exposing `registry` in Prometheus text format."""
-    router = APIRouter(tags=["health"])
-
-    @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-    async def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    return router
