@@ -128,7 +128,7 @@ class ConfigLoader:
             except Exception as exc:
                 logger.warning("config preload skipped, store unavailable: %r", exc)
                 projects = []
-            await _gather_bounded(self._preload(p) for p in projects)
+            await _gather_bounded(self._preload, projects)
         self._tasks = [
             asyncio.create_task(listen_forever(self._cache, CONFIG_CHANNEL, self._on_notice)),
             asyncio.create_task(self._poll_forever()),
@@ -331,12 +331,12 @@ class ConfigLoader:
                 await self._cache.ping()
                 self._set_redis_ok(True)
         if self._redis_ok:
-            await _gather_bounded(self._refresh(p) for p in projects)
+            await _gather_bounded(self._refresh, projects)
         elif now - self._last_store_poll >= self._store_poll_interval_s:
             # A deploy that reached Redis from elsewhere is invisible from here while
             # Redis is unreachable, so ask the store now and then.
             self._last_store_poll = now
-            await _gather_bounded(self._store_refresh(p) for p in projects)
+            await _gather_bounded(self._store_refresh, projects)
 
     async def _store_refresh(self, project_id: str) -> None:
         async with self._lock(project_id):
@@ -344,14 +344,19 @@ class ConfigLoader:
                 await self._from_store(project_id, write_back=False)
 
 
-async def _gather_bounded(coros: Iterable[Awaitable[None]], limit: int = 32) -> None:
+async def _gather_bounded(
+    call: Callable[[str], Awaitable[None]], project_ids: Iterable[str], limit: int = 32
+) -> None:
     semaphore = asyncio.Semaphore(limit)
 
-    async def run(coro: Awaitable[None]) -> None:
+    async def run(project_id: str) -> None:
         async with semaphore:
-            await coro
+            # The coroutine is made only here, where it is awaited at once: made up front,
+            # those still queued behind the semaphore (or not yet started) when stop()
+            # cancels the gather were never awaited ("coroutine ... was never awaited").
+            await call(project_id)
 
-    await asyncio.gather(*(run(c) for c in coros))
+    await asyncio.gather(*(run(p) for p in project_ids))
 
 
 # -- process wiring ------------------------------------------------------------------------
