@@ -16,6 +16,9 @@ import pytest
 
 from app.core.settings import BackendSettings
 
+# Backend fixtures (config stores, Redis, project ids) shared by every test folder.
+pytest_plugins = ["tests.support.stores"]
+
 KAFKA_BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:39092")
 MONGODB_URL = os.environ.get("MONGODB_URL", "mongodb://127.0.0.1:37017/")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:36379/0")

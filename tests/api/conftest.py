@@ -4,6 +4,7 @@ stores (SQLite and FerretDB), with real HS256 tokens and the in-process cache.""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,6 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
-from pymongo import AsyncMongoClient
 
 from app.core.auth import issue_token
 from app.core.service import Resources
@@ -19,9 +19,12 @@ from app.core.settings import AuthSettings, BackendSettings, ConfigApiSettings
 from main import create_app
 from tests.conftest import unique
 from tests.factories import feature_payload, pipeline_payload
+from tests.support.apps import bearer, in_process
 
 JWT_SECRET = "api-tests-" + "k" * 40
 INGEST_URL = "https://ingest.example.test"
+# Whom the default client's token names (a deployment's `deployed_by`).
+SUBJECT = "alice"
 
 
 @dataclass
@@ -37,11 +40,13 @@ class Api:
         """Returns `/api/v1/projects/{project}{path}`."""
         return f"/api/v1/projects/{project or self.project}{path}"
 
-    def token(self, projects: list[str], ttl_seconds: int = 3600) -> str:
-        return issue_token(self.auth, "user_1", projects, ttl_seconds=ttl_seconds)
+    def token(self, projects: list[str], ttl_seconds: int = 3600, subject: str = SUBJECT) -> str:
+        return issue_token(self.auth, subject, projects, ttl_seconds=ttl_seconds)
 
-    def bearer(self, projects: list[str], ttl_seconds: int = 3600) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token(projects, ttl_seconds)}"}
+    def bearer(
+        self, projects: list[str], ttl_seconds: int = 3600, subject: str = SUBJECT
+    ) -> dict[str, str]:
+        return bearer(self.auth, subject, projects, ttl_seconds)
 
     @property
     def resources(self) -> Resources:
@@ -51,45 +56,33 @@ class Api:
     async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         return await self.client.request(method, self.url(path), **kwargs)
 
+    async def ok(self, method: str, path: str, code: int = 200, **kwargs: Any) -> Any:
+        """Calls the project's `path`, asserts the status `code`; returns the JSON body
+        (None when empty)."""
+        response = await self.request(method, path, **kwargs)
+        assert response.status_code == code, response.text
+        return response.json() if response.content else None
+
     async def create_pipeline(self, **overrides: Any) -> dict[str, Any]:
-        response = await self.client.post(
-            self.url("/pipelines"), json=pipeline_payload(**overrides)
+        body: dict[str, Any] = await self.ok(
+            "POST", "/pipelines", 201, json=pipeline_payload(**overrides)
         )
-        assert response.status_code == 201, response.text
-        body: dict[str, Any] = response.json()
+        return body
+
+    async def create_active_pipeline(self, **overrides: Any) -> dict[str, Any]:
+        pipeline = await self.create_pipeline(**overrides)
+        body: dict[str, Any] = await self.ok("POST", f"/pipelines/{pipeline['id']}/activate")
         return body
 
     async def create_feature(self, pipeline_id: str, **overrides: Any) -> dict[str, Any]:
         payload = feature_payload(pipeline_id, **overrides)
-        response = await self.client.post(self.url("/features"), json=payload)
-        assert response.status_code == 201, response.text
-        body: dict[str, Any] = response.json()
+        body: dict[str, Any] = await self.ok("POST", "/features", 201, json=payload)
         return body
 
 
-async def _drop_database(settings: BackendSettings) -> None:
-    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
-        settings.mongodb_url, serverSelectionTimeoutMS=5000
-    )
-    try:
-        await client.drop_database(settings.mongodb_database)
-    finally:
-        await client.close()
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("mongodb", id="mongodb", marks=pytest.mark.mongodb),
-    ]
-)
-async def api(
-    request: pytest.FixtureRequest, backend_settings: BackendSettings
-) -> AsyncIterator[Api]:
-    """The config API on one config store, with a client whose token allows one project."""
-    backends = backend_settings.model_copy(
-        update={"config_store": request.param, "cache": "memory"}
-    )
+@asynccontextmanager
+async def running_api(backends: BackendSettings) -> AsyncIterator[Api]:
+    """The config API on `backends`, with a client whose token allows one new project."""
     auth = AuthSettings(secret=SecretStr(JWT_SECRET))
     settings = ConfigApiSettings(
         environment="development",
@@ -100,14 +93,13 @@ async def api(
     )
     app = create_app(settings)
     project = unique("shop")
-    headers = {"Authorization": f"Bearer {issue_token(auth, 'user_1', [project])}"}
-    try:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(
-                transport=transport, base_url="http://api.test", headers=headers
-            ) as client:
-                yield Api(app=app, client=client, project=project, auth=auth)
-    finally:
-        if request.param == "mongodb":
-            await _drop_database(backends)
+    headers = bearer(auth, SUBJECT, [project])
+    async with in_process(app, "http://api.test", headers=headers) as client:
+        yield Api(app=app, client=client, project=project, auth=auth)
+
+
+@pytest.fixture
+async def api(config_backends: BackendSettings) -> AsyncIterator[Api]:
+    """The config API on each config store, with the in-process cache."""
+    async with running_api(config_backends.model_copy(update={"cache": "memory"})) as running:
+        yield running

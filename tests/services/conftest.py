@@ -1,4 +1,5 @@
-"""Deployment service fixtures: both config stores, the real Redis, a project per test."""
+"""Deployment service fixtures: the service on each config store and the real Redis (the
+stores, caches and project ids come from tests/support/stores.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,6 @@ import pytest
 from app.db.config_store import ConfigStore
 from app.db.redis_cache import RedisCache
 from app.services.deployment_service import DeploymentService
-from tests.core.fixtures import cache, config_store, own_cache, own_redis, project_id
-
-__all__ = ["cache", "config_store", "own_cache", "own_redis", "project_id"]
 
 
 @pytest.fixture
