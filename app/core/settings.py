@@ -10,7 +10,7 @@ Process-specific knobs (port, limits) carry the process's prefix (`API_`, `INGES
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Self
+from typing import ClassVar, Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -76,9 +76,19 @@ class ServiceSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
 
+    # Whether the process verifies bearer tokens (it has routes behind `get_principal`).
+    # Only those need JWT_* in production; a process that never reads a token (ingestion
+    # authenticates webhooks by signature, compute has no API) must not be refused for
+    # lacking a secret it never uses. True unless a subclass opts out, so a new process
+    # is safe by default.
+    verifies_tokens: ClassVar[bool] = True
+
     @model_validator(mode="after")
     def _refuse_unsafe_production_values(self) -> Self:
-        if self.environment != "production":
+        """Refuses, in production, for processes that verify tokens: AUTH_DISABLED, and a
+        JWT_SECRET that is missing, a known example or shorter than 32 characters (HS256)
+        or a missing JWT_PUBLIC_KEY (RS256). Development accepts anything."""
+        if self.environment != "production" or not self.verifies_tokens:
             return self
         if self.auth_disabled:
             raise ValueError("AUTH_DISABLED=true is refused unless ENVIRONMENT=development")
@@ -109,6 +119,8 @@ class IngestionSettings(ServiceSettings):
     """The ingestion runtime (`runtime/ingestion/main.py`)."""
 
     model_config = SettingsConfigDict(env_prefix="INGEST_", extra="ignore")
+    # Storefronts authenticate by webhook signature; no route takes a bearer token.
+    verifies_tokens: ClassVar[bool] = False
 
     port: int = 8001
     max_event_bytes: int = 32 * 1024
@@ -129,6 +141,8 @@ class ComputeSettings(ServiceSettings):
     """The compute runtime (`runtime/compute/main.py`); HTTP only for health and metrics."""
 
     model_config = SettingsConfigDict(env_prefix="COMPUTE_", extra="ignore")
+    # Health and metrics only; no route takes a bearer token.
+    verifies_tokens: ClassVar[bool] = False
 
     port: int = 9100
     max_batch_messages: int = 2000
