@@ -28,7 +28,6 @@ from pydantic import SecretStr
 from standardwebhooks.webhooks import Webhook
 
 import main as config_api
-from app.core.auth import issue_token
 from app.core.settings import (
     AuthSettings,
     BackendSettings,
@@ -41,11 +40,11 @@ from runtime.compute import main as compute
 from runtime.ingestion import main as ingestion
 from runtime.serving import main as serving
 from tests.conftest import unique
+from tests.e2e.conftest import CATCH_UP_BOUND_S
+from tests.support.apps import bearer, in_process
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
-# Turns a hang into a failure (consumer group join, catch-up); not a timing assertion.
-CATCH_UP_BOUND_S = 90.0
 SECOND = 1000
 MINUTE = 60 * SECOND
 HOUR = 60 * MINUTE
@@ -211,11 +210,8 @@ class Platform:
 
     async def __aenter__(self) -> Platform:
         for name, app in self.apps.items():
-            await self._stack.enter_async_context(app.router.lifespan_context(app))
             self.clients[name] = await self._stack.enter_async_context(
-                httpx.AsyncClient(
-                    transport=httpx.ASGITransport(app=app), base_url=f"http://{name}", timeout=30
-                )
+                in_process(app, f"http://{name}", timeout=30)
             )
         return self
 
@@ -223,7 +219,7 @@ class Platform:
         await self._stack.aclose()
 
     def bearer(self, project_id: str) -> dict[str, str]:
-        return {"authorization": f"Bearer {issue_token(self.auth, 'e2e', [project_id])}"}
+        return bearer(self.auth, "e2e", [project_id])
 
 
 async def configure(platform: Roles, project_id: str) -> tuple[str, str, int]:
@@ -351,18 +347,9 @@ async def wait_until_served(
 
 
 @pytest.fixture
-async def platform(backend_settings: BackendSettings) -> AsyncIterator[Platform]:
-    backends = backend_settings.model_copy(
-        update={
-            "config_store": "sqlite",
-            "cache": "redis",
-            "event_log": "kafka",
-            "online_store": "redis",
-            "analytics": "none",
-        }
-    )
+async def platform(distributed_backends: BackendSettings) -> AsyncIterator[Platform]:
     clock = Clock(int(datetime.now(UTC).timestamp() * 1000))
-    async with Platform(backends, clock) as running:
+    async with Platform(distributed_backends, clock) as running:
         yield running
 
 

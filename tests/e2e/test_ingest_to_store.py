@@ -35,6 +35,7 @@ from runtime.compute.specs import build_specs, event_key
 from runtime.ingestion import main as ingestion
 from runtime.ingestion.signature import sign
 from tests.conftest import unique
+from tests.e2e.conftest import CATCH_UP_BOUND_S
 from tests.factories import new_id
 from tests.runtime.compute.oracle import (
     RawEvent,
@@ -45,11 +46,10 @@ from tests.runtime.compute.oracle import (
     oracle_values,
     pipeline,
 )
+from tests.support.apps import in_process
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
-# Turns a hang into a failure (group join, catch-up); not a timing assertion.
-CATCH_UP_BOUND_S = 90.0
 WINDOWS = ["5m", "1h", "24h", "7d", "30d"]
 MINUTE = 60_000
 DAY = 86_400_000
@@ -72,14 +72,11 @@ class Apps:
         self.ingest: httpx.AsyncClient
 
     async def __aenter__(self) -> Apps:
-        for app in (self.ingest_app, self.compute_app):
-            await self._stack.enter_async_context(app.router.lifespan_context(app))
+        await self._stack.enter_async_context(
+            self.compute_app.router.lifespan_context(self.compute_app)
+        )
         self.ingest = await self._stack.enter_async_context(
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=self.ingest_app),
-                base_url="http://ingest",
-                timeout=30,
-            )
+            in_process(self.ingest_app, "http://ingest", timeout=30)
         )
         return self
 
@@ -98,17 +95,8 @@ class Apps:
 
 
 @pytest.fixture
-async def apps(backend_settings: BackendSettings) -> AsyncIterator[Apps]:
-    backends = backend_settings.model_copy(
-        update={
-            "config_store": "sqlite",
-            "cache": "redis",
-            "event_log": "kafka",
-            "online_store": "redis",
-            "analytics": "none",
-        }
-    )
-    async with Apps(backends, int(time.time() * 1000)) as running:
+async def apps(distributed_backends: BackendSettings) -> AsyncIterator[Apps]:
+    async with Apps(distributed_backends, int(time.time() * 1000)) as running:
         yield running
 
 

@@ -14,9 +14,9 @@ import pytest
 from pydantic import SecretStr
 
 import standalone
-from app.core.auth import issue_token
 from app.core.settings import AuthSettings, BackendSettings, StandaloneSettings
 from tests.e2e.test_full_path import Clock, drive_whole_path
+from tests.support.apps import bearer, in_process
 
 
 class Standalone:
@@ -28,7 +28,7 @@ class Standalone:
         self.clients = {"api": client, "ingest": client, "serving": client}
 
     def bearer(self, project_id: str) -> dict[str, str]:
-        return {"authorization": f"Bearer {issue_token(self.auth, 'e2e', [project_id])}"}
+        return bearer(self.auth, "e2e", [project_id])
 
 
 @pytest.fixture
@@ -43,12 +43,8 @@ async def running(tmp_path: Path) -> AsyncIterator[Standalone]:
     settings = StandaloneSettings(environment="development", backends=backends, auth=auth)
     clock = Clock(int(datetime.now(UTC).timestamp() * 1000))
     app = standalone.create_app(settings, now_ms=clock)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://standalone", timeout=30
-        ) as client:
-            yield Standalone(client, auth, clock)
+    async with in_process(app, "http://standalone", timeout=30) as client:
+        yield Standalone(client, auth, clock)
 
 
 async def test_every_feature_and_window_matches_the_oracle_on_standalone(running: Standalone):
