@@ -15,9 +15,10 @@ import asyncio
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from app.core.settings import BackendSettings
 from app.db.config_common import is_object_id, normalize_times, require_str, to_millis
@@ -27,6 +28,7 @@ from app.schemas.deployment import DeploymentStatus
 from app.schemas.pipeline import Category, PipelineStatus
 
 R = TypeVar("R")
+D = TypeVar("D", PipelineDocument, FeatureDocument, DeploymentDocument)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pipelines (
@@ -73,6 +75,50 @@ def _dup_key(exc: sqlite3.IntegrityError, default: str) -> DuplicateKey:
     # "UNIQUE constraint failed: pipelines.id" is the primary key; anything else is the
     # table's one business key.
     return DuplicateKey("id" if str(exc).endswith(".id") else default)
+
+
+@dataclass(frozen=True)
+class _Table(Generic[D]):
+    """One table of `_SCHEMA`: the document class its `doc` column holds, the columns
+    copied out of a document besides id, project_id and doc (in the schema's order), and
+    the business key that a UNIQUE violation other than the id's is reported as."""
+
+    name: str
+    model: type[D]
+    columns: Callable[[D], dict[str, Any]]
+    key: str
+
+    def parse(self, raw: str) -> D:
+        return self.model.model_validate_json(raw)
+
+
+def _pipeline_columns(doc: PipelineDocument) -> dict[str, Any]:
+    return {
+        "name": doc.name,
+        "status": doc.status,
+        "category": doc.category,
+        "revision": doc.revision,
+        "created_ms": to_millis(doc.created_at),
+    }
+
+
+def _feature_columns(doc: FeatureDocument) -> dict[str, Any]:
+    return {
+        "pipeline_id": doc.pipeline_id,
+        "name": doc.name,
+        "enabled": int(doc.enabled),
+        "revision": doc.revision,
+        "created_ms": to_millis(doc.created_at),
+    }
+
+
+def _deployment_columns(doc: DeploymentDocument) -> dict[str, Any]:
+    return {"version": doc.version, "status": doc.status, "created_ms": to_millis(doc.created_at)}
+
+
+_PIPELINES = _Table("pipelines", PipelineDocument, _pipeline_columns, "name")
+_FEATURES = _Table("features", FeatureDocument, _feature_columns, "name")
+_DEPLOYMENTS = _Table("deployments", DeploymentDocument, _deployment_columns, "version")
 
 
 class SQLiteConfigStore(ConfigStore):
@@ -162,6 +208,50 @@ class SQLiteConfigStore(ConfigStore):
         except sqlite3.IntegrityError as exc:
             raise _dup_key(exc, key) from exc
 
+    # -- one table's documents (awaited on the event loop) ------------------------------
+    async def _list_docs(
+        self,
+        table: _Table[D],
+        where: str,
+        params: list[Any],
+        order: str,
+        limit: int | None,
+        offset: int,
+    ) -> tuple[list[D], int]:
+        rows, total = await self._run(self._page, table.name, where, params, order, limit, offset)
+        return [table.parse(r) for r in rows], total
+
+    async def _get_doc(self, table: _Table[D], project_id: str, doc_id: str) -> D | None:
+        raw = await self._run(self._get, table.name, project_id, doc_id)
+        return table.parse(raw) if raw is not None else None
+
+    async def _insert_doc(self, table: _Table[D], doc: D) -> None:
+        doc = normalize_times(doc)
+        row: dict[str, Any] = {"id": doc.id, "project_id": doc.project_id, **table.columns(doc)}
+        row["doc"] = doc.model_dump_json()
+        marks = ", ".join("?" for _ in row)
+        # Table and column names are literals of this module; values are parameters.
+        sql = f"INSERT INTO {table.name} ({', '.join(row)}) VALUES ({marks})"  # noqa: S608
+        await self._run(self._execute_unique, sql, list(row.values()), table.key)
+
+    async def _replace_doc(self, table: _Table[D], doc: D, expected_revision: int) -> bool:
+        if not is_object_id(doc.id):
+            return False
+        doc = normalize_times(doc)
+        row: dict[str, Any] = {**table.columns(doc), "doc": doc.model_dump_json()}
+        assignments = ", ".join(f"{column} = ?" for column in row)
+        sql = (
+            f"UPDATE {table.name} SET {assignments} "  # noqa: S608
+            "WHERE id = ? AND project_id = ? AND revision = ?"
+        )
+        params = [
+            *row.values(),
+            doc.id,
+            require_str(doc.project_id, "project_id"),
+            int(expected_revision),
+        ]
+        return await self._run(self._execute_unique, sql, params, table.key) == 1
+
     # -- pipelines ---------------------------------------------------------------------
     async def list_pipelines(
         self,
@@ -177,56 +267,19 @@ class SQLiteConfigStore(ConfigStore):
             where, params = f"{where} AND status = ?", [*params, status]
         if category is not None:
             where, params = f"{where} AND category = ?", [*params, category]
-        rows, total = await self._run(
-            self._page, "pipelines", where, params, "created_ms, id", limit, offset
-        )
-        return [PipelineDocument.model_validate_json(r) for r in rows], total
+        return await self._list_docs(_PIPELINES, where, params, "created_ms, id", limit, offset)
 
     async def get_pipeline(self, project_id: str, pipeline_id: str) -> PipelineDocument | None:
-        raw = await self._run(self._get, "pipelines", project_id, pipeline_id)
-        return PipelineDocument.model_validate_json(raw) if raw is not None else None
+        return await self._get_doc(_PIPELINES, project_id, pipeline_id)
 
     async def insert_pipeline(self, doc: PipelineDocument) -> None:
-        doc = normalize_times(doc)
-        sql = (
-            "INSERT INTO pipelines (id, project_id, name, status, category, revision, "
-            "created_ms, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-        )
-        params = (
-            doc.id,
-            doc.project_id,
-            doc.name,
-            doc.status,
-            doc.category,
-            doc.revision,
-            to_millis(doc.created_at),
-            doc.model_dump_json(),
-        )
-        await self._run(self._execute_unique, sql, params, "name")
+        await self._insert_doc(_PIPELINES, doc)
 
     async def replace_pipeline(self, doc: PipelineDocument, expected_revision: int) -> bool:
-        if not is_object_id(doc.id):
-            return False
-        doc = normalize_times(doc)
-        sql = (
-            "UPDATE pipelines SET name = ?, status = ?, category = ?, revision = ?, "
-            "created_ms = ?, doc = ? WHERE id = ? AND project_id = ? AND revision = ?"
-        )
-        params = (
-            doc.name,
-            doc.status,
-            doc.category,
-            doc.revision,
-            to_millis(doc.created_at),
-            doc.model_dump_json(),
-            doc.id,
-            require_str(doc.project_id, "project_id"),
-            int(expected_revision),
-        )
-        return await self._run(self._execute_unique, sql, params, "name") == 1
+        return await self._replace_doc(_PIPELINES, doc, expected_revision)
 
     async def delete_pipeline(self, project_id: str, pipeline_id: str) -> bool:
-        return await self._run(self._delete, "pipelines", project_id, pipeline_id)
+        return await self._run(self._delete, _PIPELINES.name, project_id, pipeline_id)
 
     # -- features ----------------------------------------------------------------------
     async def list_features(
@@ -246,56 +299,19 @@ class SQLiteConfigStore(ConfigStore):
             where, params = f"{where} AND pipeline_id = ?", [*params, pipeline_id]
         if enabled is not None:
             where, params = f"{where} AND enabled = ?", [*params, int(bool(enabled))]
-        rows, total = await self._run(
-            self._page, "features", where, params, "created_ms, id", limit, offset
-        )
-        return [FeatureDocument.model_validate_json(r) for r in rows], total
+        return await self._list_docs(_FEATURES, where, params, "created_ms, id", limit, offset)
 
     async def get_feature(self, project_id: str, feature_id: str) -> FeatureDocument | None:
-        raw = await self._run(self._get, "features", project_id, feature_id)
-        return FeatureDocument.model_validate_json(raw) if raw is not None else None
+        return await self._get_doc(_FEATURES, project_id, feature_id)
 
     async def insert_feature(self, doc: FeatureDocument) -> None:
-        doc = normalize_times(doc)
-        sql = (
-            "INSERT INTO features (id, project_id, pipeline_id, name, enabled, revision, "
-            "created_ms, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-        )
-        params = (
-            doc.id,
-            doc.project_id,
-            doc.pipeline_id,
-            doc.name,
-            int(doc.enabled),
-            doc.revision,
-            to_millis(doc.created_at),
-            doc.model_dump_json(),
-        )
-        await self._run(self._execute_unique, sql, params, "name")
+        await self._insert_doc(_FEATURES, doc)
 
     async def replace_feature(self, doc: FeatureDocument, expected_revision: int) -> bool:
-        if not is_object_id(doc.id):
-            return False
-        doc = normalize_times(doc)
-        sql = (
-            "UPDATE features SET pipeline_id = ?, name = ?, enabled = ?, revision = ?, "
-            "created_ms = ?, doc = ? WHERE id = ? AND project_id = ? AND revision = ?"
-        )
-        params = (
-            doc.pipeline_id,
-            doc.name,
-            int(doc.enabled),
-            doc.revision,
-            to_millis(doc.created_at),
-            doc.model_dump_json(),
-            doc.id,
-            require_str(doc.project_id, "project_id"),
-            int(expected_revision),
-        )
-        return await self._run(self._execute_unique, sql, params, "name") == 1
+        return await self._replace_doc(_FEATURES, doc, expected_revision)
 
     async def delete_feature(self, project_id: str, feature_id: str) -> bool:
-        return await self._run(self._delete, "features", project_id, feature_id)
+        return await self._run(self._delete, _FEATURES.name, project_id, feature_id)
 
     async def delete_features_of_pipeline(self, project_id: str, pipeline_id: str) -> int:
         if not is_object_id(pipeline_id):
@@ -306,20 +322,7 @@ class SQLiteConfigStore(ConfigStore):
 
     # -- deployments -------------------------------------------------------------------
     async def insert_deployment(self, doc: DeploymentDocument) -> None:
-        doc = normalize_times(doc)
-        sql = (
-            "INSERT INTO deployments (id, project_id, version, status, created_ms, doc) "
-            "VALUES (?, ?, ?, ?, ?, ?)"
-        )
-        params = (
-            doc.id,
-            doc.project_id,
-            doc.version,
-            doc.status,
-            to_millis(doc.created_at),
-            doc.model_dump_json(),
-        )
-        await self._run(self._execute_unique, sql, params, "version")
+        await self._insert_doc(_DEPLOYMENTS, doc)
 
     async def update_deployment_status(
         self,
@@ -347,9 +350,9 @@ class SQLiteConfigStore(ConfigStore):
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            raw = self._get("deployments", project_id, deployment_id)
+            raw = self._get(_DEPLOYMENTS.name, project_id, deployment_id)
             if raw is not None:
-                doc = DeploymentDocument.model_validate_json(raw)
+                doc = _DEPLOYMENTS.parse(raw)
                 doc = normalize_times(doc.model_copy(update=changes))
                 db.execute(
                     "UPDATE deployments SET status = ?, doc = ? WHERE id = ?",
@@ -373,16 +376,14 @@ class SQLiteConfigStore(ConfigStore):
         self, project_id: str, *, limit: int | None = None, offset: int = 0
     ) -> tuple[list[DeploymentDocument], int]:
         params: list[Any] = [require_str(project_id, "project_id")]
-        rows, total = await self._run(
-            self._page, "deployments", "project_id = ?", params, "version DESC", limit, offset
+        return await self._list_docs(
+            _DEPLOYMENTS, "project_id = ?", params, "version DESC", limit, offset
         )
-        return [DeploymentDocument.model_validate_json(r) for r in rows], total
 
     async def get_deployment(
         self, project_id: str, deployment_id: str
     ) -> DeploymentDocument | None:
-        raw = await self._run(self._get, "deployments", project_id, deployment_id)
-        return DeploymentDocument.model_validate_json(raw) if raw is not None else None
+        return await self._get_doc(_DEPLOYMENTS, project_id, deployment_id)
 
     async def latest_deployment(
         self, project_id: str, statuses: Sequence[DeploymentStatus] = ("success",)
@@ -397,7 +398,7 @@ class SQLiteConfigStore(ConfigStore):
         )
         params = [require_str(project_id, "project_id"), *wanted]
         row = await self._run(lambda: self._db.execute(sql, params).fetchone())
-        return DeploymentDocument.model_validate_json(row[0]) if row is not None else None
+        return _DEPLOYMENTS.parse(row[0]) if row is not None else None
 
     async def max_version(self, project_id: str) -> int:
         sql = "SELECT MAX(version) FROM deployments WHERE project_id = ?"
