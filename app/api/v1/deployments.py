@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Path, Query, status
+from fastapi import APIRouter, Body, Path, status
 
 from app.api.deps import DeploymentServiceDep, PrincipalDep, ProjectDep
+from app.api.v1.params import Limit, Offset
 from app.core.errors import error_responses
 from app.schemas.common import Page
 from app.schemas.deployment import DeploymentCreate, DeploymentRead, PendingChanges
@@ -14,8 +15,6 @@ from app.schemas.deployment import DeploymentCreate, DeploymentRead, PendingChan
 router = APIRouter(prefix="/api/v1/projects/{project_id}/deployments", tags=["deployments"])
 
 DeploymentId = Annotated[str, Path(max_length=64, description="Deployment id (24 hex)")]
-Limit = Annotated[int, Query(ge=1, le=200, description="Page size")]
-Offset = Annotated[int, Query(ge=0, le=1_000_000, description="Items to skip")]
 
 _DEPLOY = (
     "Validates the whole draft (every enabled feature's pipeline is active, its source "

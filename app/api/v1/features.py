@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Path, Query, Response, status
 
 from app.api.deps import FeatureServiceDep, ProjectDep
 from app.api.v1 import examples as ex
+from app.api.v1.params import Limit, Offset
 from app.core.errors import error_responses
 from app.schemas.common import OBJECT_ID_PATTERN, Page
 from app.schemas.feature import FeatureCreate, FeatureRead, FeatureUpdate
@@ -17,8 +18,6 @@ router = APIRouter(prefix="/api/v1/projects/{project_id}/features", tags=["featu
 FeatureId = Annotated[
     str, Path(max_length=64, description="Feature id (24 hex)", examples=[ex.FEATURE_ID])
 ]
-Limit = Annotated[int, Query(ge=1, le=200, description="Page size")]
-Offset = Annotated[int, Query(ge=0, le=1_000_000, description="Items to skip")]
 
 _RULES = (
     "`field` is required for every aggregation but COUNT (which takes none), must exist on "

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Body, Path, Query, Response, status
 
 from app.api.deps import PipelineServiceDep, ProjectDep
 from app.api.v1 import examples as ex
+from app.api.v1.params import Limit, Offset
 from app.core.errors import error_responses
 from app.schemas.common import Page
 from app.schemas.pipeline import (
@@ -34,8 +35,6 @@ PipelineId = Annotated[
     str, Path(max_length=64, description="Pipeline id (24 hex)", examples=[ex.PIPELINE_ID])
 ]
 EventName = Annotated[str, Path(max_length=64, description="Event name", examples=["add_to_cart"])]
-Limit = Annotated[int, Query(ge=1, le=200, description="Page size")]
-Offset = Annotated[int, Query(ge=0, le=1_000_000, description="Items to skip")]
 
 
 @router.get(
