@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from app.db.online_store import OnlineStore, StoredRecord, WriteConflict
 from runtime.compute.metrics import ComputeMetrics
-from runtime.compute.record import AppliedEvent, apply_batch
+from runtime.compute.record import AppliedEvent, BatchApplier
 from runtime.compute.specs import ProjectSpecs
 
 # Users read per get_many: one round trip for a whole batch of the default size, while
@@ -28,6 +28,8 @@ from runtime.compute.specs import ProjectSpecs
 PREFETCH_CHUNK = 2000
 # Attempts per user before the batch fails (and is retried as a whole, with backoff).
 MAX_ATTEMPTS = 8
+# Projects whose BatchApplier is kept between batches; past it the cache starts over.
+MAX_CACHED_APPLIERS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +80,22 @@ class FeatureWriter:
         self._metrics = metrics
         self._limit = asyncio.Semaphore(concurrency)
         self._max_attempts = max_attempts
+        # Per project: the applier of its current specs, reused while `now` stays inside
+        # one tile of every window (a few seconds at least), so window ranges and
+        # per-spec work are done once for many users, not per user and event.
+        self._appliers: dict[str, BatchApplier] = {}
+
+    def _applier(self, project_id: str, specs: ProjectSpecs, now_ms: int) -> BatchApplier:
+        applier = self._appliers.get(project_id)
+        if (
+            applier is None
+            or applier.specs_by_event is not specs.by_event
+            or not applier.covers(now_ms)
+        ):
+            if len(self._appliers) >= MAX_CACHED_APPLIERS:
+                self._appliers.clear()
+            applier = self._appliers[project_id] = BatchApplier(specs.by_event, now_ms)
+        return applier
 
     async def write_project(
         self,
@@ -151,7 +169,8 @@ class FeatureWriter:
             raise ValueError(f"project {project_id} has no feature: nothing to write")
         for attempt in range(1, self._max_attempts + 1):
             before = current.record if current is not None else None
-            result = apply_batch(before, specs.by_event, events, self._now_ms())
+            now_ms = self._now_ms()
+            result = self._applier(project_id, specs, now_ms).apply(before, events, now_ms)
             fresh = _fresh_indexes(before, events)
             if not fresh:
                 # Everything was applied before (a redelivery after a crash between the

@@ -10,6 +10,12 @@ msgpack and Aerospike maps unchanged. Partials, per aggregation:
 Partials are immutable values: every update stores a new one, so a shallow copy of
 the tile maps is enough to keep an older state intact (`record.py` relies on it).
 
+`NORMALISE` and `ADD` are the per-aggregation maths of one event. `apply_value`,
+`prune` and `read` are the definition, one event and one window at a time, checked
+against a brute-force oracle; the hot paths do the same with the per-window work
+hoisted out of the loops (`record.BatchApplier` for writes, `runtime/serving/merge.py`
+for reads), and their tests pin them to these functions.
+
 The tiles a query reads, and why the result may hold up to one extra tile of events
 at the window's old edge, are described in `windows.py`.
 """
@@ -18,7 +24,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -143,42 +149,85 @@ def empty_value(aggregation: Aggregation) -> Any:
     return None
 
 
+def _always(value: Any) -> bool:
+    return True  # COUNT counts every event, whatever its field holds
+
+
+def _present(value: Any) -> Any:
+    return value
+
+
+# Per aggregation: an event's field value -> what the partial takes, None to skip it.
+NORMALISE: dict[Aggregation, Callable[[Any], Any]] = {
+    Aggregation.COUNT: _always,
+    Aggregation.SUM: as_number,
+    Aggregation.AVG: as_number,
+    Aggregation.MIN: as_number,
+    Aggregation.MAX: as_number,
+    Aggregation.COUNT_DISTINCT: distinct_key,
+    Aggregation.LAST: _present,
+    Aggregation.FIRST: _present,
+}
+
+
 def _input(aggregation: Aggregation, value: Any) -> tuple[bool, Any]:
     """Returns (counts, normalised value) for one event's field value."""
-    if aggregation is Aggregation.COUNT:
-        return True, None
-    if aggregation in NUMERIC_AGGREGATIONS:
-        number = as_number(value)
-        return number is not None, number
-    if aggregation is Aggregation.COUNT_DISTINCT:
-        key = distinct_key(value)
-        return key is not None, key
-    return value is not None, value
+    normalised = NORMALISE[aggregation](value)
+    return normalised is not None, normalised
+
+
+def _add_count(partial: Any, t_ms: int, value: Any) -> Any:
+    return (partial or 0) + 1
+
+
+def _add_sum(partial: Any, t_ms: int, value: Any) -> Any:
+    return (partial or 0.0) + value
+
+
+def _add_avg(partial: Any, t_ms: int, value: Any) -> Any:
+    total, count = partial or (0.0, 0)
+    return [total + value, count + 1]
+
+
+def _add_min(partial: Any, t_ms: int, value: Any) -> Any:
+    return value if partial is None else min(partial, value)
+
+
+def _add_max(partial: Any, t_ms: int, value: Any) -> Any:
+    return value if partial is None else max(partial, value)
+
+
+def _add_last(partial: Any, t_ms: int, value: Any) -> Any:
+    # `>=`: on equal times the later-applied event wins.
+    return [t_ms, value] if partial is None or t_ms >= partial[0] else partial
+
+
+def _add_first(partial: Any, t_ms: int, value: Any) -> Any:
+    # `<`: on equal times the earlier-applied event stays.
+    return [t_ms, value] if partial is None or t_ms < partial[0] else partial
+
+
+def _add_distinct(partial: Any, t_ms: int, value: Any) -> Any:
+    return sketch.add(partial, value)
+
+
+# Per aggregation: (partial or None for an empty tile, event time, normalised value) ->
+# a NEW partial; partials are never modified in place (see the module docstring).
+ADD: dict[Aggregation, Callable[[Any, int, Any], Any]] = {
+    Aggregation.COUNT: _add_count,
+    Aggregation.SUM: _add_sum,
+    Aggregation.AVG: _add_avg,
+    Aggregation.MIN: _add_min,
+    Aggregation.MAX: _add_max,
+    Aggregation.LAST: _add_last,
+    Aggregation.FIRST: _add_first,
+    Aggregation.COUNT_DISTINCT: _add_distinct,
+}
 
 
 def _add(aggregation: Aggregation, partial: Any, t_ms: int, value: Any) -> Any:
     """Returns a new partial: `partial` (None for an empty tile) plus one input."""
-    match aggregation:
-        case Aggregation.COUNT:
-            return (partial or 0) + 1
-        case Aggregation.SUM:
-            return (partial or 0.0) + value
-        case Aggregation.AVG:
-            total, count = partial or (0.0, 0)
-            return [total + value, count + 1]
-        case Aggregation.MIN:
-            return value if partial is None else min(partial, value)
-        case Aggregation.MAX:
-            return value if partial is None else max(partial, value)
-        case Aggregation.LAST:
-            # `>=`: on equal times the later-applied event wins.
-            return [t_ms, value] if partial is None or t_ms >= partial[0] else partial
-        case Aggregation.FIRST:
-            # `<`: on equal times the earlier-applied event stays.
-            return [t_ms, value] if partial is None or t_ms < partial[0] else partial
-        case Aggregation.COUNT_DISTINCT:
-            return sketch.add(partial, value)
-    raise AssertionError(f"unhandled aggregation {aggregation}")
+    return ADD[aggregation](partial, t_ms, value)
 
 
 def combine(aggregation: Aggregation, partials: Sequence[Any]) -> Any:

@@ -23,12 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.compute.aggregators import (
+    ADD,
     MAX_FUTURE_MS,
+    NORMALISE,
     FeatureSpec,
     FeatureState,
-    Timing,
-    apply_value,
-    prune,
     read_all,
 )
 
@@ -66,19 +65,6 @@ def empty_record() -> UserRecord:
     return {"features": {}, "offsets": {}, "updated_ms": 0}
 
 
-def _copy(record: Mapping[str, Any] | None) -> UserRecord:
-    """Returns a copy sharing only the partials, which are never modified in place."""
-    if record is None:
-        return empty_record()
-    out = dict(record)
-    out["features"] = {
-        name: {"fp": entry.get("fp"), "w": {lbl: dict(t) for lbl, t in entry["w"].items()}}
-        for name, entry in record.get("features", {}).items()
-    }
-    out["offsets"] = dict(record.get("offsets", {}))
-    return out
-
-
 def _specs_by_name(specs_by_event: Mapping[str, Sequence[FeatureSpec]]) -> dict[str, FeatureSpec]:
     specs: dict[str, FeatureSpec] = {}
     for event_specs in specs_by_event.values():
@@ -86,6 +72,187 @@ def _specs_by_name(specs_by_event: Mapping[str, Sequence[FeatureSpec]]) -> dict[
             if specs.setdefault(spec.name, spec) != spec:
                 raise ValueError(f"feature {spec.name!r} is configured twice, differently")
     return specs
+
+
+class _SpecPlan:
+    """One spec with everything an event needs precomputed for one tile interval.
+
+    `windows` holds (label, tile ms, first readable ms): an event at `t` goes into a
+    window's tile `t // tile_ms` iff `t >= first readable ms`, which is the
+    `tile_of(t) >= tile_range(now)[0]` of `aggregators.apply_value` without a division
+    per window. `earliest_ms` is the least of them: older events are late for the spec.
+    """
+
+    __slots__ = (
+        "add",
+        "earliest_ms",
+        "field",
+        "fingerprint",
+        "live",
+        "lo",
+        "name",
+        "normalise",
+        "windows",
+    )
+
+    def __init__(self, spec: FeatureSpec, now_ms: int) -> None:
+        self.name = spec.name
+        self.fingerprint = spec.fingerprint
+        self.field = spec.field or None
+        self.normalise = NORMALISE[spec.aggregation]
+        self.add = ADD[spec.aggregation]
+        # label -> first tile a query at now (or later) reads; tiles below it are pruned.
+        self.lo = {w.label: w.tile_range(now_ms)[0] for w in spec.windows}
+        # label -> the keys of the tiles lo..hi+1 (as `apply_value` writes them): a tile
+        # map whose keys all lie in it has nothing to prune, which a set test tells
+        # without an int() per key. Any other map is filtered key by key.
+        self.live = {
+            w.label: frozenset(map(str, range(self.lo[w.label], w.tile_of(now_ms) + 2)))
+            for w in spec.windows
+        }
+        self.windows = tuple(
+            (w.label, w.tile_ms, self.lo[w.label] * w.tile_ms) for w in spec.windows
+        )
+        self.earliest_ms = min(first_ms for _, _, first_ms in self.windows)
+
+
+class BatchApplier:
+    """`apply_batch` for many records, at any `now_ms` inside one tile of every window.
+
+    Window ranges, fingerprints and per-aggregation functions are worked out once here
+    instead of per event: only `now_ms + max_future_ms` (the future limit) and
+    `updated_ms` depend on the exact `now_ms`, and both are taken per call. Build a new
+    one (or check `covers`) when time moves on; `specs_by_event` is kept, not copied.
+    Raises ValueError when two different specs share a feature name.
+    """
+
+    __slots__ = (
+        "_by_event",
+        "_plans",
+        "max_future_ms",
+        "specs_by_event",
+        "valid_from",
+        "valid_until",
+    )
+
+    def __init__(
+        self,
+        specs_by_event: Mapping[str, Sequence[FeatureSpec]],
+        now_ms: int,
+        max_future_ms: int = MAX_FUTURE_MS,
+    ) -> None:
+        self.specs_by_event = specs_by_event
+        self.max_future_ms = max_future_ms
+        self._plans = {
+            name: _SpecPlan(spec, now_ms) for name, spec in _specs_by_name(specs_by_event).items()
+        }
+        self._by_event = {
+            event: tuple(self._plans[spec.name] for spec in specs)
+            for event, specs in specs_by_event.items()
+        }
+        tiles = [w.tile_ms for specs in specs_by_event.values() for s in specs for w in s.windows]
+        # Both ends of a window's range move only when now crosses a multiple of its tile.
+        self.valid_from = max((now_ms - now_ms % t for t in tiles), default=now_ms)
+        self.valid_until = min((now_ms - now_ms % t + t for t in tiles), default=now_ms + 1)
+
+    def covers(self, now_ms: int) -> bool:
+        """Returns whether `apply` may be called at `now_ms`."""
+        return self.valid_from <= now_ms < self.valid_until
+
+    def apply(
+        self, record: Mapping[str, Any] | None, events: Sequence[AppliedEvent], now_ms: int
+    ) -> ApplyResult:
+        """Returns `apply_batch(record, specs_by_event, events, now_ms, max_future_ms)`.
+
+        Raises ValueError when `now_ms` is outside `[valid_from, valid_until)`.
+        """
+        if not self.covers(now_ms):
+            raise ValueError(f"now {now_ms} is outside [{self.valid_from}, {self.valid_until})")
+        out: UserRecord = dict(record) if record is not None else empty_record()
+        features = self._pruned_copy(record.get("features", {}) if record is not None else {})
+        out["features"] = features
+        offsets: dict[str, int] = dict(record.get("offsets", {})) if record is not None else {}
+        out["offsets"] = offsets
+
+        future_limit = now_ms + self.max_future_ms
+        by_event = self._by_event
+        applied = duplicates = late = future = 0
+        for event in events:
+            partition = str(event.partition)
+            last = offsets.get(partition)
+            if last is not None and event.offset <= last:
+                duplicates += 1
+                continue
+            offsets[partition] = event.offset
+            plans = by_event.get(event.event, ())
+            if not plans:
+                applied += 1  # no feature uses it: applied, offset consumed
+                continue
+            t_ms = event.t_ms
+            on_time = False
+            for plan in plans:
+                entry = features.get(plan.name)
+                if entry is None:
+                    entry = features[plan.name] = {"fp": plan.fingerprint, "w": {}}
+                if t_ms > future_limit or t_ms < plan.earliest_ms:
+                    continue
+                on_time = True
+                value = plan.normalise(event.properties.get(plan.field) if plan.field else None)
+                if value is None:
+                    continue  # a value this aggregation skips: the event is still on time
+                state: FeatureState = entry["w"]
+                add = plan.add
+                for label, tile_ms, first_ms in plan.windows:
+                    if t_ms < first_ms:
+                        continue  # a query at now or later can no longer read this tile
+                    tiles = state.get(label)
+                    if tiles is None:
+                        tiles = state[label] = {}
+                    key = str(t_ms // tile_ms)
+                    tiles[key] = add(tiles.get(key), t_ms, value)
+            # FUTURE does not depend on the spec: one feature's verdict is every one's.
+            if on_time:
+                applied += 1
+            elif t_ms > future_limit:
+                future += 1
+            else:
+                late += 1
+
+        for name in list(features):
+            windows: FeatureState = features[name]["w"]
+            if not all(windows.values()):  # windows the prune emptied and no event refilled
+                for label in [label for label, tiles in windows.items() if not tiles]:
+                    del windows[label]
+            if not windows:
+                del features[name]  # nothing left to serve; the fingerprint goes with it
+        out["updated_ms"] = now_ms
+        return ApplyResult(out, applied, duplicates, late, future)
+
+    def _pruned_copy(self, stored: Mapping[str, Any]) -> dict[str, Any]:
+        """Returns the stored features of the configured specs, each tile map copied
+        without the tiles below its window's range (what `prune` at now would drop; no
+        event of this batch can write one). Partials are shared, never modified; empty
+        windows stay, in place, until the end of `apply`, so key order matches a prune
+        after the events. A feature stored under another fingerprint restarts empty."""
+        features: dict[str, Any] = {}
+        for name, entry in stored.items():
+            plan = self._plans.get(name)
+            if plan is None:
+                continue  # no longer configured
+            if entry.get("fp") != plan.fingerprint:
+                features[name] = {"fp": plan.fingerprint, "w": {}}
+                continue
+            windows: FeatureState = {}
+            for label, tiles in entry["w"].items():
+                lo = plan.lo.get(label)
+                if lo is None:
+                    continue  # a window the spec no longer has is dropped
+                if plan.live[label].issuperset(tiles):
+                    windows[label] = dict(tiles)
+                else:
+                    windows[label] = {k: p for k, p in tiles.items() if int(k) >= lo}
+            features[name] = {"fp": plan.fingerprint, "w": windows}
+        return features
 
 
 def apply_batch(
@@ -97,53 +264,21 @@ def apply_batch(
 ) -> ApplyResult:
     """Applies `events`, in the given order, to a copy of `record` (None: no record).
 
-    Returns the new record; `record` itself is never modified. Features absent from
-    `specs_by_event` are dropped; a feature whose fingerprint changed restarts
-    empty. Events at or below the partition's stored offset (or below an offset
-    already seen in this batch) are skipped as duplicates; all others advance the
-    partition's offset, late and future ones included, so they are never retried.
+    Returns the new record; `record` itself is never modified (the new record shares
+    the partials of `record`, which are never modified in place, and nothing else).
+    Features absent from `specs_by_event` are dropped; a feature whose fingerprint
+    changed restarts empty. Events at or below the partition's stored offset (or below
+    an offset already seen in this batch) are skipped as duplicates; all others advance
+    the partition's offset, late and future ones included, so they are never retried.
     An event is `late` (or `future`) when it is so for every feature it feeds.
-    Every feature is pruned at `now_ms`, so the tiles per window stay bounded.
+    Every feature is pruned at `now_ms`, so the tiles per window stay bounded. The
+    result is the one of `aggregators.apply_value` per event and feature, then
+    `aggregators.prune` per feature (`tests/runtime/compute/test_record.py` checks it).
     Raises ValueError when two different specs share a feature name.
+
+    `BatchApplier` does the same for many records without redoing the per-spec work.
     """
-    specs = _specs_by_name(specs_by_event)
-    out = _copy(record)
-    features: dict[str, Any] = out["features"]
-    for name in list(features):
-        spec = specs.get(name)
-        if spec is None:
-            del features[name]
-        elif features[name]["fp"] != spec.fingerprint:
-            features[name] = {"fp": spec.fingerprint, "w": {}}
-
-    offsets: dict[str, int] = out["offsets"]
-    applied = duplicates = late = future = 0
-    for event in events:
-        partition = str(event.partition)
-        last = offsets.get(partition)
-        if last is not None and event.offset <= last:
-            duplicates += 1
-            continue
-        offsets[partition] = event.offset
-        verdicts: list[Timing] = []
-        for spec in specs_by_event.get(event.event, ()):
-            entry = features.setdefault(spec.name, {"fp": spec.fingerprint, "w": {}})
-            value = event.properties.get(spec.field) if spec.field else None
-            verdicts.append(apply_value(entry["w"], spec, event.t_ms, value, now_ms, max_future_ms))
-        if verdicts and all(v is Timing.FUTURE for v in verdicts):
-            future += 1
-        elif verdicts and Timing.ON_TIME not in verdicts:
-            late += 1
-        else:
-            applied += 1
-
-    for name in list(features):
-        state: FeatureState = features[name]["w"]
-        prune(state, specs[name], now_ms)
-        if not state:
-            del features[name]  # nothing left to serve; the fingerprint goes with it
-    out["updated_ms"] = now_ms
-    return ApplyResult(out, applied, duplicates, late, future)
+    return BatchApplier(specs_by_event, now_ms, max_future_ms).apply(record, events, now_ms)
 
 
 def record_ttl_seconds(specs: Iterable[FeatureSpec], max_future_ms: int = MAX_FUTURE_MS) -> int:
