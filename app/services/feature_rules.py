@@ -11,8 +11,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from app.core.errors import FieldError
-from app.schemas.feature import NUMERIC_AGGREGATIONS, Aggregation
+from app.schemas.feature import NUMERIC_AGGREGATIONS, Aggregation, FeatureBase, FeatureRead
 from app.schemas.pipeline import EventDefinition
+from app.schemas.template import SuggestedFeature
 from runtime.compute.windows import parse_window
 
 
@@ -25,6 +26,17 @@ class FeatureSpec:
     aggregation: Aggregation
     field: str | None
     time_windows: list[str]
+
+
+def spec_of(feature: FeatureBase | FeatureRead | SuggestedFeature) -> FeatureSpec:
+    """Returns the rule-relevant parts of a feature body, document or template suggestion."""
+    return FeatureSpec(
+        name=feature.name,
+        source_event=feature.source_event,
+        aggregation=feature.aggregation,
+        field=feature.field,
+        time_windows=list(feature.time_windows),
+    )
 
 
 def normalize_windows(windows: Iterable[str]) -> tuple[list[str], list[FieldError]]:

@@ -24,22 +24,11 @@ from app.schemas.common import Page
 from app.schemas.feature import FeatureBase, FeatureCreate, FeatureRead, FeatureUpdate
 from app.services.common import new_id, utc_now
 from app.services.feature_rules import (
-    FeatureSpec,
     event_problems,
     normalize_windows,
     served_key_clashes,
+    spec_of,
 )
-
-
-def spec_of(feature: FeatureBase | FeatureRead) -> FeatureSpec:
-    """Returns the rule-relevant parts of a feature body or document."""
-    return FeatureSpec(
-        name=feature.name,
-        source_event=feature.source_event,
-        aggregation=feature.aggregation,
-        field=feature.field,
-        time_windows=list(feature.time_windows),
-    )
 
 
 def to_read(doc: FeatureDocument) -> FeatureRead:

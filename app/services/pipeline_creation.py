@@ -11,7 +11,7 @@ from app.core.errors import FeatureNameTaken, FieldError, ServedKeyConflict, Val
 from app.schemas.feature import FeatureCreate, FeatureRead
 from app.schemas.pipeline import Category, EventDefinition, PipelineCreate
 from app.schemas.template import SuggestedFeature
-from app.services.feature_rules import FeatureSpec, event_problems, served_key_clashes
+from app.services.feature_rules import event_problems, served_key_clashes, spec_of
 from app.services.templates import get_template
 
 
@@ -27,7 +27,7 @@ class CreationPlan:
         """
         problems: list[FieldError] = []
         for suggestion in self.features:
-            for p in event_problems(_spec(suggestion), self.events):
+            for p in event_problems(spec_of(suggestion), self.events):
                 msg = f"suggested feature {suggestion.name}: {p.msg}"
                 problems.append(FieldError(loc=["body", "events"], msg=msg, type=p.type))
         if problems:
@@ -36,7 +36,7 @@ class CreationPlan:
                 "create without `with_features` or keep the template's events",
                 fields=problems,
             )
-        specs = [_spec(f) for f in existing]
+        specs = [spec_of(f) for f in existing]
         taken = sorted({s.name for s in self.features} & {s.name for s in specs})
         if taken:
             raise FeatureNameTaken(
@@ -64,16 +64,6 @@ class CreationPlan:
             )
             for s in self.features
         ]
-
-
-def _spec(feature: SuggestedFeature | FeatureRead) -> FeatureSpec:
-    return FeatureSpec(
-        name=feature.name,
-        source_event=feature.source_event,
-        aggregation=feature.aggregation,
-        field=feature.field,
-        time_windows=list(feature.time_windows),
-    )
 
 
 def plan_creation(body: PipelineCreate) -> CreationPlan:

@@ -16,7 +16,7 @@ from app.core.errors import (
 )
 from app.schemas.feature import FeatureRead
 from app.schemas.pipeline import MAX_EVENTS_PER_PIPELINE, EventDefinition, PipelineStatus
-from app.services.feature_rules import FeatureSpec, event_problems
+from app.services.feature_rules import event_problems, spec_of
 
 
 def settle_status(status: PipelineStatus, events: Sequence[EventDefinition]) -> PipelineStatus:
@@ -89,13 +89,7 @@ def check_features_still_fit(
     lost_event: list[str] = []
     lost_field: list[str] = []
     for feature in features:
-        spec = FeatureSpec(
-            name=feature.name,
-            source_event=feature.source_event,
-            aggregation=feature.aggregation,
-            field=feature.field,
-            time_windows=list(feature.time_windows),
-        )
+        spec = spec_of(feature)
         if event_problems(spec, before):
             continue  # already broken: not this edit's doing
         if renamed is not None and spec.source_event == renamed[0]:
