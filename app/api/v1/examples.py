@@ -23,6 +23,14 @@ ADD_TO_CART_EVENT: dict[str, Any] = {
     ],
 }
 
+# What a dashboard sends to create the pipeline; PUT sends it again with the revision.
+_STOREFRONT: dict[str, Any] = {
+    "name": "Storefront",
+    "description": "Web shop events",
+    "category": "behavioral",
+    "events": [ADD_TO_CART_EVENT],
+}
+
 PIPELINE: dict[str, Any] = {
     "id": PIPELINE_ID,
     "project_id": PROJECT_ID,
@@ -80,15 +88,7 @@ def ok(example: Any, description: str = "Success") -> dict[str, Any]:
 
 
 PIPELINE_CREATE_EXAMPLES: dict[str, Example] = {
-    "events": Example(
-        summary="With events",
-        value={
-            "name": "Storefront",
-            "description": "Web shop events",
-            "category": "behavioral",
-            "events": [ADD_TO_CART_EVENT],
-        },
-    ),
+    "events": Example(summary="With events", value=_STOREFRONT),
     "template": Example(
         summary="From a template, with its suggested features",
         value={"name": "Orders", "template": "transaction", "with_features": True},
@@ -102,13 +102,7 @@ PIPELINE_CREATE_EXAMPLES: dict[str, Example] = {
 PIPELINE_UPDATE_EXAMPLES: dict[str, Example] = {
     "replace": Example(
         summary="Full replacement on revision 3",
-        value={
-            "name": "Storefront",
-            "description": "Web shop events",
-            "category": "behavioral",
-            "events": [ADD_TO_CART_EVENT],
-            "revision": 3,
-        },
+        value={**_STOREFRONT, "revision": 3},
     )
 }
 
