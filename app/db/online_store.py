@@ -9,10 +9,13 @@ the record TTL (longest window plus one tile).
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from pydantic_core import PydanticSerializationError, from_json, to_json
 
 
 class WriteConflict(Exception):
@@ -23,6 +26,40 @@ class WriteConflict(Exception):
 class StoredRecord:
     record: dict[str, Any]
     generation: int
+
+
+def encode_record(record: dict[str, Any]) -> bytes:
+    """Returns the record as compact UTF-8 JSON (pydantic-core: ~2x `json.dumps`).
+
+    Raises ValueError for a non-finite float, which JSON cannot hold (as
+    `json.dumps(allow_nan=False)` does).
+    """
+    try:
+        payload = to_json(record)
+    except PydanticSerializationError:
+        # Text that is not valid Unicode (a lone surrogate) cannot be UTF-8: json
+        # escapes it. Reached only by records no ingestion could have produced.
+        return _json_dumps(record)
+    # to_json writes a non-finite float as a bare NaN / Infinity token; json.dumps
+    # decides whether those letters are such a token or inside a string.
+    if b"NaN" in payload or b"Infinity" in payload:
+        return _json_dumps(record)
+    return payload
+
+
+def _json_dumps(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, separators=(",", ":"), allow_nan=False).encode()
+
+
+def decode_record(raw: bytes | str) -> dict[str, Any]:
+    """Returns the record of `encode_record`'s JSON (or of `json.dumps`, as older
+    versions wrote it). Raises ValueError when `raw` is not JSON."""
+    try:
+        record: dict[str, Any] = from_json(raw)
+    except ValueError:
+        # from_json refuses an escaped lone surrogate, which json.dumps may have written.
+        record = json.loads(raw)
+    return record
 
 
 class OnlineStore(ABC):

@@ -2,15 +2,15 @@
 
 Key `dps:f:{project_id}:{user_id}` (each id percent-encoded, so a `:` inside an id can
 never make two (project, user) pairs share a key), fields `rec` (the record as
-compact JSON) and `gen` (the generation, 1 on create). A write is one Lua script:
-check the generation, set both fields, set the TTL; Redis runs scripts atomically,
-so two writers can never both succeed from the same generation. Expired keys are
-gone (Redis expires them), so they read as absent and can be created again.
+compact JSON, `online_store.encode_record`) and `gen` (the generation, 1 on create).
+A write is one Lua script: check the generation, set both fields, set the TTL; Redis
+runs scripts atomically, so two writers can never both succeed from the same
+generation. Expired keys are gone (Redis expires them), so they read as absent and
+can be created again.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
@@ -20,7 +20,13 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from app.core.settings import BackendSettings
-from app.db.online_store import OnlineStore, StoredRecord, WriteConflict
+from app.db.online_store import (
+    OnlineStore,
+    StoredRecord,
+    WriteConflict,
+    decode_record,
+    encode_record,
+)
 
 _KEY_PREFIX = "dps:f"
 _CONNECT_TIMEOUT_S = 1.0
@@ -55,8 +61,7 @@ def _decode(fields: Sequence[bytes | str | None]) -> StoredRecord | None:
     record_json, generation = fields
     if record_json is None or generation is None:
         return None
-    record: dict[str, Any] = json.loads(record_json)
-    return StoredRecord(record=record, generation=int(generation))
+    return StoredRecord(record=decode_record(record_json), generation=int(generation))
 
 
 class RedisOnlineStore(OnlineStore):
@@ -125,13 +130,20 @@ class RedisOnlineStore(OnlineStore):
         if ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be positive")
         self._redis()
-        payload = json.dumps(record, separators=(",", ":"), allow_nan=False)
-        expected = "" if expected_generation is None else str(expected_generation)
         generation = await self._cas(
             keys=[record_key(project_id, user_id)],
-            args=[expected, payload, ttl_seconds * 1000],
+            args=_cas_args(record, ttl_seconds, expected_generation),
         )
         if int(generation) < 0:
-            raise WriteConflict(
-                f"{project_id}/{user_id}: generation {expected_generation!r} is stale"
-            )
+            raise _conflict(project_id, user_id, expected_generation)
+
+
+def _cas_args(
+    record: dict[str, Any], ttl_seconds: int, expected_generation: int | None
+) -> list[bytes | str | int]:
+    expected = "" if expected_generation is None else str(expected_generation)
+    return [expected, encode_record(record), ttl_seconds * 1000]
+
+
+def _conflict(project_id: str, user_id: str, expected_generation: int | None) -> WriteConflict:
+    return WriteConflict(f"{project_id}/{user_id}: generation {expected_generation!r} is stale")

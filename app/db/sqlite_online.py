@@ -17,7 +17,6 @@ reads (WAL lets readers run beside the writer), so the event loop never waits on
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +25,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from app.core.settings import BackendSettings
-from app.db.online_store import OnlineStore, StoredRecord, WriteConflict
+from app.db.online_store import (
+    OnlineStore,
+    StoredRecord,
+    WriteConflict,
+    decode_record,
+    encode_record,
+)
 
 _T = TypeVar("_T")
 _SWEEP_EVERY_S = 600.0
@@ -123,7 +128,7 @@ def _select(
             if expires_at_ms <= now_ms:
                 expired.append(user_id)
             else:
-                live[user_id] = StoredRecord(json.loads(record_json), generation)
+                live[user_id] = StoredRecord(decode_record(record_json), generation)
     return live, expired
 
 
@@ -196,7 +201,7 @@ class SQLiteOnlineStore(OnlineStore):
         if ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be positive")
         _, writer = self._connections()
-        payload = json.dumps(record, separators=(",", ":"), allow_nan=False)
+        payload = encode_record(record).decode()
         now_ms = _now_ms()
         expires_at_ms = now_ms + ttl_seconds * 1000
 
