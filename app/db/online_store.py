@@ -28,6 +28,15 @@ class StoredRecord:
     generation: int
 
 
+@dataclass(frozen=True, slots=True)
+class RecordWrite:
+    """One item of `put_many`: the arguments `put` takes for one user."""
+
+    user_id: str
+    record: dict[str, Any]
+    expected_generation: int | None
+
+
 def encode_record(record: dict[str, Any]) -> bytes:
     """Returns the record as compact UTF-8 JSON (pydantic-core: ~2x `json.dumps`).
 
@@ -95,3 +104,29 @@ class OnlineStore(ABC):
         `expected_generation` None means the record must not exist yet; otherwise the
         stored generation must equal it. Raises WriteConflict when it does not.
         """
+
+    async def put_many(
+        self, project_id: str, writes: Sequence[RecordWrite], ttl_seconds: int
+    ) -> list[WriteConflict | None]:
+        """Writes each record as `put` would, in order, all with the same TTL.
+
+        Each write is its own compare-and-set (atomic on its own; the writes are not
+        atomic together). Returns, in the order of `writes`, None for a record written
+        and the WriteConflict for one refused. Raises ValueError for ttl ≤ 0, and the
+        store's own error for anything else: then some of the records may have been
+        written (as after a failed `put`, a re-read tells). This default calls `put`
+        for each; stores override it to use one round trip.
+        """
+        if ttl_seconds <= 0:
+            raise ValueError("ttl_seconds must be positive")
+        results: list[WriteConflict | None] = []
+        for write in writes:
+            try:
+                await self.put(
+                    project_id, write.user_id, write.record, ttl_seconds, write.expected_generation
+                )
+            except WriteConflict as conflict:
+                results.append(conflict)
+            else:
+                results.append(None)
+        return results

@@ -5,8 +5,9 @@ never make two (project, user) pairs share a key), fields `rec` (the record as
 compact JSON, `online_store.encode_record`) and `gen` (the generation, 1 on create).
 A write is one Lua script: check the generation, set both fields, set the TTL; Redis
 runs scripts atomically, so two writers can never both succeed from the same
-generation. Expired keys are gone (Redis expires them), so they read as absent and
-can be created again.
+generation. `put_many` sends one script call per record in one pipeline (one round
+trip; each call still atomic on its own). Expired keys are gone (Redis expires them),
+so they read as absent and can be created again.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from app.core.settings import BackendSettings
 from app.db.online_store import (
     OnlineStore,
+    RecordWrite,
     StoredRecord,
     WriteConflict,
     decode_record,
@@ -136,6 +138,41 @@ class RedisOnlineStore(OnlineStore):
         )
         if int(generation) < 0:
             raise _conflict(project_id, user_id, expected_generation)
+
+    async def put_many(
+        self, project_id: str, writes: Sequence[RecordWrite], ttl_seconds: int
+    ) -> list[WriteConflict | None]:
+        """Compare-and-set of each record, in one pipeline (one round trip).
+
+        Returns None or the WriteConflict per write, in order; raises ValueError for
+        ttl ≤ 0 and the first redis error of the pipeline (the other writes may have
+        been applied)."""
+        if ttl_seconds <= 0:
+            raise ValueError("ttl_seconds must be positive")
+        if not writes:
+            return []
+        # Not a transaction: each script call is atomic by itself, and one user's
+        # conflict must not undo the others' writes. The pipeline checks the script is
+        # loaded (SCRIPT EXISTS) before it sends the calls.
+        pipe = self._redis().pipeline(transaction=False)
+        for write in writes:
+            await self._cas(
+                keys=[record_key(project_id, write.user_id)],
+                args=_cas_args(write.record, ttl_seconds, write.expected_generation),
+                client=pipe,
+            )
+        replies = await pipe.execute(raise_on_error=False)
+        results: list[WriteConflict | None] = []
+        for write, reply in zip(writes, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            conflicted = int(reply) < 0
+            results.append(
+                _conflict(project_id, write.user_id, write.expected_generation)
+                if conflicted
+                else None
+            )
+        return results
 
 
 def _cas_args(

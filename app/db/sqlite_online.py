@@ -12,6 +12,8 @@ that an OS crash could lose would lose events.
 
 The sqlite3 module blocks; one thread serialises the writes and another serves the
 reads (WAL lets readers run beside the writer), so the event loop never waits on disk.
+`put_many` runs its compare-and-sets in one transaction: one fsync for a whole batch
+of users instead of one per user.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any, TypeVar
 from app.core.settings import BackendSettings
 from app.db.online_store import (
     OnlineStore,
+    RecordWrite,
     StoredRecord,
     WriteConflict,
     decode_record,
@@ -200,22 +203,58 @@ class SQLiteOnlineStore(OnlineStore):
         """Compare-and-set with the TTL; raises WriteConflict, ValueError for ttl ≤ 0."""
         if ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be positive")
+        write = RecordWrite(user_id, record, expected_generation)
+        if (await self.put_many(project_id, [write], ttl_seconds))[0] is not None:
+            raise _conflict(project_id, user_id, expected_generation)
+
+    async def put_many(
+        self, project_id: str, writes: Sequence[RecordWrite], ttl_seconds: int
+    ) -> list[WriteConflict | None]:
+        """Compare-and-set of each record, all in one transaction (one fsync).
+
+        Returns None or the WriteConflict per write, in order; raises ValueError for
+        ttl ≤ 0 and sqlite3.Error, in which case nothing was written."""
+        if ttl_seconds <= 0:
+            raise ValueError("ttl_seconds must be positive")
+        if not writes:
+            return []
         _, writer = self._connections()
-        payload = encode_record(record).decode()
+        # Encoded here, on the event loop, so the writer thread holds the lock briefly.
+        payloads = [encode_record(w.record).decode() for w in writes]
         now_ms = _now_ms()
         expires_at_ms = now_ms + ttl_seconds * 1000
 
-        def write(conn: sqlite3.Connection) -> int:
-            if expected_generation is None:
-                params: tuple[Any, ...] = (project_id, user_id, payload, expires_at_ms, now_ms)
-                return conn.execute(_CREATE, params).rowcount
-            params = (project_id, user_id, payload, expires_at_ms, expected_generation, now_ms)
-            return conn.execute(_UPDATE, params).rowcount
+        def write_all(conn: sqlite3.Connection) -> list[bool]:
+            written: list[bool] = []
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for w, payload in zip(writes, payloads, strict=True):
+                    if w.expected_generation is None:
+                        params: tuple[Any, ...] = (
+                            project_id,
+                            w.user_id,
+                            payload,
+                            expires_at_ms,
+                            now_ms,
+                        )
+                        written.append(conn.execute(_CREATE, params).rowcount == 1)
+                    else:
+                        params = (
+                            project_id,
+                            w.user_id,
+                            payload,
+                            expires_at_ms,
+                            w.expected_generation,
+                            now_ms,
+                        )
+                        written.append(conn.execute(_UPDATE, params).rowcount == 1)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return written
 
-        if await writer.run(write) != 1:
-            raise WriteConflict(
-                f"{project_id}/{user_id}: generation {expected_generation!r} is stale"
-            )
+        written = await writer.run(write_all)
         if time.monotonic() - self._last_sweep > _SWEEP_EVERY_S:
             self._last_sweep = time.monotonic()
             await writer.run(
@@ -223,3 +262,11 @@ class SQLiteOnlineStore(OnlineStore):
                     "DELETE FROM online_records WHERE expires_at_ms <= ?", (_now_ms(),)
                 )
             )
+        return [
+            None if ok else _conflict(project_id, w.user_id, w.expected_generation)
+            for w, ok in zip(writes, written, strict=True)
+        ]
+
+
+def _conflict(project_id: str, user_id: str, expected_generation: int | None) -> WriteConflict:
+    return WriteConflict(f"{project_id}/{user_id}: generation {expected_generation!r} is stale")

@@ -2,7 +2,9 @@
 
 The plan names this module after Aerospike, the production store, but `FeatureWriter`
 works over ANY `OnlineStore` (Aerospike, Redis, SQLite): it only uses the interface's
-`get_many`/`get`/`put` with a generation check.
+`get_many`/`get`/`put_many`/`put` with a generation check. A batch's users are read
+with one `get_many` and written with one `put_many` (one round trip on Redis and
+SQLite); only users whose compare-and-set failed go through `put` one by one.
 
 Why compare-and-set: a user's events all live in one partition, so normally one
 consumer writes a user's record. During a consumer-group rebalance two consumers can
@@ -17,8 +19,9 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from app.db.online_store import OnlineStore, StoredRecord, WriteConflict
+from app.db.online_store import OnlineStore, RecordWrite, StoredRecord, WriteConflict
 from runtime.compute.metrics import ComputeMetrics
 from runtime.compute.record import AppliedEvent, BatchApplier
 from runtime.compute.specs import ProjectSpecs
@@ -26,6 +29,9 @@ from runtime.compute.specs import ProjectSpecs
 # Users read per get_many: one round trip for a whole batch of the default size, while
 # a very large batch never turns into one unbounded request.
 PREFETCH_CHUNK = 2000
+# Users written per put_many (one round trip): records are ~10 KB, so a call carries a
+# few MB at most.
+WRITE_CHUNK = 500
 # Attempts per user before the batch fails (and is retried as a whole, with backoff).
 MAX_ATTEMPTS = 8
 # Projects whose BatchApplier is kept between batches; past it the cache starts over.
@@ -107,10 +113,13 @@ class FeatureWriter:
         """Applies each user's events (in the given order) to the user's record.
 
         Returns a UserWrite per user, also put into `written` (when given) as each user
-        completes. Every user is attempted; if any write failed, the first error is
-        raised afterwards (WriteConflict after `max_attempts`, or the store's own
-        error) and `written` tells which users are done. Retrying the same events is
-        harmless anyway: the stored offsets skip what was applied.
+        completes. Records are read with `get_many` and written with `put_many`, a few
+        thousand users per call; a user whose compare-and-set fails is re-read and
+        re-applied on its own (`write_user`). If a store call fails, or a user still
+        conflicts after `max_attempts`, the first error is raised (after every
+        conflicting user was attempted) and `written` tells which users are done.
+        Retrying the same events is harmless anyway: the stored offsets skip what was
+        applied.
 
         A project without features stores nothing: its users get `applied=0` and every
         event `fresh` (still forwarded to analytics).
@@ -126,10 +135,18 @@ class FeatureWriter:
             chunk = users[start : start + PREFETCH_CHUNK]
             current.update(zip(chunk, await self._store.get_many(project_id, chunk), strict=True))
 
+        conflicts: list[tuple[str, WriteConflict]] = []
+        for start in range(0, len(users), WRITE_CHUNK):
+            chunk = users[start : start + WRITE_CHUNK]
+            conflicts += await self._write_chunk(
+                project_id, specs, specs.ttl_seconds, chunk, events_by_user, current, out
+            )
+        # Another writer changed these records since they were read (a rebalance gave
+        # both consumers the partition): each is re-read and re-applied on its own.
         results = await asyncio.gather(
             *(
-                self._write_limited(project_id, u, specs, events_by_user[u], current[u], out)
-                for u in users
+                self._rewrite_limited(project_id, u, specs, events_by_user[u], conflict, out)
+                for u, conflict in conflicts
             ),
             return_exceptions=True,
         )
@@ -138,17 +155,86 @@ class FeatureWriter:
                 raise result
         return out
 
-    async def _write_limited(
+    async def _write_chunk(
+        self,
+        project_id: str,
+        specs: ProjectSpecs,
+        ttl_seconds: int,
+        users: Sequence[str],
+        events_by_user: Mapping[str, Sequence[AppliedEvent]],
+        current: Mapping[str, StoredRecord | None],
+        out: dict[str, UserWrite],
+    ) -> list[tuple[str, WriteConflict]]:
+        """Applies and writes `users` with one `put_many`; returns the conflicts."""
+        pending: list[tuple[RecordWrite, UserWrite]] = []
+        for user_id in users:
+            stored = current[user_id]
+            before = stored.record if stored is not None else None
+            result, done = self._apply(project_id, specs, events_by_user[user_id], before)
+            if result is None:
+                out[user_id] = done
+                continue
+            generation = stored.generation if stored is not None else None
+            pending.append((RecordWrite(user_id, result, generation), done))
+        if not pending:
+            return []
+        started = time.perf_counter()
+        try:
+            outcomes = await self._store.put_many(
+                project_id, [write for write, _ in pending], ttl_seconds
+            )
+        finally:
+            if self._metrics is not None:
+                # Every write of the call took the call's time (one round trip).
+                elapsed = time.perf_counter() - started
+                for _ in pending:
+                    self._metrics.store_write_seconds.observe(elapsed)
+        conflicts: list[tuple[str, WriteConflict]] = []
+        for (write, done), conflict in zip(pending, outcomes, strict=True):
+            if conflict is None:
+                out[write.user_id] = done
+                continue
+            if self._metrics is not None:
+                self._metrics.store_conflicts.inc()
+            conflicts.append((write.user_id, conflict))
+        return conflicts
+
+    async def _rewrite_limited(
         self,
         project_id: str,
         user_id: str,
         specs: ProjectSpecs,
         events: Sequence[AppliedEvent],
-        current: StoredRecord | None,
+        conflict: WriteConflict,
         out: dict[str, UserWrite],
     ) -> None:
+        attempts = self._max_attempts - 1  # the put_many was the first
+        if attempts < 1:
+            raise conflict
         async with self._limit:
-            out[user_id] = await self.write_user(project_id, user_id, specs, events, current)
+            current = await self._store.get(project_id, user_id)
+            out[user_id] = await self._write(project_id, user_id, specs, events, current, attempts)
+
+    def _apply(
+        self,
+        project_id: str,
+        specs: ProjectSpecs,
+        events: Sequence[AppliedEvent],
+        before: dict[str, Any] | None,
+    ) -> tuple[dict[str, Any] | None, UserWrite]:
+        """Returns (the record to write, None when there is nothing to write; the
+        UserWrite once it is written)."""
+        now_ms = self._now_ms()
+        result = self._applier(project_id, specs, now_ms).apply(before, events, now_ms)
+        fresh = _fresh_indexes(before, events)
+        if not fresh:
+            # Everything was applied before (a redelivery after a crash between the
+            # write and the commit): writing would change nothing but the TTL.
+            return None, UserWrite(0, result.skipped_duplicate, 0, 0, ())
+        done = UserWrite(
+            result.applied, result.skipped_duplicate, result.late, result.future, fresh
+        )
+        return result.record, done
 
     async def write_user(
         self,
@@ -165,37 +251,42 @@ class FeatureWriter:
         Returns the UserWrite. Raises WriteConflict after `max_attempts` conflicts,
         ValueError when `specs` has no feature (no TTL), and whatever the store raises.
         """
+        return await self._write(project_id, user_id, specs, events, current, self._max_attempts)
+
+    async def _write(
+        self,
+        project_id: str,
+        user_id: str,
+        specs: ProjectSpecs,
+        events: Sequence[AppliedEvent],
+        current: StoredRecord | None,
+        attempts: int,
+    ) -> UserWrite:
         if specs.ttl_seconds is None:
             raise ValueError(f"project {project_id} has no feature: nothing to write")
-        for attempt in range(1, self._max_attempts + 1):
+        for attempt in range(1, attempts + 1):
             before = current.record if current is not None else None
-            now_ms = self._now_ms()
-            result = self._applier(project_id, specs, now_ms).apply(before, events, now_ms)
-            fresh = _fresh_indexes(before, events)
-            if not fresh:
-                # Everything was applied before (a redelivery after a crash between the
-                # write and the commit): writing would change nothing but the TTL.
-                return UserWrite(0, result.skipped_duplicate, 0, 0, ())
+            record, done = self._apply(project_id, specs, events, before)
+            if record is None:
+                return done
             started = time.perf_counter()
             try:
                 await self._store.put(
                     project_id,
                     user_id,
-                    result.record,
+                    record,
                     specs.ttl_seconds,
                     current.generation if current is not None else None,
                 )
             except WriteConflict:
                 if self._metrics is not None:
                     self._metrics.store_conflicts.inc()
-                if attempt == self._max_attempts:
+                if attempt == attempts:
                     raise
                 current = await self._store.get(project_id, user_id)
                 continue
             finally:
                 if self._metrics is not None:
                     self._metrics.store_write_seconds.observe(time.perf_counter() - started)
-            return UserWrite(
-                result.applied, result.skipped_duplicate, result.late, result.future, fresh
-            )
+            return done
         raise AssertionError("unreachable: the last attempt returns or raises")

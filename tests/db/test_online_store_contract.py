@@ -10,7 +10,7 @@ import asyncio
 import socket
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import aerospike
@@ -21,7 +21,7 @@ from aerospike import exception as aerospike_errors
 from app.core.settings import BackendSettings
 from app.db.aerospike import AerospikeOnlineStore, parse_hosts, record_to_bins, write_arguments
 from app.db.factory import make_online_store
-from app.db.online_store import OnlineStore, StoredRecord, WriteConflict
+from app.db.online_store import OnlineStore, RecordWrite, StoredRecord, WriteConflict
 from app.db.redis_online import record_key
 from app.db.sqlite_online import store_path
 from tests.conftest import AEROSPIKE_HOSTS, REDIS_URL, requires_aerospike, unique
@@ -248,6 +248,118 @@ class TestGetMany:
         assert mine.record == a_record(1)
         assert theirs is not None
         assert theirs.record == a_record(2)
+
+
+class _PutOnly(OnlineStore):
+    """The store with the interface's default `put_many` (one `put` per record)."""
+
+    def __init__(self, inner: OnlineStore) -> None:
+        self._inner = inner
+
+    async def ping(self) -> None:
+        await self._inner.ping()
+
+    async def get(self, project_id: str, user_id: str) -> StoredRecord | None:
+        return await self._inner.get(project_id, user_id)
+
+    async def get_many(self, project_id: str, user_ids: Sequence[str]) -> list[StoredRecord | None]:
+        return await self._inner.get_many(project_id, user_ids)
+
+    async def put(
+        self,
+        project_id: str,
+        user_id: str,
+        record: dict[str, Any],
+        ttl_seconds: int,
+        expected_generation: int | None,
+    ) -> None:
+        await self._inner.put(project_id, user_id, record, ttl_seconds, expected_generation)
+
+
+@pytest.fixture(params=["own", "default"])
+def many(request: pytest.FixtureRequest, kit: Kit) -> OnlineStore:
+    """The store's own put_many, or the interface's default over its put."""
+    return kit.store if request.param == "own" else _PutOnly(kit.store)
+
+
+class TestPutMany:
+    async def test_every_record_is_written_and_reported_as_none(
+        self, kit: Kit, many: OnlineStore
+    ) -> None:
+        old = await created(kit, "u1", a_record(1))
+        writes = [
+            RecordWrite("u1", a_record(2), old.generation),
+            RecordWrite("u2", a_record(3), None),
+        ]
+
+        assert await many.put_many(kit.project, writes, TTL) == [None, None]
+
+        got = await kit.store.get_many(kit.project, ["u1", "u2"])
+        assert [r.record if r else None for r in got] == [a_record(2), a_record(3)]
+        assert got[0] is not None
+        assert got[0].generation != old.generation
+
+    async def test_each_refused_write_gets_its_conflict_and_the_others_are_written(
+        self, kit: Kit, many: OnlineStore
+    ) -> None:
+        stale = await created(kit, "stale", a_record(1))
+        await kit.store.put(kit.project, "stale", a_record(2), TTL, stale.generation)
+        await created(kit, "exists", a_record(3))
+        writes = [
+            RecordWrite("stale", a_record(10), stale.generation),
+            RecordWrite("exists", a_record(11), None),
+            RecordWrite("new", a_record(12), None),
+            RecordWrite("ghost", a_record(13), 1),
+        ]
+
+        results = await many.put_many(kit.project, writes, TTL)
+
+        assert [type(r) for r in results] == [
+            WriteConflict,
+            WriteConflict,
+            type(None),
+            WriteConflict,
+        ]
+        got = await kit.store.get_many(kit.project, ["stale", "exists", "new", "ghost"])
+        assert [r.record if r else None for r in got] == [
+            a_record(2),
+            a_record(3),
+            a_record(12),
+            None,
+        ]
+
+    async def test_concurrent_calls_from_one_generation_have_one_winner_per_user(
+        self, kit: Kit, many: OnlineStore
+    ) -> None:
+        base = [await created(kit, f"u{i}", a_record(0)) for i in range(3)]
+
+        async def attempt(seed: int) -> list[bool]:
+            writes = [
+                RecordWrite(f"u{i}", a_record(seed), b.generation) for i, b in enumerate(base)
+            ]
+            return [r is None for r in await many.put_many(kit.project, writes, TTL)]
+
+        outcomes = await asyncio.gather(*(attempt(seed) for seed in range(1, 6)))
+        for i in range(3):
+            won = [seed for seed, wins in enumerate(outcomes, start=1) if wins[i]]
+            assert len(won) == 1
+            current = await kit.store.get(kit.project, f"u{i}")
+            assert current is not None
+            assert current.record == a_record(won[0])
+
+    async def test_every_record_gets_the_ttl(self, kit: Kit, many: OnlineStore) -> None:
+        writes = [RecordWrite(f"u{i}", a_record(i), None) for i in range(3)]
+        await many.put_many(kit.project, writes, TTL)
+        for i in range(3):
+            assert 0 < await kit.remaining_ttl_s(f"u{i}") <= TTL
+
+    async def test_no_writes_give_no_results(self, kit: Kit, many: OnlineStore) -> None:
+        assert await many.put_many(kit.project, [], TTL) == []
+
+    async def test_a_non_positive_ttl_is_refused(self, kit: Kit, many: OnlineStore) -> None:
+        with pytest.raises(ValueError, match="ttl"):
+            await many.put_many(kit.project, [RecordWrite("u1", a_record(), None)], 0)
+        assert await kit.store.get(kit.project, "u1") is None
 
 
 class TestKeys:

@@ -3,14 +3,14 @@ are re-read and re-applied, redeliveries are skipped, the record carries the TTL
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
 
 from app.core.settings import BackendSettings
 from app.db import factory
-from app.db.online_store import OnlineStore
+from app.db.online_store import OnlineStore, RecordWrite, StoredRecord, WriteConflict
 from runtime.compute.aerospike_writer import FeatureWriter
 from runtime.compute.metrics import ComputeMetrics
 from runtime.compute.record import AppliedEvent, apply_batch
@@ -151,3 +151,87 @@ class TestPrefetch:
         assert done["u1"].applied == 0
         assert done["u1"].fresh == (0, 1, 2)
         assert await store.get(project, "u1") is None
+
+
+class _Rival(OnlineStore):
+    """The real store; `before_put_many` runs first on each put_many call (another
+    consumer writing between this writer's read and its write)."""
+
+    def __init__(self, inner: OnlineStore, before_put_many: Callable[[], Awaitable[None]]):
+        self._inner = inner
+        self._before = before_put_many
+
+    async def ping(self) -> None:
+        await self._inner.ping()
+
+    async def get(self, project_id: str, user_id: str) -> StoredRecord | None:
+        return await self._inner.get(project_id, user_id)
+
+    async def get_many(self, project_id: str, user_ids: Sequence[str]) -> list[StoredRecord | None]:
+        return await self._inner.get_many(project_id, user_ids)
+
+    async def put(
+        self,
+        project_id: str,
+        user_id: str,
+        record: dict[str, Any],
+        ttl_seconds: int,
+        expected_generation: int | None,
+    ) -> None:
+        await self._inner.put(project_id, user_id, record, ttl_seconds, expected_generation)
+
+    async def put_many(
+        self, project_id: str, writes: Sequence[RecordWrite], ttl_seconds: int
+    ) -> list[WriteConflict | None]:
+        await self._before()
+        return await self._inner.put_many(project_id, writes, ttl_seconds)
+
+
+class TestBatchWrite:
+    async def test_a_user_changed_during_the_batch_is_re_read_and_the_others_written_at_once(
+        self, store: OnlineStore
+    ):
+        project, p = unique("shop"), new_id()
+        specs = project_specs(p)
+        metrics = ComputeMetrics()
+        per_user = {f"u{i}": events(p, range(i * 10 + 5, i * 10 + 10)) for i in range(4)}
+        rival_events = events(p, range(20, 25))  # u2's first offsets, by the other consumer
+
+        async def rival() -> None:
+            if await store.get(project, "u2") is None:
+                record = apply_batch(None, specs.by_event, rival_events, NOW).record
+                await store.put(project, "u2", record, 3600, None)
+
+        writer = FeatureWriter(_Rival(store, rival), now_ms=lambda: NOW, metrics=metrics)
+        done = await writer.write_project(project, specs, per_user)
+
+        assert sorted(done) == sorted(per_user)
+        assert done["u2"].applied == 5
+        assert metrics.registry.get_sample_value("compute_store_conflicts_total") == 1
+        for user, batch in per_user.items():
+            stored = await store.get(project, user)
+            assert stored is not None, user
+            applied = rival_events + batch if user == "u2" else batch
+            assert features(stored.record) == features(
+                apply_batch(None, specs.by_event, applied, NOW).record
+            )
+
+    async def test_with_one_attempt_a_conflict_is_raised_after_the_others_are_written(
+        self, store: OnlineStore
+    ):
+        project, p = unique("shop"), new_id()
+        specs = project_specs(p)
+        per_user = {f"u{i}": events(p, range(i * 10, i * 10 + 5)) for i in range(3)}
+
+        async def rival() -> None:
+            if await store.get(project, "u0") is None:
+                await store.put(project, "u0", {"features": {}}, 3600, None)
+
+        writer = FeatureWriter(_Rival(store, rival), now_ms=lambda: NOW, max_attempts=1)
+        written: dict[str, Any] = {}
+        with pytest.raises(WriteConflict):
+            await writer.write_project(project, specs, per_user, written)
+
+        assert sorted(written) == ["u1", "u2"]
+        for user in ("u1", "u2"):
+            assert await store.get(project, user) is not None
