@@ -142,6 +142,7 @@ class ComputeWorker:
         self._specs = SpecCache()
         self._stopping = asyncio.Event()
         self._last_lag_refresh = 0.0
+        self._lag_task: asyncio.Task[None] | None = None
         self.state = WorkerState()
 
     # -- lifetime ------------------------------------------------------------------------
@@ -153,10 +154,14 @@ class ComputeWorker:
                 return
             while not self._stopping.is_set():
                 records = await self._fetch()
-                await self._refresh_lag()
+                self._refresh_lag()
                 if records:
                     await self.process(records)
         finally:
+            if self._lag_task is not None:
+                self._lag_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._lag_task
             with contextlib.suppress(Exception):
                 await self._consumer.stop()
             self.state.consumer_started = False
@@ -369,11 +374,21 @@ class ComputeWorker:
             await self._sleep_unless_stopped(self._options.retry_first_s)
             return []
 
-    async def _refresh_lag(self) -> None:
+    def _refresh_lag(self) -> None:
+        """Starts a lag read in the background, at most every `lag_refresh_s`.
+
+        Not awaited by the loop: the offsets request can queue behind the consumer's
+        long-poll fetch on the broker connection (measured: 200-330 ms), which would
+        stall every batch behind a diagnostic."""
         now = time.monotonic()
         if now - self._last_lag_refresh < self._options.lag_refresh_s:
             return
+        if self._lag_task is not None and not self._lag_task.done():
+            return
         self._last_lag_refresh = now
+        self._lag_task = asyncio.create_task(self._read_lag())
+
+    async def _read_lag(self) -> None:
         try:
             lag = await self._consumer.lag()
         except Exception as exc:  # lag is diagnostics; the loop goes on without it
