@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from hypothesis import given, settings
@@ -22,8 +23,15 @@ values = st.one_of(
     st.integers(-1000, 1000),
     st.floats(-1e6, 1e6, allow_nan=False),
     st.sampled_from(["sku-1", "sku-2", "sku-3"]),
+    st.sampled_from([0.0, -0.0, 0]),  # MIN/MAX ties the tile order decides
     st.none(),
 )
+
+
+def same(got: dict[str, Any], want: dict[str, Any]) -> None:
+    # Equal, and equal as JSON text: same key order, -0.0 vs 0.0 and 1 vs 1.0 told apart.
+    assert got == want
+    assert json.dumps(got) == json.dumps(want)
 
 
 @st.composite
@@ -67,7 +75,7 @@ def test_merge_equals_serve_at_any_later_time(
 ) -> None:
     record = record_of(feature_specs, applied)
     now = NOW + later
-    assert Merger(feature_specs, now)(record) == serve(record, feature_specs, now)
+    same(Merger(feature_specs, now)(record), serve(record, feature_specs, now))
 
 
 @settings(max_examples=300, deadline=None)
@@ -84,7 +92,7 @@ def test_merge_equals_serve_at_window_edges(
     window = data.draw(st.sampled_from([w for s in feature_specs for w in s.windows]))
     now = event.t_ms + window.window_ms + data.draw(st.integers(-window.tile_ms, window.tile_ms))
     now = max(now, NOW)
-    assert Merger(feature_specs, now)(record) == serve(record, feature_specs, now)
+    same(Merger(feature_specs, now)(record), serve(record, feature_specs, now))
 
 
 @settings(max_examples=200, deadline=None)
@@ -96,7 +104,7 @@ def test_a_merger_stays_right_for_every_time_it_covers(
     merger = Merger(feature_specs, NOW + later)
     inside = merger.valid_from + int(where * (merger.valid_until - merger.valid_from - 1))
     assert merger.covers(inside)
-    assert merger(record) == serve(record, feature_specs, inside)
+    same(merger(record), serve(record, feature_specs, inside))
     assert not merger.covers(merger.valid_until)
     assert not merger.covers(merger.valid_from - 1)
 
@@ -109,3 +117,32 @@ def test_feature_stored_under_another_fingerprint_is_served_empty() -> None:
     record = apply_batch(None, {"cart": [stored_as]}, [event], NOW).record
     assert Merger([stored_as], NOW)(record) == {"spend_1h": 3.0}
     assert Merger([read_as], NOW)(record) == {"spend_1h": 0.0}
+
+
+@settings(max_examples=200, deadline=None)
+@given(specs(), events(), st.integers(0, 2 * DAY), st.data())
+def test_tile_keys_written_in_another_form_are_read_as_serve_reads_them(
+    feature_specs: list[FeatureSpec], applied: list[AppliedEvent], later: int, data: st.DataObject
+) -> None:
+    # Compute writes str(tile); any other spelling int() accepts still counts the same.
+    record = record_of(feature_specs, applied)
+    spell = st.sampled_from(["{}", "0{}", "+{}", " {}", "{}_0"])
+    for entry in record["features"].values():
+        for label, tiles in entry["w"].items():
+            entry["w"][label] = {data.draw(spell).format(k): p for k, p in tiles.items()}
+    now = NOW + later
+    same(Merger(feature_specs, now)(record), serve(record, feature_specs, now))
+
+
+def test_count_distinct_over_sketch_tiles_equals_serve() -> None:
+    # Past 64 values a tile holds an HLL sketch; unions of sketches and lists.
+    windows = tuple(parse_window(w) for w in ("5m", "1h", "24h"))
+    spec = FeatureSpec("skus", "COUNT_DISTINCT", "a", windows)  # type: ignore[arg-type]
+    applied = [
+        AppliedEvent(0, i, "view", NOW - (i % 7) * 9 * 60_000 - i, {"a": f"sku-{i % 150}"})
+        for i in range(600)
+    ]
+    record = record_of([spec], applied)
+    assert any(isinstance(p, str) for p in record["features"]["skus"]["w"]["1h"].values())
+    for later in (0, 60_000, 3_600_000):
+        same(Merger([spec], NOW + later)(record), serve(record, [spec], NOW + later))
