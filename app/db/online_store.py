@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic_core import PydanticSerializationError, from_json, to_json
 
 
 class WriteConflict(Exception):
     """The record changed since it was read (generation mismatch); re-read and retry."""
+
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,24 @@ class OnlineStore(ABC):
     @abstractmethod
     async def get_many(self, project_id: str, user_ids: Sequence[str]) -> list[StoredRecord | None]:
         """Returns the records in the order of `user_ids` (one batch read)."""
+
+    async def get_many_mapped(
+        self,
+        project_id: str,
+        user_ids: Sequence[str],
+        convert: Callable[[dict[str, Any]], _T],
+    ) -> list[_T | None]:
+        """Returns `convert(record)` per user id, in the order of `user_ids` (None for an
+        absent record), from one batch read.
+
+        Stores that decode records one by one call `convert` on each as soon as it is
+        decoded and drop the record, so a batch never holds all of them at once: 100
+        serving records are ~150,000 objects, and holding them made the cyclic GC run
+        full collections (measured: 15% of serving CPU). Raises what `get_many` raises,
+        and whatever `convert` raises. This default calls `get_many`, then `convert`.
+        """
+        stored = await self.get_many(project_id, user_ids)
+        return [None if s is None else convert(s.record) for s in stored]
 
     @abstractmethod
     async def put(

@@ -12,8 +12,8 @@ so they read as absent and can be created again.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import redis.asyncio as aioredis
@@ -30,6 +30,7 @@ from app.db.online_store import (
     encode_record,
 )
 
+_T = TypeVar("_T")
 _KEY_PREFIX = "dps:f"
 _CONNECT_TIMEOUT_S = 1.0
 _SOCKET_TIMEOUT_S = 5.0  # large records (hundreds of KB) take a moment to move
@@ -119,6 +120,26 @@ class RedisOnlineStore(OnlineStore):
         for user_id in user_ids:
             pipe.hmget(record_key(project_id, user_id), ["rec", "gen"])
         return [_decode(fields) for fields in await pipe.execute()]
+
+    async def get_many_mapped(
+        self,
+        project_id: str,
+        user_ids: Sequence[str],
+        convert: Callable[[dict[str, Any]], _T],
+    ) -> list[_T | None]:
+        """Returns `convert(record)` per user id in order (None if absent), from one
+        round trip; each record is decoded, converted and dropped before the next."""
+        if not user_ids:
+            return []
+        pipe = self._redis().pipeline(transaction=False)
+        for user_id in user_ids:
+            pipe.hmget(record_key(project_id, user_id), ["rec", "gen"])
+        return [
+            None
+            if record_json is None or generation is None
+            else convert(decode_record(record_json))
+            for record_json, generation in await pipe.execute()
+        ]
 
     async def put(
         self,

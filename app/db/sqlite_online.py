@@ -37,6 +37,7 @@ from app.db.online_store import (
 )
 
 _T = TypeVar("_T")
+_R = TypeVar("_R")
 _SWEEP_EVERY_S = 600.0
 # SQLite caps bound parameters (32766 by default); batches stay well below it.
 _MAX_IDS_PER_QUERY = 500
@@ -113,9 +114,10 @@ class _Connection:
 
 def _select(
     conn: sqlite3.Connection, project_id: str, user_ids: Sequence[str], now_ms: int
-) -> tuple[dict[str, StoredRecord], list[str]]:
-    """Live records by user id, and the ids of expired rows seen."""
-    live: dict[str, StoredRecord] = {}
+) -> tuple[dict[str, tuple[str, int]], list[str]]:
+    """(record JSON, generation) of the live records by user id, and the ids of expired
+    rows seen. Decoding is left to the caller, one record at a time."""
+    live: dict[str, tuple[str, int]] = {}
     expired: list[str] = []
     unique_ids = list(dict.fromkeys(user_ids))
     for start in range(0, len(unique_ids), _MAX_IDS_PER_QUERY):
@@ -131,7 +133,7 @@ def _select(
             if expires_at_ms <= now_ms:
                 expired.append(user_id)
             else:
-                live[user_id] = StoredRecord(decode_record(record_json), generation)
+                live[user_id] = (record_json, generation)
     return live, expired
 
 
@@ -183,14 +185,37 @@ class SQLiteOnlineStore(OnlineStore):
 
     async def get_many(self, project_id: str, user_ids: Sequence[str]) -> list[StoredRecord | None]:
         """Returns the records in the order of `user_ids` (one query per 500 ids)."""
+        rows = await self._rows(project_id, user_ids)
+        return [
+            None
+            if (row := rows.get(user_id)) is None
+            else StoredRecord(decode_record(row[0]), row[1])
+            for user_id in user_ids
+        ]
+
+    async def get_many_mapped(
+        self,
+        project_id: str,
+        user_ids: Sequence[str],
+        convert: Callable[[dict[str, Any]], _R],
+    ) -> list[_R | None]:
+        """Returns `convert(record)` per user id in order (None if absent); each record is
+        decoded, converted and dropped before the next."""
+        rows = await self._rows(project_id, user_ids)
+        return [
+            None if (row := rows.get(user_id)) is None else convert(decode_record(row[0]))
+            for user_id in user_ids
+        ]
+
+    async def _rows(self, project_id: str, user_ids: Sequence[str]) -> dict[str, tuple[str, int]]:
         if not user_ids:
-            return []
+            return {}
         reader, writer = self._connections()
         now_ms = _now_ms()
         live, expired = await reader.run(lambda conn: _select(conn, project_id, user_ids, now_ms))
         if expired:
             await writer.run(lambda conn: _delete_expired(conn, project_id, expired, now_ms))
-        return [live.get(user_id) for user_id in user_ids]
+        return live
 
     async def put(
         self,

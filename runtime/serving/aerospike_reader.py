@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from app.core.errors import OnlineStoreUnavailable
-from app.db.online_store import OnlineStore, StoredRecord
+from app.db.online_store import OnlineStore
+from runtime.serving.merge import Merger
 from runtime.serving.metrics import ServingMetrics
 from runtime.serving.plan import Selection
 
@@ -63,17 +64,52 @@ class FeatureReader:
         """Returns one {feature key: value} per user id, in the order of `user_ids`, from
         ONE batch read of the store (a repeated id is answered each time it appears).
 
-        Raises OnlineStoreUnavailable when the store cannot answer.
+        Each record is merged as the store decodes it (`get_many_mapped`). Raises
+        OnlineStoreUnavailable when the store cannot answer; an error of the merge
+        itself propagates as it is.
         """
+        merge = _Merge(selection.merger(now_ms))
         started = time.perf_counter()
         try:
-            records: list[StoredRecord | None] = await self._store.get_many(project_id, user_ids)
+            values = await self._store.get_many_mapped(project_id, user_ids, merge)
+        except _MergeFailed as failed:
+            raise failed.error from None  # a bug in the maths: a 500, not the store's 503
         except Exception as exc:
             raise _unavailable(exc) from exc
-        self._metrics.store_read_seconds.labels("get_many").observe(time.perf_counter() - started)
+        read_s = time.perf_counter() - started - merge.seconds
+        self._metrics.store_read_seconds.labels("get_many").observe(read_s)
         empty = selection.empty
-        merge = selection.merger(now_ms)
-        return [dict(empty) if stored is None else merge(stored.record) for stored in records]
+        return [dict(empty) if v is None else v for v in values]
+
+
+class _MergeFailed(Exception):
+    """Carries an error of the merge out of the store call, which would report it as the
+    store's."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(repr(error))
+        self.error = error
+
+
+class _Merge:
+    """The merger as `get_many_mapped`'s `convert`: the store hands it each record as
+    soon as it is decoded, so a batch never holds all the decoded records at once.
+    Counts its own time, which is not the store's."""
+
+    __slots__ = ("_merger", "seconds")
+
+    def __init__(self, merger: Merger) -> None:
+        self._merger = merger
+        self.seconds = 0.0
+
+    def __call__(self, record: dict[str, Any]) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            return self._merger(record)
+        except Exception as exc:
+            raise _MergeFailed(exc) from exc
+        finally:
+            self.seconds += time.perf_counter() - started
 
 
 def _unavailable(exc: Exception) -> OnlineStoreUnavailable:

@@ -251,7 +251,8 @@ class TestGetMany:
 
 
 class _PutOnly(OnlineStore):
-    """The store with the interface's default `put_many` (one `put` per record)."""
+    """The store with the interface's defaults for `put_many` (one `put` per record)
+    and `get_many_mapped` (`get_many`, then the conversion)."""
 
     def __init__(self, inner: OnlineStore) -> None:
         self._inner = inner
@@ -278,7 +279,8 @@ class _PutOnly(OnlineStore):
 
 @pytest.fixture(params=["own", "default"])
 def many(request: pytest.FixtureRequest, kit: Kit) -> OnlineStore:
-    """The store's own put_many, or the interface's default over its put."""
+    """The store's own batch methods (put_many, get_many_mapped), or the interface's
+    defaults over its put and get_many."""
     return kit.store if request.param == "own" else _PutOnly(kit.store)
 
 
@@ -360,6 +362,32 @@ class TestPutMany:
         with pytest.raises(ValueError, match="ttl"):
             await many.put_many(kit.project, [RecordWrite("u1", a_record(), None)], 0)
         assert await kit.store.get(kit.project, "u1") is None
+
+
+class TestGetManyMapped:
+    async def test_each_record_is_converted_in_request_order_with_gaps(
+        self, kit: Kit, many: OnlineStore
+    ) -> None:
+        await created(kit, "u1", a_record(1))
+        await created(kit, "u2", a_record(2))
+
+        got = await many.get_many_mapped(
+            kit.project, ["u2", "missing", "u1", "u2"], lambda record: record["offsets"]
+        )
+
+        assert got == [{"3": 102}, None, {"3": 101}, {"3": 102}]
+
+    async def test_no_ids_give_no_values(self, kit: Kit, many: OnlineStore) -> None:
+        assert await many.get_many_mapped(kit.project, [], lambda record: record) == []
+
+    async def test_an_error_of_the_conversion_propagates(self, kit: Kit, many: OnlineStore) -> None:
+        await created(kit, "u1", a_record(1))
+
+        def fail(record: dict[str, Any]) -> None:
+            raise LookupError("conversion failed")
+
+        with pytest.raises(LookupError, match="conversion failed"):
+            await many.get_many_mapped(kit.project, ["u1"], fail)
 
 
 class TestKeys:
