@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
+from operator import itemgetter
 from typing import Any
 
 from runtime.compute import sketch
@@ -57,16 +58,14 @@ class _Range:
                 if not lo <= tile <= hi:
                     continue
             found.append((tile, p))
-        found.sort(key=_tile)
+        found.sort(key=_first_item)
         return [p for _, p in found]
 
 
-def _tile(item: tuple[int, Any]) -> int:
-    return item[0]
-
-
-def _event_time(partial: list[Any]) -> Any:
-    return partial[0]
+# (tile, partial) pairs sort by tile; LAST/FIRST partials are [event time, value], AVG
+# partials [sum, count].
+_first_item = itemgetter(0)
+_second = itemgetter(1)
 
 
 # One per aggregation: the value of `tiles` over `window`, as `aggregators.combine` of
@@ -86,8 +85,8 @@ def _sum(tiles: Tiles, w: _Range) -> Any:
 def _avg(tiles: Tiles, w: _Range) -> Any:
     keys, lo, hi = w.keys, w.lo, w.hi
     partials = [p for k, p in tiles.items() if k in keys or lo <= int(k) <= hi]
-    count = sum([int(p[1]) for p in partials])
-    return math.fsum([p[0] for p in partials]) / count if count else None
+    count = sum(map(int, map(_second, partials)))
+    return math.fsum(map(_first_item, partials)) / count if count else None
 
 
 def _min(tiles: Tiles, w: _Range) -> Any:
@@ -111,17 +110,25 @@ def _max(tiles: Tiles, w: _Range) -> Any:
 def _last(tiles: Tiles, w: _Range) -> Any:
     keys, lo, hi = w.keys, w.lo, w.hi
     partials = [p for k, p in tiles.items() if k in keys or lo <= int(k) <= hi]
-    return max(partials, key=_event_time)[1] if partials else None
+    return max(partials, key=_first_item)[1] if partials else None
 
 
 def _first(tiles: Tiles, w: _Range) -> Any:
     keys, lo, hi = w.keys, w.lo, w.hi
     partials = [p for k, p in tiles.items() if k in keys or lo <= int(k) <= hi]
-    return min(partials, key=_event_time)[1] if partials else None
+    return min(partials, key=_first_item)[1] if partials else None
 
 
 def _count_distinct(tiles: Tiles, w: _Range) -> Any:
-    return sketch.count_distinct(w.ordered(tiles))
+    keys, lo, hi = w.keys, w.lo, w.hi
+    union: set[str] = set()
+    for k, p in tiles.items():
+        if k in keys or lo <= int(k) <= hi:
+            if isinstance(p, str):
+                # A sketch: unions are taken in tile order, as the reference does.
+                return sketch.count_distinct(w.ordered(tiles))
+            union.update(p)  # exact values: the union is a set, in any order
+    return len(union)
 
 
 _READERS: dict[Aggregation, Callable[[Tiles, _Range], Any]] = {
