@@ -24,12 +24,16 @@ Failure rules:
 
 Stopping: `stop()` lets the in-flight batch finish and commit, then leaves the group.
 A batch still waiting for a dead store is abandoned uncommitted (it is redelivered).
+
+Once the consumer has started, the objects the process holds are frozen out of the
+cyclic GC (`gc.freeze`, once per process): see `_freeze_long_lived_objects`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 import time
@@ -52,6 +56,26 @@ from runtime.compute.record import AppliedEvent
 from runtime.compute.specs import ProjectSpecs, SpecCache, event_key
 
 logger = logging.getLogger(__name__)
+
+
+_frozen = False
+
+
+def _freeze_long_lived_objects() -> None:
+    """Moves what the process holds once the worker has started (modules, schemas,
+    clients: ~85,000 objects) out of the cyclic GC's reach, once per process.
+
+    A batch keeps a few hundred user records alive while it is applied and written, so
+    the GC runs a full collection every batch or two, and each one used to walk that
+    whole start-up heap (~25 ms): 20-25% of the worker's time at 40k events, 0.3 s ->
+    0.1 s of GC with the freeze. Garbage is collected first, so nothing dead is frozen;
+    frozen objects are still freed by reference counting.
+    """
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.collect()
+        gc.freeze()
 
 
 def wall_clock_ms() -> int:
@@ -152,6 +176,7 @@ class ComputeWorker:
         try:
             if not await self._start_consumer():
                 return
+            _freeze_long_lived_objects()
             while not self._stopping.is_set():
                 records = await self._fetch()
                 self._refresh_lag()
