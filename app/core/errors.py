@@ -259,6 +259,14 @@ class EventLogUnavailable(ServiceUnavailable):
     """The event log did not acknowledge the events; nothing was accepted (see Retry-After)."""
 
 
+class EventInFlight(Conflict):
+    """Another request with this event id (or webhook-id) is being produced right now.
+    Nothing was acknowledged: retry after Retry-After, and the retry is answered as a
+    duplicate (the other request succeeded) or produced (it failed)."""
+
+    headers = {"Retry-After": "1"}
+
+
 # -- serving runtime -------------------------------------------------------------------
 class UnknownFeature(UnprocessableEntity):
     """A feature selection named keys the deployed config does not serve."""

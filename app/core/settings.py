@@ -22,6 +22,10 @@ OnlineStoreKind = Literal["aerospike", "redis", "sqlite"]
 AnalyticsKind = Literal["none", "clickhouse", "chdb"]
 CacheKind = Literal["redis", "memory"]
 
+# Between claiming an event and producing it, ingestion charges the rate limits (two
+# Redis calls, a few seconds at worst when Redis is failing).
+CLAIM_MARGIN_SECONDS = 10
+
 # Secrets that ship in examples and docs; a production process refuses them.
 _KNOWN_DEV_SECRETS = frozenset({"changethis", "dev-secret", "secret", "standalone-dev-secret"})
 
@@ -129,12 +133,29 @@ class IngestionSettings(ServiceSettings):
     signature_tolerance_seconds: int = 300
     max_future_seconds: int = 300
     dedup_ttl_seconds: int = 24 * 3600
+    # Replay and dedup claims stay "pending" while their request produces, then become
+    # "done" (runtime/ingestion/claims.py). A pending claim must outlive its request, so
+    # a produce is abandoned (503) after produce_timeout_seconds and claims last
+    # CLAIM_MARGIN_SECONDS longer; a claim left behind by a crash blocks its retries
+    # (409 EventInFlight) for at most claim_ttl_seconds.
+    claim_ttl_seconds: int = 60
+    produce_timeout_seconds: float = Field(default=30.0, gt=0)
     unknown_properties: Literal["reject", "drop"] = "reject"
     rate_limit_project: str = "6000/minute"
     rate_limit_pipeline: str = "3000/minute"
     # Per-project override of both limits:
     # INGEST_RATE_LIMIT_OVERRIDES='{"shop1": "100/second"}'
     rate_limit_overrides: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _claims_outlive_the_produce(self) -> Self:
+        if self.claim_ttl_seconds < self.produce_timeout_seconds + CLAIM_MARGIN_SECONDS:
+            raise ValueError(
+                f"INGEST_CLAIM_TTL_SECONDS ({self.claim_ttl_seconds}) must be at least "
+                f"INGEST_PRODUCE_TIMEOUT_SECONDS + {CLAIM_MARGIN_SECONDS} "
+                f"({self.produce_timeout_seconds + CLAIM_MARGIN_SECONDS:g})"
+            )
+        return self
 
 
 class ComputeSettings(ServiceSettings):

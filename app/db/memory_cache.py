@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping, Sequence
 
 from app.core.settings import BackendSettings
-from app.db.cache import Cache
+from app.db.cache import DONE, PENDING, Cache, ClaimState, claim_state
 
 # A subscriber that stops reading must not grow memory without bound: past this many
 # pending messages the oldest is dropped (notices are "something changed" pings, so
@@ -73,15 +73,39 @@ class MemoryCache(Cache):
         """Removes the key if present."""
         self._values.pop(key, None)
 
-    async def add_if_absent(self, key: str, ttl_seconds: int) -> bool:
-        """True if this call claimed the key (absent or expired before)."""
-        if ttl_seconds <= 0:
+    async def claim_many(
+        self, keys: Sequence[str], pending_ttl_seconds: int, *, guarded: bool = False
+    ) -> list[ClaimState]:
+        """See Cache.claim_many; atomic because nothing here awaits. ValueError for ttl ≤ 0."""
+        if pending_ttl_seconds <= 0:
+            raise ValueError("pending_ttl_seconds must be positive")
+        now = time.monotonic()
+        states: list[ClaimState] = []
+        for key in keys:
+            value = self._live(key, now)
+            if value is None:
+                self._store(key, PENDING, pending_ttl_seconds, now)
+                states.append(ClaimState.CLAIMED)
+                continue
+            states.append(claim_state(value))
+            if guarded and len(states) == 1:
+                return states + [ClaimState.SKIPPED] * (len(keys) - 1)
+        return states
+
+    async def confirm_many(self, ttls: Mapping[str, int]) -> None:
+        """Marks each key done for its TTL; ValueError for ttl ≤ 0 (nothing is written)."""
+        if any(ttl <= 0 for ttl in ttls.values()):
             raise ValueError("ttl_seconds must be positive")
         now = time.monotonic()
-        if self._live(key, now) is not None:
-            return False
-        self._store(key, b"1", ttl_seconds, now)
-        return True
+        for key, ttl in ttls.items():
+            self._store(key, DONE, ttl, now)
+
+    async def release_many(self, keys: Sequence[str]) -> None:
+        """Deletes the keys that are still pending."""
+        now = time.monotonic()
+        for key in keys:
+            if self._live(key, now) == PENDING:
+                del self._values[key]
 
     async def publish(self, channel: str, message: bytes) -> None:
         """Queues the message for every current subscriber of the channel."""

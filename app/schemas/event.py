@@ -300,7 +300,11 @@ class SingleIngestResponse(BaseModel):
 
 class BatchRejection(BaseModel):
     index: int = Field(description="Position of the event in `events`")
-    error: str = Field(examples=["InvalidEvent"])
+    error: str = Field(
+        description="The error name; all are permanent except `EventInFlight` (another "
+        "request is producing this event id: resend it later, in a new delivery)",
+        examples=["InvalidEvent"],
+    )
     detail: str
     fields: list[FieldError] | None = None
 

@@ -66,7 +66,7 @@ def ingestion_startup(settings: IngestionSettings, metrics: IngestionMetrics) ->
             configs=loader,
             secrets=secrets,
             cache=resources.cache,
-            sink=EventSink(resources.producer, metrics),
+            sink=EventSink(resources.producer, metrics, timeout_s=settings.produce_timeout_seconds),
             limiter=limiter,
             metrics=metrics,
         )

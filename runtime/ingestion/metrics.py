@@ -55,6 +55,18 @@ class IngestionMetrics:
             ("scope",),
             registry=self.registry,
         )
+        self.claims_unconfirmed = Counter(
+            "ingest_claims_unconfirmed",
+            "Dedup/replay claims of produced events that could not be marked done (cache "
+            "down after the produce): a retry after they expire is produced again",
+            registry=self.registry,
+        )
+        self.claims_unreleased = Counter(
+            "ingest_claims_unreleased",
+            "Claims of refused or failed requests that could not be released (cache down): "
+            "their retries get 409 EventInFlight until the claims expire",
+            registry=self.registry,
+        )
         self.produce_seconds = Histogram(
             "ingest_produce_seconds",
             "Time until the event log acknowledged one request's records",

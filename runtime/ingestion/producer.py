@@ -10,6 +10,7 @@ never be missing from the log. A failure becomes 503 `EventLogUnavailable` with
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -33,24 +34,31 @@ def to_records(messages: Sequence[EventMessage]) -> list[tuple[bytes, bytes]]:
 class EventSink:
     """Produces messages through the process's event log producer."""
 
-    def __init__(self, producer: EventLogProducer, metrics: IngestionMetrics) -> None:
+    def __init__(
+        self, producer: EventLogProducer, metrics: IngestionMetrics, *, timeout_s: float = 30.0
+    ) -> None:
         self._producer = producer
         self._metrics = metrics
+        self._timeout_s = timeout_s
 
     async def produce(self, messages: Sequence[EventMessage]) -> None:
-        """Returns once every message is durable in the log.
+        """Returns once every message is durable in the log, within `timeout_s`.
 
         Raises EventLogUnavailable (503, Retry-After) when the log did not acknowledge
-        them all; some may still have been stored (consumers dedup by event_id).
+        them all in time; some may still have been stored (consumers dedup by event_id).
         """
         records = to_records(messages)
         started = time.perf_counter()
         try:
-            await self._producer.produce_many(records)
-        except LogDown as exc:
+            # The deadline bounds the request whatever the log adapter does (the Kafka
+            # one retries its start for longer), so the request's pending claims
+            # (INGEST_CLAIM_TTL_SECONDS) always outlive it.
+            async with asyncio.timeout(self._timeout_s):
+                await self._producer.produce_many(records)
+        except (LogDown, TimeoutError) as exc:
             logger.warning(
                 "event log unavailable: %s",
-                exc,
+                exc if isinstance(exc, LogDown) else f"no answer within {self._timeout_s:g} s",
                 extra={"project_id": messages[0].project_id, "records": len(records)},
             )
             raise EventLogUnavailable(

@@ -17,7 +17,13 @@ Decisions callers see (also in the OpenAPI descriptions):
   whenever it was processed, even if every item was rejected (per-item errors are
   permanent: resending the same batch cannot fix them);
 - a replayed webhook-id is 409 `ReplayedWebhook`: the delivery was authentic and its
-  events were handled by the first copy.
+  events were handled by the first copy;
+- a request whose webhook-id, or a single event whose event id, another request is
+  producing right now is 409 `EventInFlight` with Retry-After: nothing was acknowledged,
+  and the retry is answered as a duplicate or produced. In a batch such an item is listed
+  in `rejected` with that error and the 202 carries Retry-After: unlike the other
+  per-item errors it is transient, so resend those items (in a new delivery: the batch's
+  webhook-id is then taken).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from fastapi.responses import JSONResponse
 
 from app.core.errors import (
     DPSError,
+    EventInFlight,
     PayloadTooLarge,
     RateLimited,
     ServiceUnavailable,
@@ -122,7 +129,8 @@ async def _handle(
             "duplicates": result.duplicates,
             "rejected": result.rejected,
         }
-        return JSONResponse(content, status_code=202)
+        headers = dict(EventInFlight.headers or {}) if result.in_flight else None
+        return JSONResponse(content, status_code=202, headers=headers)
     status = 202 if result.accepted else 200
     content = {
         "accepted": result.accepted,
@@ -161,7 +169,8 @@ def ingestion_router() -> APIRouter:
         description=(
             "Standard Webhooks signature required (webhook-id, webhook-timestamp, "
             "webhook-signature). 202 when produced, 200 when its event id was already "
-            "seen within 24 h (not produced again)."
+            "seen within 24 h (not produced again). 409 EventInFlight (with Retry-After) "
+            "when another request is producing the same event id or webhook-id: retry."
         ),
         status_code=202,
         response_model=SingleIngestResponse,
@@ -177,7 +186,9 @@ def ingestion_router() -> APIRouter:
         description=(
             'Body `{"events": [envelope, ...]}`: at most 2,500 events and 500 KB, each '
             "event at most 32 KB. Valid events are accepted even if others are rejected; "
-            "`rejected` lists the others by index."
+            "`rejected` lists the others by index. Items rejected as EventInFlight (another "
+            "request is producing that event id; the answer then has Retry-After) are the "
+            "only transient ones: resend them later in a new delivery."
         ),
         status_code=202,
         response_model=BatchIngestResponse,

@@ -1,33 +1,32 @@
 """The ingestion rules, in the order a request meets them (cheap first; nothing reaches the
-event log before every check passed):
+event log before every check passed, and nothing is acknowledged before the log stored it):
 
     size (route) → project/pipeline in the deployed config (404/409) → signature (401)
-    → replay (409) → JSON (422) → rate limit (429) → validation (422, per item in a
-    batch) → dedup → produce (503) → 2xx
+    → replay claim (409 ReplayedWebhook or EventInFlight) → JSON (422) → rate limit (429)
+    → validation (422, per item in a batch) → dedup claims (a duplicate, or 409
+    EventInFlight / a per-item rejection) → produce (503) → confirm the claims → 2xx
 
-Claims and their release:
-- replay: `dps:wh:{project}:{webhook-id}` is claimed for twice the signature tolerance
-  once the signature verified. It is kept only if the request was answered 2xx; any
-  error releases it, so the sender's retry of a refused or failed delivery (Standard
-  Webhooks retries reuse the webhook-id) is not mistaken for a replay. Releasing is safe:
-  the signature binds the body, so a replay can only repeat the same request.
-- dedup: `dps:dedup:{project}:{event_id}` is claimed for 24 h before producing; if
-  producing fails the claims are released, so the retry is produced rather than
-  acknowledged as a duplicate of an event that never reached the log. Events without an
-  `event_id` use the webhook-id (single) or `{webhook-id}:{index}` (batch item), which
-  makes a retried delivery idempotent too.
+Claims are two-phase, pending while producing and done after (runtime/ingestion/claims.py
+has the protocol and its failure cases):
+- replay `dps:wh:{project}:{webhook-id}`: done (for twice the signature tolerance) only
+  if the request was answered 2xx; any error releases it, so the sender's retry of a
+  refused or failed delivery (Standard Webhooks retries reuse the webhook-id) is not
+  mistaken for a replay. Releasing is safe: the signature binds the body, so a replay
+  can only repeat the same request.
+- dedup `dps:dedup:{project}:{event_id}`: done for 24 h once produced; released if
+  producing fails. Events without an `event_id` use the webhook-id (single) or
+  `{webhook-id}:{index}` (batch item), which makes a retried delivery idempotent too.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from app.core.auth import PROJECT_ID_PATTERN
 from app.core.errors import (
@@ -36,15 +35,14 @@ from app.core.errors import (
     InvalidBatch,
     PayloadTooLarge,
     PipelineNotFound,
-    ReplayedWebhook,
-    ServiceUnavailable,
 )
 from app.core.settings import IngestionSettings
-from app.db.cache import Cache, CacheUnavailable
+from app.db.cache import Cache, ClaimState
 from app.schemas.common import OBJECT_ID_PATTERN
 from app.schemas.deployment import ConfigSnapshot
 from app.schemas.event import EventMessage, loads_json, parse_envelope, shown
 from app.schemas.pipeline import WebhookSecrets
+from runtime.ingestion.claims import Claims, check_replay, dedup_key, in_flight, replay_key
 from runtime.ingestion.metrics import IngestionMetrics
 from runtime.ingestion.producer import RETRY_AFTER_S, EventSink
 from runtime.ingestion.ratelimit import IngestRateLimiter
@@ -63,8 +61,6 @@ _PROJECT_RE = re.compile(PROJECT_ID_PATTERN)
 _PIPELINE_RE = re.compile(OBJECT_ID_PATTERN)
 _RETRY = {"Retry-After": str(RETRY_AFTER_S)}
 
-T = TypeVar("T")
-
 
 class SnapshotSource(Protocol):
     """What ingestion needs of the config loader (app/core/config_loader.ConfigLoader)."""
@@ -78,16 +74,6 @@ class SecretSource(Protocol):
     """What ingestion needs of the secret provider (app/core/secrets.SecretProvider)."""
 
     async def get(self, project_id: str, pipeline_id: str) -> WebhookSecrets | None: ...
-
-
-def replay_key(project_id: str, webhook_id: str) -> str:
-    """Returns the cache key that marks a webhook-id as seen."""
-    return f"dps:wh:{project_id}:{webhook_id}"
-
-
-def dedup_key(project_id: str, event_id: str) -> str:
-    """Returns the cache key that marks an event id as produced."""
-    return f"dps:dedup:{project_id}:{event_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +94,8 @@ class IngestResult:
     duplicates: int = 0
     event_id: str | None = None
     rejected: list[dict[str, Any]] = field(default_factory=list)
+    in_flight: int = 0
+    """Batch items refused as EventInFlight (the answer then carries Retry-After)."""
 
 
 class IngestionService:
@@ -128,7 +116,13 @@ class IngestionService:
         self.settings = settings
         self._configs = configs
         self._secrets = secrets
-        self._cache = cache
+        self._claims = Claims(
+            cache,
+            metrics,
+            pending_ttl_s=settings.claim_ttl_seconds,
+            dedup_ttl_s=settings.dedup_ttl_seconds,
+            replay_ttl_s=2 * settings.signature_tolerance_seconds,
+        )
         self._sink = sink
         self._limiter = limiter
         self.metrics = metrics
@@ -162,91 +156,109 @@ class IngestionService:
         """Verifies, validates, dedups and produces one event.
 
         Returns accepted=1 (new) or duplicates=1 (event id seen within 24 h), with the
-        event id. Raises InvalidSignature, ReplayedWebhook, MalformedJSON, RateLimited,
-        InvalidEvent, UnknownEvent, EventInFuture, EventLogUnavailable, or
+        event id. Raises InvalidSignature, MalformedJSON, InvalidEvent, UnknownEvent,
+        EventInFuture, ReplayedWebhook, EventInFlight (the webhook-id or the event id is
+        being produced by another request), RateLimited, EventLogUnavailable, or
         ServiceUnavailable (cache down).
         """
         webhook_id = await self._authenticate(target, body, headers)
-        return await self._releasing_replay(
-            target, webhook_id, self._single(target, body, webhook_id)
-        )
+        replay = replay_key(target.project_id, webhook_id)
+        [replay_state] = await self._claims.claim([replay])
+        check_replay(webhook_id, replay_state)
+        try:
+            document = loads_json(body.decode())
+            await self._limiter.charge(target.project_id, target.pipeline_id, 1)
+            now_ms = self._clock_ms()
+            valid = self._validate(target, document, now_ms)
+            message = self._message(target, valid, valid.event_id or webhook_id, now_ms)
+            dedup = dedup_key(target.project_id, message.event_id)
+            [dedup_state] = await self._claims.claim([dedup])
+            if dedup_state is ClaimState.PENDING:
+                raise in_flight(
+                    f"An event with event_id {shown(message.event_id)} is being produced"
+                )
+            new = dedup_state is ClaimState.CLAIMED
+            if new:
+                try:
+                    await self._sink.produce([message])
+                except BaseException:
+                    await self._claims.release([dedup])
+                    raise
+        except BaseException:
+            await self._claims.release([replay])
+            raise
+        confirm = {replay: self._claims.replay_ttl_s}
+        if new:
+            confirm[dedup] = self._claims.dedup_ttl_s
+        await self._claims.confirm(confirm)
+        self._count(int(new), int(not new))
+        return IngestResult(int(new), int(not new), event_id=message.event_id)
 
     async def ingest_batch(
         self, target: Target, body: bytes, headers: Mapping[str, str]
     ) -> IngestResult:
-        """As ingest_single for `{"events": [...]}`: invalid items are listed in
-        `rejected` (index, error, detail, fields) and the rest is accepted.
+        """As ingest_single for `{"events": [...]}`: invalid items, and items whose
+        event id another request is producing (EventInFlight: resend them later, in a
+        new delivery), are listed in `rejected` (index, error, detail, fields) and the
+        rest is accepted.
 
         Raises, for the whole batch, what ingest_single raises for the request plus
         InvalidBatch (not an `events` list) and PayloadTooLarge (too many events, or one
         event over the per-event limit).
         """
         webhook_id = await self._authenticate(target, body, headers)
-        return await self._releasing_replay(
-            target, webhook_id, self._batch(target, body, webhook_id)
-        )
+        replay = replay_key(target.project_id, webhook_id)
+        [replay_state] = await self._claims.claim([replay])
+        check_replay(webhook_id, replay_state)
+        try:
+            result, produced = await self._batch(target, body, webhook_id)
+        except BaseException:
+            await self._claims.release([replay])
+            raise
+        confirm = dict.fromkeys(produced, self._claims.dedup_ttl_s)
+        confirm[replay] = self._claims.replay_ttl_s
+        await self._claims.confirm(confirm)
+        self._count(result.accepted, result.duplicates)
+        return result
 
     async def _authenticate(self, target: Target, body: bytes, headers: Mapping[str, str]) -> str:
         try:
             secrets = await self._secrets.get(target.project_id, target.pipeline_id)
         except ConfigUnavailable as exc:
             raise ConfigUnavailable(exc.detail, headers=_RETRY) from exc
-        webhook_id = verify_signature(
+        return verify_signature(
             body, headers, secrets, tolerance_s=self.settings.signature_tolerance_seconds
         )
-        key = replay_key(target.project_id, webhook_id)
-        ttl = 2 * self.settings.signature_tolerance_seconds
-        if not await self._cache_call(self._cache.add_if_absent(key, ttl)):
-            raise ReplayedWebhook(
-                f"webhook-id {webhook_id!r} was already received; a delivery is accepted "
-                "once (its events were handled by the first one)"
-            )
-        return webhook_id
 
-    async def _releasing_replay(
-        self, target: Target, webhook_id: str, work: Awaitable[IngestResult]
-    ) -> IngestResult:
-        try:
-            return await work
-        except BaseException:
-            await self._release([replay_key(target.project_id, webhook_id)])
-            raise
-
-    async def _single(self, target: Target, body: bytes, webhook_id: str) -> IngestResult:
-        document = loads_json(body.decode())
-        await self._limiter.charge(target.project_id, target.pipeline_id, 1)
-        now_ms = self._clock_ms()
-        valid = self._validate(target, document, now_ms)
-        message = self._message(target, valid, valid.event_id or webhook_id, now_ms)
-        accepted, duplicates = await self._produce_new(target, [message])
-        self._count(accepted, duplicates)
-        return IngestResult(accepted, duplicates, event_id=message.event_id)
-
-    async def _batch(self, target: Target, body: bytes, webhook_id: str) -> IngestResult:
+    async def _batch(
+        self, target: Target, body: bytes, webhook_id: str
+    ) -> tuple[IngestResult, list[str]]:
+        """Returns the result and the dedup keys of the events it produced."""
         events = self._batch_events(loads_json(body.decode()), len(body))
         await self._limiter.charge(target.project_id, target.pipeline_id, len(events))
         now_ms = self._clock_ms()
         result = IngestResult()
-        messages: list[EventMessage] = []
+        candidates: list[tuple[int, EventMessage]] = []
         seen: set[str] = set()
         for index, item in enumerate(events):
             try:
                 valid = self._validate(target, item, now_ms)
             except DPSError as exc:
-                result.rejected.append(_rejection(index, exc))
-                self.metrics.rejected_events.labels(reason=exc.name).inc()
+                self._reject(result, index, exc)
                 continue
             event_id = valid.event_id or f"{webhook_id}:{index}"
             if event_id in seen:  # the same event twice in one batch counts once
                 result.duplicates += 1
                 continue
             seen.add(event_id)
-            messages.append(self._message(target, valid, event_id, now_ms))
-        accepted, duplicates = await self._produce_new(target, messages)
-        result.accepted = accepted
-        result.duplicates += duplicates
-        self._count(accepted, result.duplicates)
-        return result
+            candidates.append((index, self._message(target, valid, event_id, now_ms)))
+        produced = await self._produce_new(target, candidates, result)
+        result.rejected.sort(key=lambda r: int(r["index"]))
+        return result, produced
+
+    def _reject(self, result: IngestResult, index: int, exc: DPSError) -> None:
+        result.rejected.append(_rejection(index, exc))
+        self.metrics.rejected_events.labels(reason=exc.name).inc()
 
     def _count(self, accepted: int, duplicates: int) -> None:
         self.metrics.accepted.inc(accepted)
@@ -298,70 +310,35 @@ class IngestionService:
 
     # -- dedup and produce -----------------------------------------------------------------
     async def _produce_new(
-        self, target: Target, messages: Sequence[EventMessage]
-    ) -> tuple[int, int]:
-        """Claims each message's event id and produces the newly claimed ones; returns
-        (produced, duplicates). Releases the claims if producing fails."""
-        if not messages:
-            return 0, 0
-        ttl = self.settings.dedup_ttl_seconds
-        keys = [dedup_key(target.project_id, m.event_id) for m in messages]
-        claimed = await self._claim_all(keys, ttl)
-        new = [m for m, ok in zip(messages, claimed, strict=True) if ok]
+        self, target: Target, candidates: Sequence[tuple[int, EventMessage]], result: IngestResult
+    ) -> list[str]:
+        """Claims each (index, message)'s event id and produces the newly claimed ones;
+        counts them in `result` (accepted, duplicates, in-flight rejections) and returns
+        their dedup keys. Releases the claims if producing fails."""
+        if not candidates:
+            return []
+        keys = [dedup_key(target.project_id, m.event_id) for _, m in candidates]
+        states = await self._claims.claim(keys)
+        new_keys: list[str] = []
+        new: list[EventMessage] = []
+        for key, (index, message), state in zip(keys, candidates, states, strict=True):
+            if state is ClaimState.CLAIMED:
+                new_keys.append(key)
+                new.append(message)
+            elif state is ClaimState.DONE:
+                result.duplicates += 1
+            else:
+                what = f"An event with event_id {shown(message.event_id)} is being produced"
+                self._reject(result, index, in_flight(what))
+                result.in_flight += 1
         if new:
             try:
                 await self._sink.produce(new)
             except BaseException:
-                await self._release([k for k, ok in zip(keys, claimed, strict=True) if ok])
+                await self._claims.release(new_keys)
                 raise
-        return len(new), len(messages) - len(new)
-
-    async def _claim_all(self, keys: Sequence[str], ttl: int) -> list[bool]:
-        if len(keys) == 1:
-            return [await self._cache_call(self._cache.add_if_absent(keys[0], ttl))]
-        try:
-            return await self._cache.add_many_if_absent(keys, ttl)
-        except CacheUnavailable as exc:
-            # Which keys got claimed is unknown. Releasing them all may free a concurrent
-            # duplicate's claim (at worst a duplicate record, which consumers drop by
-            # event id); keeping them could turn this batch's retry into "duplicates" of
-            # events that were never produced.
-            await self._release(keys)
-            raise _cache_down(exc) from exc
-
-    async def _release(self, keys: Sequence[str]) -> None:
-        """Deletes claims, retrying briefly. If the cache stays down the rest are left to
-        expire and logged: until then a retry of those events is taken for a duplicate
-        (the one loss window left, needing Kafka and Redis to fail together)."""
-        for done, key in enumerate(keys):
-            for attempt in range(3):
-                try:
-                    await self._cache.delete(key)
-                    break
-                except CacheUnavailable as exc:
-                    if attempt == 2:
-                        logger.error(
-                            "could not release %d claim(s), first %s: %s",
-                            len(keys) - done,
-                            key,
-                            exc,
-                        )
-                        return
-                    await asyncio.sleep(0.05 * (attempt + 1))
-
-    async def _cache_call(self, call: Awaitable[T]) -> T:
-        try:
-            return await call
-        except CacheUnavailable as exc:
-            raise _cache_down(exc) from exc
-
-
-def _cache_down(exc: CacheUnavailable) -> ServiceUnavailable:
-    logger.warning("cache unavailable: %s", exc)
-    return ServiceUnavailable(
-        "The cache (replay and dedup checks) is unavailable; nothing was accepted, retry later",
-        headers=_RETRY,
-    )
+        result.accepted = len(new)
+        return new_keys
 
 
 def _encoded_size(item: object) -> int:

@@ -154,3 +154,25 @@ def test_development_accepts_a_weak_secret(monkeypatch: pytest.MonkeyPatch, weak
 def test_standalone_defaults_to_development_and_starts_without_a_secret() -> None:
     settings = StandaloneSettings()
     assert (settings.environment, settings.auth.secret) == ("development", None)
+
+
+class TestIngestionClaimTtl:
+    def test_a_claim_that_could_expire_during_a_produce_is_refused(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("INGEST_CLAIM_TTL_SECONDS", "30")
+        monkeypatch.setenv("INGEST_PRODUCE_TIMEOUT_SECONDS", "25")
+        with pytest.raises(ValidationError, match="INGEST_CLAIM_TTL_SECONDS"):
+            IngestionSettings()
+
+    def test_a_claim_outliving_the_produce_by_the_margin_is_accepted(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("INGEST_CLAIM_TTL_SECONDS", "35")
+        monkeypatch.setenv("INGEST_PRODUCE_TIMEOUT_SECONDS", "25")
+        settings = IngestionSettings()
+        assert (settings.claim_ttl_seconds, settings.produce_timeout_seconds) == (35, 25)
+
+    def test_defaults_keep_claims_a_minute_and_produces_half_of_it(self) -> None:
+        settings = IngestionSettings()
+        assert (settings.claim_ttl_seconds, settings.produce_timeout_seconds) == (60, 30)

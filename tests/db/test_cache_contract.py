@@ -1,4 +1,5 @@
-"""Cache contract: the same behaviour from RedisCache (real Redis) and MemoryCache.
+"""Cache contract: the same behaviour from RedisCache (real Redis) and MemoryCache,
+two-phase claims (claim_many / confirm_many / release_many) included.
 
 The Redis outage tests start a redis-server of their own on a free port and kill it by
 pid; the shared test server is never touched.
@@ -21,11 +22,17 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 
 from app.core.settings import BackendSettings
-from app.db.cache import Cache, CacheUnavailable
+from app.db.cache import Cache, CacheUnavailable, ClaimState
 from app.db.memory_cache import MemoryCache
 from app.db.redis_cache import RedisCache
 from tests.conftest import REDIS_URL, unique
 
+CLAIMED, PENDING, DONE, SKIPPED = (
+    ClaimState.CLAIMED,
+    ClaimState.PENDING,
+    ClaimState.DONE,
+    ClaimState.SKIPPED,
+)
 PROBE = b"__probe__"
 # Upper bound for anything that must "fail fast": a hang fails the test instead of
 # blocking the suite. Not a timing assertion.
@@ -121,28 +128,108 @@ class TestKeyValue:
         with pytest.raises(ValueError, match="ttl"):
             await cache.set(unique("k"), b"v", ttl_seconds=0)
         with pytest.raises(ValueError, match="ttl"):
-            await cache.add_if_absent(unique("k"), ttl_seconds=-1)
+            await cache.claim_many([unique("k")], -1)
+        with pytest.raises(ValueError, match="ttl"):
+            await cache.confirm_many({unique("k"): 0})
 
     async def test_ping_answers(self, cache: Cache) -> None:
         await cache.ping()
 
 
-class TestAddIfAbsent:
-    async def test_only_the_first_claim_wins(self, cache: Cache) -> None:
-        key = unique("dedup")
-        assert await cache.add_if_absent(key, ttl_seconds=60) is True
-        assert await cache.add_if_absent(key, ttl_seconds=60) is False
+class TestClaims:
+    async def test_absent_keys_are_claimed_and_taken_ones_report_their_state(
+        self, cache: Cache
+    ) -> None:
+        free, pending, done = (unique("claim") for _ in range(3))
+        assert await cache.claim_many([pending, done], 60) == [CLAIMED, CLAIMED]
+        await cache.confirm_many({done: 60})
+        assert await cache.claim_many([free, pending, done], 60) == [CLAIMED, PENDING, DONE]
+        assert await cache.claim_many([free], 60) == [PENDING]
 
-    async def test_concurrent_claims_have_exactly_one_winner(self, cache: Cache) -> None:
-        key = unique("dedup")
-        results = await asyncio.gather(*(cache.add_if_absent(key, 60) for _ in range(20)))
-        assert results.count(True) == 1
+    async def test_concurrent_claims_of_one_key_have_exactly_one_winner(self, cache: Cache) -> None:
+        key = unique("claim")
+        results = await asyncio.gather(*(cache.claim_many([key], 60) for _ in range(20)))
+        states = [state for [state] in results]
+        assert states.count(CLAIMED) == 1
+        assert states.count(PENDING) == 19
 
-    async def test_a_claim_can_be_made_again_once_it_expired(self, cache: Cache) -> None:
-        key = unique("dedup")
-        assert await cache.add_if_absent(key, ttl_seconds=1) is True
+    async def test_a_batch_of_2500_keys_is_claimed_in_order(self, cache: Cache) -> None:
+        keys = [unique("claim") for _ in range(2500)]
+        await cache.claim_many(keys[::2], 60)
+        states = await cache.claim_many(keys, 60)
+        assert states == [PENDING if i % 2 == 0 else CLAIMED for i in range(2500)]
+
+    async def test_no_keys_claims_confirms_and_releases_nothing(self, cache: Cache) -> None:
+        assert await cache.claim_many([], 60) == []
+        await cache.confirm_many({})
+        await cache.release_many([])
+
+    async def test_a_value_written_by_the_single_phase_claims_counts_as_done(
+        self, cache: Cache
+    ) -> None:
+        key = unique("claim")
+        await cache.set(key, b"1", ttl_seconds=60)
+        assert await cache.claim_many([key], 60) == [DONE]
+
+    async def test_a_pending_claim_expires_after_its_ttl(self, cache: Cache) -> None:
+        key = unique("claim")
+        assert await cache.claim_many([key], 1) == [CLAIMED]
         await wait_until_absent(cache, key)
-        assert await cache.add_if_absent(key, ttl_seconds=1) is True
+        assert await cache.claim_many([key], 1) == [CLAIMED]
+
+
+class TestGuardedClaims:
+    @pytest.mark.parametrize("guard_state", [PENDING, DONE])
+    async def test_a_taken_guard_leaves_the_other_keys_untouched(
+        self, cache: Cache, guard_state: ClaimState
+    ) -> None:
+        guard, other = unique("guard"), unique("claim")
+        await cache.claim_many([guard], 60)
+        if guard_state is DONE:
+            await cache.confirm_many({guard: 60})
+        assert await cache.claim_many([guard, other], 60, guarded=True) == [guard_state, SKIPPED]
+        assert await cache.get(other) is None
+
+    async def test_a_free_guard_claims_it_and_the_rest_as_usual(self, cache: Cache) -> None:
+        guard, free, done = unique("guard"), unique("claim"), unique("claim")
+        await cache.confirm_many({done: 60})
+        states = await cache.claim_many([guard, free, done], 60, guarded=True)
+        assert states == [CLAIMED, CLAIMED, DONE]
+
+    async def test_only_the_first_key_guards(self, cache: Cache) -> None:
+        guard, taken, after = unique("guard"), unique("claim"), unique("claim")
+        await cache.claim_many([taken], 60)
+        states = await cache.claim_many([guard, taken, after], 60, guarded=True)
+        assert states == [CLAIMED, PENDING, CLAIMED]
+
+
+class TestConfirmAndRelease:
+    async def test_confirmed_keys_are_done_with_their_own_ttl(self, cache: Cache) -> None:
+        short, long = unique("claim"), unique("claim")
+        await cache.claim_many([short, long], 60)
+        await cache.confirm_many({short: 1, long: 60})
+        assert await cache.claim_many([long], 60) == [DONE]
+        await wait_until_absent(cache, short)
+        assert await cache.claim_many([short], 60) == [CLAIMED]
+
+    async def test_confirming_replaces_the_pending_ttl(self, cache: Cache) -> None:
+        key = unique("claim")
+        await cache.claim_many([key], 1)
+        await cache.confirm_many({key: 60})
+        await asyncio.sleep(1.5)
+        assert await cache.claim_many([key], 60) == [DONE]
+
+    async def test_a_key_whose_pending_claim_expired_is_still_confirmed(self, cache: Cache) -> None:
+        key = unique("claim")
+        await cache.confirm_many({key: 60})
+        assert await cache.claim_many([key], 60) == [DONE]
+
+    async def test_release_frees_pending_keys_and_keeps_done_ones(self, cache: Cache) -> None:
+        pending, done, missing = unique("claim"), unique("claim"), unique("claim")
+        await cache.claim_many([pending, done], 60)
+        await cache.confirm_many({done: 60})
+        await cache.release_many([pending, done, missing])
+        assert await cache.claim_many([pending, done, missing], 60) == [CLAIMED, DONE, CLAIMED]
 
 
 class TestPubSub:
@@ -216,11 +303,14 @@ def _free_port() -> int:
 
 
 class OwnRedis:
-    """A private redis-server that tests may kill and restart."""
+    """A private redis-server that tests may kill and restart. `persistent` keeps its data
+    across a kill (append-only file, fsync on every write), like a production Redis that
+    went away and came back."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, persistent: bool = False) -> None:
         self.port = _free_port()
         self.data_dir = data_dir
+        self.persistent = persistent
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -238,7 +328,9 @@ class OwnRedis:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.persistent else "no",
+                "--appendfsync",
+                "always",
                 "--dir",
                 str(self.data_dir),
             ],
@@ -328,7 +420,9 @@ class TestRedisOutage:
             own_cache.get("k"),
             own_cache.set("k", b"v"),
             own_cache.delete("k"),
-            own_cache.add_if_absent("d", 10),
+            own_cache.claim_many(["d"], 10),
+            own_cache.confirm_many({"d": 10}),
+            own_cache.release_many(["d"]),
             own_cache.publish("ch", b"m"),
         ]
         for call in calls:
@@ -380,6 +474,32 @@ class TestRedisOutage:
         finally:
             await cache.close()
             await proxy.stop()
+
+    async def test_claims_work_again_after_redis_restarted_and_forgot_the_scripts(
+        self, own_redis: OwnRedis, own_cache: RedisCache
+    ) -> None:
+        assert await own_cache.claim_many(["before"], 60) == [CLAIMED]
+        await own_cache.release_many(["before"])
+        own_redis.kill()
+        own_redis.start()
+        assert await own_cache.claim_many(["after"], 60) == [CLAIMED]
+        await own_cache.release_many(["after"])
+        assert await own_cache.claim_many(["after"], 60) == [CLAIMED]
+
+    async def test_claims_survive_a_restart_of_a_persistent_redis(self, tmp_path: Path) -> None:
+        redis = OwnRedis(tmp_path, persistent=True)
+        redis.start()
+        cache = RedisCache(BackendSettings(redis_url=redis.url))
+        await cache.initialize()
+        try:
+            await cache.claim_many(["pending", "done"], 60)
+            await cache.confirm_many({"done": 60})
+            redis.kill()
+            redis.start()
+            assert await cache.claim_many(["pending", "done"], 60) == [PENDING, DONE]
+        finally:
+            await cache.close()
+            redis.kill()
 
     async def test_initialize_succeeds_while_redis_is_down(self) -> None:
         cache = RedisCache(BackendSettings(redis_url=f"redis://127.0.0.1:{_free_port()}/0"))

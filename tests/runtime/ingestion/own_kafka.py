@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -33,7 +34,7 @@ def _libs() -> str:
 
 
 class OwnKafka:
-    """Start, stop (SIGTERM, controlled shutdown) and restart on the same data."""
+    """Start, stop (SIGTERM, controlled shutdown), restart on the same data, pause."""
 
     def __init__(self, workdir: Path) -> None:
         self.port = _free_port()
@@ -129,12 +130,24 @@ class OwnKafka:
         process, self._process = self._process, None
         if process is None:
             return
+        process.send_signal(signal.SIGCONT)  # a paused broker would not see the SIGTERM
         process.terminate()
         try:
             process.wait(timeout_s)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
+
+    def pause(self) -> None:
+        """Freezes the broker (SIGSTOP): connections stay open and nothing is answered,
+        like a broker stalled by a long GC or a saturated disk."""
+        assert self._process is not None, "not running"
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Lets a paused broker go on (SIGCONT); it answers what it received meanwhile."""
+        assert self._process is not None, "not running"
+        self._process.send_signal(signal.SIGCONT)
 
     def _tail(self) -> str:
         return self._log.read_text(errors="replace")[-2000:]
