@@ -5,7 +5,10 @@ limit; the moving window would keep one list entry per event, 2,500 per batch). 
 the cache's `rate_limit_storage_uri()` (Redis in production, shared by every ingestion
 replica; in process in standalone).
 
-A request costs its event count (1, or the batch size). The pipeline limit is charged
+A request costs its event count (1, or the batch size). A single event meets the limit
+after validation and the replay check (runtime/ingestion/service.py), so an invalid or
+replayed one is refused without being charged; a batch is charged before its items are
+validated (all of them count). The pipeline limit is charged
 first, then the project limit: a pipeline that exhausted its own limit keeps being
 refused without eating the budget of the project's other pipelines. (A request refused
 by the project limit has already been charged to its pipeline; that is the cheaper

@@ -1,10 +1,26 @@
-"""The ingestion rules, in the order a request meets them (cheap first; nothing reaches the
-event log before every check passed, and nothing is acknowledged before the log stored it):
+"""The ingestion rules, in the order a request meets them. Nothing reaches the event log
+before every check passed, and nothing is acknowledged before the log stored it.
 
+Single event:
     size (route) → project/pipeline in the deployed config (404/409) → signature (401)
-    → replay claim (409 ReplayedWebhook or EventInFlight) → JSON (422) → rate limit (429)
-    → validation (422, per item in a batch) → dedup claims (a duplicate, or 409
-    EventInFlight / a per-item rejection) → produce (503) → confirm the claims → 2xx
+    → JSON (422) → validation (422) → claims: replay and dedup in one atomic call (409
+    ReplayedWebhook or EventInFlight; or a duplicate) → rate limit (429) → produce (503)
+    → confirm the claims → 202 (200 for a duplicate)
+Batch:
+    size → project/pipeline → signature → replay claim (409) → JSON (422) → rate limit
+    (429) → validation (per item) → dedup claims (per item) → produce (503) → confirm → 202
+
+Why the orders differ. A replayed webhook must be refused before any effect, a
+rate-limit charge included, so the replay claim precedes the rate limit. For a single
+event, parsing and validation are pure and cheap, so they go first and both of its
+claims are one round trip; a 429 then releases them. A batch's claims are up to 2,500
+keys: claiming and releasing them for every request the rate limit refuses would let a
+flood drive Redis, so a batch meets the rate limit before any per-item work, and its
+replay claim is a call of its own.
+
+Redis round trips of an accepted request: single event 4 (claims, two rate-limit
+scripts, confirm); batch 5 (replay claim, two rate-limit scripts, dedup claims, confirm)
+whatever its size.
 
 Claims are two-phase, pending while producing and done after (runtime/ingestion/claims.py
 has the protocol and its failure cases):
@@ -162,30 +178,25 @@ class IngestionService:
         ServiceUnavailable (cache down).
         """
         webhook_id = await self._authenticate(target, body, headers)
+        now_ms = self._clock_ms()
+        valid = self._validate(target, loads_json(body.decode()), now_ms)
+        message = self._message(target, valid, valid.event_id or webhook_id, now_ms)
         replay = replay_key(target.project_id, webhook_id)
-        [replay_state] = await self._claims.claim([replay])
+        dedup = dedup_key(target.project_id, message.event_id)
+        # The replay key guards the dedup key: a replay is refused with no claim made.
+        replay_state, dedup_state = await self._claims.claim([replay, dedup], guarded=True)
         check_replay(webhook_id, replay_state)
+        new = dedup_state is ClaimState.CLAIMED
         try:
-            document = loads_json(body.decode())
-            await self._limiter.charge(target.project_id, target.pipeline_id, 1)
-            now_ms = self._clock_ms()
-            valid = self._validate(target, document, now_ms)
-            message = self._message(target, valid, valid.event_id or webhook_id, now_ms)
-            dedup = dedup_key(target.project_id, message.event_id)
-            [dedup_state] = await self._claims.claim([dedup])
             if dedup_state is ClaimState.PENDING:
                 raise in_flight(
                     f"An event with event_id {shown(message.event_id)} is being produced"
                 )
-            new = dedup_state is ClaimState.CLAIMED
+            await self._limiter.charge(target.project_id, target.pipeline_id, 1)
             if new:
-                try:
-                    await self._sink.produce([message])
-                except BaseException:
-                    await self._claims.release([dedup])
-                    raise
+                await self._sink.produce([message])
         except BaseException:
-            await self._claims.release([replay])
+            await self._claims.release([replay, dedup] if new else [replay])
             raise
         confirm = {replay: self._claims.replay_ttl_s}
         if new:

@@ -114,6 +114,33 @@ class TestSingleEvent:
         assert await cache.get(replay_key(pipe.project_id, "msg_limited")) is None
 
 
+class TestSingleEventOrder:
+    """Signature → JSON → validation → claims → rate limit: one claim call for both keys,
+    and a rate-limit charge only for a valid event that is not a replay."""
+
+    async def test_replays_are_refused_without_being_charged(self, ingest: IngestApp) -> None:
+        pipe = await deploy_pipeline(ingest, ingest.limited_projects[1])  # 3 events a minute
+        payload = event()
+        assert (await pipe.post(payload, webhook_id="msg_once")).status_code == 202
+        for _ in range(3):
+            replay = await pipe.post(payload, webhook_id="msg_once")
+            assert replay.json()["error"] == "ReplayedWebhook"
+        assert [(await pipe.post(event())).status_code for _ in range(2)] == [202, 202]
+        assert (await pipe.post(event())).status_code == 429
+
+    async def test_invalid_events_are_refused_without_being_charged(
+        self, ingest: IngestApp
+    ) -> None:
+        pipe = await deploy_pipeline(ingest, ingest.limited_projects[2])  # 3 events a minute
+        for _ in range(4):
+            invalid = await pipe.post(event(properties={}))
+            assert invalid.json()["error"] == "InvalidEvent"
+        assert [(await pipe.post(event())).status_code for _ in range(3)] == [202, 202, 202]
+        refused = await pipe.post(event(properties={}))
+        assert refused.json()["error"] == "InvalidEvent"  # validation comes first
+        assert (await pipe.post(event())).status_code == 429
+
+
 class TestBatch:
     async def test_items_in_flight_elsewhere_are_rejected_and_the_rest_accepted(
         self, pipeline: Pipeline
