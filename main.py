@@ -17,6 +17,7 @@ def create_app(settings: ConfigApiSettings | None = None) -> FastAPI:
         description="Pipelines, event schemas, feature definitions and deployments.",
         needs=(Backend.CONFIG_STORE, Backend.CACHE),
         routers=api_router(),
+        cors_origins=settings.cors_origins,
     )
 
 

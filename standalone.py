@@ -126,6 +126,7 @@ def create_app(
             compute_startup(compute_metrics, now_ms=clock),
             _print_welcome(settings),
         ),
+        cors_origins=settings.cors_origins,
     )
 
 

@@ -98,3 +98,22 @@ class TestStandaloneProcess:
         refused = httpx.get(url)
         assert refused.status_code == 401
         assert refused.json()["error"] == "Unauthorized"
+
+    def test_webhook_info_points_storefronts_at_this_process(
+        self, standalone: tuple[str, Path]
+    ) -> None:
+        base, log_path = standalone
+        match = re.search(r"export TOKEN=(\S+)", log_path.read_text())
+        assert match
+        auth = {"Authorization": f"Bearer {match.group(1)}"}
+        created = httpx.post(
+            f"{base}/api/v1/projects/shop_2/pipelines",
+            json={"name": "storefront", "template": "behavioral"},
+            headers=auth,
+        )
+        assert created.status_code == 201
+        pipeline_id = created.json()["id"]
+        info = httpx.get(
+            f"{base}/api/v1/projects/shop_2/pipelines/{pipeline_id}/webhook", headers=auth
+        ).json()
+        assert info["ingest_url"] == f"{base}/ingest/shop_2/{pipeline_id}"

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from app.core.auth import PrincipalDep, ProjectDep
 from app.core.errors import ServiceUnavailable
 from app.core.service import Resources, get_resources
+from app.core.settings import ConfigApiSettings
 from app.db.cache import Cache
 from app.db.config_store import ConfigStore
 from app.services.deployment_service import DeploymentService
@@ -41,16 +42,16 @@ def get_feature_service(store: ConfigStoreDep) -> FeatureService:
 
 def get_pipeline_service(store: ConfigStoreDep, resources: ResourcesDep) -> PipelineService:
     settings = resources.settings
-    # Standalone has no API_ settings: there ingestion answers on the API's own port.
-    ingest_url = getattr(settings, "public_ingest_url", None) or (
-        f"http://{settings.host}:{settings.port}"
-    )
+    # The config API's routes only run in processes with config API settings (the API
+    # itself and standalone, whose settings extend them).
+    if not isinstance(settings, ConfigApiSettings):
+        raise ServiceUnavailable("The config API is not configured in this process")
     publisher = SecretPublisher(resources.cache) if resources.cache is not None else None
     return PipelineService(
         store,
         FeatureService(store),
-        ingest_url=ingest_url,
-        default_grace_hours=getattr(settings, "default_rotation_grace_hours", 24),
+        ingest_url=settings.public_ingest_url,
+        default_grace_hours=settings.default_rotation_grace_hours,
         publisher=publisher,
     )
 

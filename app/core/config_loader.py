@@ -363,19 +363,19 @@ async def _gather_bounded(
 async def config_loader_hook(resources: Resources, stack: AsyncExitStack) -> None:
     """`build_app(startup=[config_loader_hook])`: builds the loader from the process's
     cache and config store, starts it, stops it on shutdown, and stores it in
-    `resources.extras["config_loader"]`. Raises RuntimeError if either backend is missing."""
+    `resources.config_loader`. Raises RuntimeError if either backend is missing."""
     if resources.cache is None or resources.config_store is None:
         raise RuntimeError("the config loader needs Backend.CACHE and Backend.CONFIG_STORE")
     loader = ConfigLoader(resources.cache, resources.config_store)
     await loader.start()
     stack.push_async_callback(loader.stop)
-    resources.extras["config_loader"] = loader
+    resources.config_loader = loader
 
 
 def get_config_loader(resources: Annotated[Resources, Depends(get_resources)]) -> ConfigLoader:
     """The running process's loader; raises ServiceUnavailable if it has none."""
-    loader = resources.extras.get("config_loader")
-    if not isinstance(loader, ConfigLoader):
+    loader = resources.config_loader
+    if loader is None:
         raise ServiceUnavailable("Config loader is not running in this process")
     return loader
 

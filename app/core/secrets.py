@@ -163,20 +163,20 @@ class SecretProvider:
 
 async def secret_provider_hook(resources: Resources, stack: AsyncExitStack) -> None:
     """`build_app(startup=[secret_provider_hook])`: builds and starts a SecretProvider on
-    the process's cache and store, stored in `resources.extras["secret_provider"]`.
+    the process's cache and store, stored in `resources.secret_provider`.
     Raises RuntimeError if either backend is missing."""
     if resources.cache is None or resources.config_store is None:
         raise RuntimeError("the secret provider needs Backend.CACHE and Backend.CONFIG_STORE")
     provider = SecretProvider(resources.cache, resources.config_store)
     await provider.start()
     stack.push_async_callback(provider.stop)
-    resources.extras["secret_provider"] = provider
+    resources.secret_provider = provider
 
 
 def get_secret_provider(resources: Annotated[Resources, Depends(get_resources)]) -> SecretProvider:
     """The running process's provider; raises ServiceUnavailable if it has none."""
-    provider = resources.extras.get("secret_provider")
-    if not isinstance(provider, SecretProvider):
+    provider = resources.secret_provider
+    if provider is None:
         raise ServiceUnavailable("Secret provider is not running in this process")
     return provider
 

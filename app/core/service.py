@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
@@ -26,6 +27,10 @@ from app.db.cache import Cache
 from app.db.config_store import ConfigStore
 from app.db.event_log import EventLogProducer
 from app.db.online_store import OnlineStore
+
+if TYPE_CHECKING:  # the loader and provider import this module for their hooks
+    from app.core.config_loader import ConfigLoader
+    from app.core.secrets import SecretProvider
 
 
 class Backend(StrEnum):
@@ -46,7 +51,10 @@ class Resources:
     producer: EventLogProducer | None = None
     online_store: OnlineStore | None = None
     analytics: AnalyticsSink | None = None
-    # Anything a role adds at start-up (config loader, consumer task, rate limiter...).
+    # Shared by the runtimes, set by config_loader_hook / secret_provider_hook.
+    config_loader: ConfigLoader | None = None
+    secret_provider: SecretProvider | None = None
+    # Anything a role adds at start-up for itself (its service, consumer task...).
     extras: dict[str, Any] = field(default_factory=dict)
     # Readiness checks a role adds at start-up beside the backends' pings (compute's
     # consumer loop): name -> coroutine that returns when healthy, raises otherwise.
@@ -166,9 +174,11 @@ def build_app(
     needs: Iterable[Backend],
     routers: Iterable[APIRouter] = (),
     startup: Iterable[StartupHook] = (),
+    cors_origins: Sequence[str] = (),
 ) -> FastAPI:
     """Assembles a process: backends opened in lifespan, then the start-up hooks in order;
-    everything is closed in reverse order on shutdown."""
+    everything is closed in reverse order on shutdown. `cors_origins` lets a browser
+    dashboard on those origins call the API with its bearer token."""
     configure_logging(settings.log_level)
     wanted = tuple(needs)
     hooks = tuple(startup)
@@ -196,6 +206,14 @@ def build_app(
     app.state.token_verifier = TokenVerifier(settings.auth)
     app.state.resources = None
     install_error_handlers(app)
+    if cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
     app.include_router(health_router())
     for router in routers:
         app.include_router(router)

@@ -117,6 +117,9 @@ class ConfigApiSettings(ServiceSettings):
     # Where storefronts reach ingestion; shown in GET .../webhook.
     public_ingest_url: str = "http://127.0.0.1:8001"
     default_rotation_grace_hours: int = Field(default=24, ge=0, le=24 * 30)
+    # Browser origins of the dashboard allowed to call the API (CORS), as a JSON list:
+    # API_CORS_ORIGINS='["https://dashboard.example.com"]'. Empty: no CORS headers.
+    cors_origins: list[str] = Field(default_factory=list)
 
 
 class IngestionSettings(ServiceSettings):
@@ -184,8 +187,10 @@ class ServingSettings(ServiceSettings):
     max_batch_users: int = 1000
 
 
-class StandaloneSettings(ServiceSettings):
-    """All four roles in one process with embedded backends: the quickest way to see it work."""
+class StandaloneSettings(ConfigApiSettings):
+    """All four roles in one process with embedded backends: the quickest way to see it work.
+
+    It is the config API too, so it takes the API's knobs (with its own prefix)."""
 
     model_config = SettingsConfigDict(env_prefix="STANDALONE_", extra="ignore")
 
@@ -200,3 +205,11 @@ class StandaloneSettings(ServiceSettings):
             cache="memory",
         )
     )
+
+    @model_validator(mode="after")
+    def _ingest_on_the_same_port(self) -> Self:
+        # Ingestion answers on this very process: the webhook URL follows host and port
+        # unless STANDALONE_PUBLIC_INGEST_URL says otherwise (e.g. behind a proxy).
+        if "public_ingest_url" not in self.model_fields_set:
+            self.public_ingest_url = f"http://{self.host}:{self.port}"
+        return self

@@ -36,7 +36,6 @@ from runtime.compute.worker import ComputeWorker, WorkerOptions, wall_clock_ms
 logger = logging.getLogger(__name__)
 
 # Where the hooks leave things in `Resources.extras`.
-CONFIG_LOADER = "config_loader"
 COMPUTE_WORKER = "compute_worker"
 COMPUTE_TASK = "compute_task"
 COMPUTE_METRICS = "compute_metrics"
@@ -105,7 +104,7 @@ def compute_startup(
     """
 
     async def start(resources: Resources, stack: AsyncExitStack) -> None:
-        loader = resources.extras.get(CONFIG_LOADER)
+        loader = resources.config_loader
         if loader is None or resources.online_store is None:
             raise RuntimeError("compute needs the online store and the config loader hook")
         opts = options or WorkerOptions.from_settings(resources.settings)

@@ -24,10 +24,6 @@ from runtime.ingestion.routes import INGESTION_SERVICE, ingestion_router
 from runtime.ingestion.service import IngestionService
 from runtime.ingestion.signature import MAX_TOLERANCE_SECONDS
 
-# Where the loader's and the provider's hooks leave them in `Resources.extras`.
-CONFIG_LOADER = "config_loader"
-SECRET_PROVIDER = "secret_provider"  # noqa: S105 - a dict key, not a secret
-
 
 def ingestion_startup(settings: IngestionSettings, metrics: IngestionMetrics) -> StartupHook:
     """Returns the start-up hook that puts an IngestionService in `Resources.extras`.
@@ -38,8 +34,8 @@ def ingestion_startup(settings: IngestionSettings, metrics: IngestionMetrics) ->
     """
 
     async def start(resources: Resources, stack: AsyncExitStack) -> None:
-        loader = resources.extras.get(CONFIG_LOADER)
-        secrets = resources.extras.get(SECRET_PROVIDER)
+        loader = resources.config_loader
+        secrets = resources.secret_provider
         if loader is None or secrets is None:
             raise RuntimeError("ingestion needs the config loader and secret provider hooks")
         if resources.cache is None or resources.producer is None:

@@ -24,9 +24,6 @@ from runtime.serving.metrics import ServingMetrics
 from runtime.serving.routes import FEATURE_SERVICE, serving_router
 from runtime.serving.service import FeatureService
 
-# Where `config_loader_hook` leaves the loader in `Resources.extras`.
-CONFIG_LOADER = "config_loader"
-
 
 def snapshot_specs(snapshot: ConfigSnapshot) -> Sequence[FeatureSpec]:
     """Returns the specs compute runs for `snapshot` (enabled features of active
@@ -44,7 +41,7 @@ def serving_startup(
     """
 
     async def start(resources: Resources, stack: AsyncExitStack) -> None:
-        loader = resources.extras.get(CONFIG_LOADER)
+        loader = resources.config_loader
         if loader is None or resources.online_store is None:
             raise RuntimeError("serving needs the online store and the config loader hook")
         reader = FeatureReader(resources.online_store, metrics)

@@ -73,9 +73,9 @@ class TestProcessWiring:
 
         async with app.router.lifespan_context(app):
             resources = app.state.resources
-            loader = resources.extras["config_loader"]
+            loader = resources.config_loader
             assert isinstance(loader, ConfigLoader)
-            assert isinstance(resources.extras["secret_provider"], SecretProvider)
+            assert isinstance(resources.secret_provider, SecretProvider)
             await add_draft(resources.config_store, project_id)
             await DeploymentService(resources.config_store, resources.cache).deploy(
                 project_id, "alice"
