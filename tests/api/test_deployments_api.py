@@ -11,7 +11,7 @@ from app.core.config_loader import ConfigLoader, config_key
 from app.core.settings import BackendSettings
 from app.schemas.deployment import ConfigSnapshot
 from tests.api.conftest import Api, running_api
-from tests.core.own_redis import OwnRedis
+from tests.support.own_redis import OwnRedis
 
 pytestmark = pytest.mark.redis
 

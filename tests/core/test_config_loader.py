@@ -28,8 +28,8 @@ from app.schemas.pipeline import EventDefinition
 from app.services.config_diff import snapshot_from_draft
 from app.services.deployment_service import DeploymentService
 from tests.conftest import REDIS_URL
-from tests.core.own_redis import OwnRedis
 from tests.factories import feature_document, pipeline_document
+from tests.support.own_redis import OwnRedis
 
 pytestmark = pytest.mark.redis
 

@@ -19,8 +19,8 @@ from app.db.documents import PipelineDocument
 from app.schemas.pipeline import WebhookSecrets
 from app.services.secret_publisher import SecretPublisher
 from app.services.webhook_secrets import generate_secret
-from tests.core.own_redis import OwnRedis
 from tests.factories import new_id, pipeline_document
+from tests.support.own_redis import OwnRedis
 
 pytestmark = pytest.mark.redis
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-import subprocess
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,6 +24,7 @@ from app.db.cache import Cache, CacheUnavailable, ClaimState
 from app.db.memory_cache import MemoryCache
 from app.db.redis_cache import RedisCache
 from tests.conftest import REDIS_URL, unique
+from tests.support.own_redis import OwnRedis, free_port
 
 CLAIMED, PENDING, DONE, SKIPPED = (
     ClaimState.CLAIMED,
@@ -295,84 +294,6 @@ class TestRateLimitStorage:
 # --- Redis outages, on a redis-server of our own -----------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class OwnRedis:
-    """A private redis-server that tests may kill and restart. `persistent` keeps its data
-    across a kill (append-only file, fsync on every write), like a production Redis that
-    went away and came back."""
-
-    def __init__(self, data_dir: Path, *, persistent: bool = False) -> None:
-        self.port = _free_port()
-        self.data_dir = data_dir
-        self.persistent = persistent
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes" if self.persistent else "no",
-                "--appendfsync",
-                "always",
-                "--dir",
-                str(self.data_dir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    break
-                subprocess.run(["sleep", "0.05"], check=True)
-        raise RuntimeError(f"own redis-server did not start on port {self.port}")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    server = OwnRedis(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
-@pytest.fixture
-async def own_cache(own_redis: OwnRedis) -> AsyncIterator[RedisCache]:
-    cache = RedisCache(BackendSettings(redis_url=own_redis.url))
-    await cache.initialize()
-    try:
-        yield cache
-    finally:
-        await cache.close()
-
-
 class FreezingProxy:
     """A TCP relay to a Redis that can go silent without closing anything: the
     half-open connection of a network partition, which no socket error reveals."""
@@ -502,7 +423,7 @@ class TestRedisOutage:
             redis.kill()
 
     async def test_initialize_succeeds_while_redis_is_down(self) -> None:
-        cache = RedisCache(BackendSettings(redis_url=f"redis://127.0.0.1:{_free_port()}/0"))
+        cache = RedisCache(BackendSettings(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
         await cache.initialize()
         try:
             async with asyncio.timeout(FAIL_FAST_BOUND_S):

@@ -26,8 +26,8 @@ from app.db.redis_cache import RedisCache
 from app.schemas.deployment import ConfigSnapshot, DeploymentStatus
 from app.services.config_diff import diff, snapshot_from_draft
 from app.services.deployment_service import DeploymentService
-from tests.core.own_redis import OwnRedis
 from tests.factories import deployment_document, feature_document, now, pipeline_document
+from tests.support.own_redis import OwnRedis
 
 pytestmark = pytest.mark.redis
 

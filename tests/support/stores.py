@@ -19,7 +19,7 @@ from app.db.config_store import ConfigStore
 from app.db.factory import make_config_store
 from app.db.redis_cache import RedisCache
 from tests.conftest import unique
-from tests.core.own_redis import OwnRedis
+from tests.support.own_redis import OwnRedis
 
 
 async def drop_database(settings: BackendSettings) -> None:

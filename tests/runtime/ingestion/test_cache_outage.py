@@ -3,9 +3,6 @@ nothing is acknowledged or produced. Uses a redis-server of its own, killed by p
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from app.core.config_loader import publish_config
@@ -13,22 +10,12 @@ from app.core.secrets import write_secrets
 from app.schemas.pipeline import WebhookSecrets
 from app.services.webhook_secrets import generate_secret
 from tests.conftest import unique
-from tests.db.test_cache_contract import OwnRedis
 from tests.factories import pipeline_document
 from tests.runtime.ingestion.conftest import IngestApp, Pipeline, ingestion_settings, running
 from tests.runtime.ingestion.helpers import config_snapshot, event, pipeline_snapshot
+from tests.support.own_redis import OwnRedis
 
 pytestmark = [pytest.mark.kafka, pytest.mark.mongodb]
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    redis = OwnRedis(tmp_path)
-    redis.start()
-    try:
-        yield redis
-    finally:
-        redis.kill()
 
 
 async def test_cache_down_is_503_with_retry_after_and_nothing_is_produced(

@@ -23,11 +23,11 @@ from app.core.settings import IngestionSettings
 from app.schemas.event import EventMessage
 from runtime.ingestion.claims import dedup_key, replay_key
 from tests.conftest import unique
-from tests.db.test_cache_contract import OwnRedis
 from tests.runtime.ingestion.conftest import IngestApp, Pipeline, deploy_pipeline, running
 from tests.runtime.ingestion.conftest import ingestion_settings as base_settings
 from tests.runtime.ingestion.helpers import event, read_topic
 from tests.runtime.ingestion.own_kafka import OwnKafka
+from tests.support.own_redis import OwnRedis
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.redis, pytest.mark.mongodb]
 

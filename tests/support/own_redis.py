@@ -10,6 +10,7 @@ from pathlib import Path
 
 
 def free_port() -> int:
+    """Returns a TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -17,11 +18,14 @@ def free_port() -> int:
 
 
 class OwnRedis:
-    """One redis-server process, no persistence: a restart comes back empty."""
+    """One redis-server process that tests may kill and restart. Without `persistent` a
+    restart comes back empty; with it the data survives a kill (append-only file, fsync on
+    every write), like a production Redis that went away and came back."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, persistent: bool = False) -> None:
         self.port = free_port()
         self.data_dir = data_dir
+        self.persistent = persistent
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -29,6 +33,9 @@ class OwnRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        """Starts the server and returns once it answers PING.
+
+        Raises RuntimeError if it exits or does not answer within 10 s."""
         self.proc = subprocess.Popen(
             [
                 "redis-server",
@@ -39,13 +46,17 @@ class OwnRedis:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.persistent else "no",
+                "--appendfsync",
+                "always",
                 "--dir",
                 str(self.data_dir),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        # An open port is not enough: while loading its append-only file Redis accepts
+        # connections but answers -LOADING, so wait for PONG.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
