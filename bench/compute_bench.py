@@ -42,24 +42,16 @@ from app.core.settings import BackendSettings
 from app.db import factory
 from app.db.kafka import ensure_topic
 from app.db.redis_online import record_key
-from app.schemas.deployment import ConfigSnapshot, FeatureSnapshot, PipelineSnapshot
+from app.schemas.deployment import ConfigSnapshot
 from app.schemas.event import EventMessage
 from app.schemas.event import record_key as kafka_key
-from app.schemas.pipeline import EventDefinition, EventField
+from bench.common import EVENT_NAMES, feature_snapshot
 from runtime.compute.aerospike_writer import FeatureWriter
 from runtime.compute.metrics import ComputeMetrics
 from runtime.compute.record import AppliedEvent
 from runtime.compute.specs import build_specs, event_key
 from runtime.compute.worker import ComputeWorker, WorkerOptions, wall_clock_ms
 
-AGGREGATIONS = ["COUNT", "SUM", "AVG", "MIN", "MAX", "COUNT_DISTINCT", "LAST", "FIRST"]
-FIELDS = {
-    "COUNT": None,
-    "COUNT_DISTINCT": "product_id",
-    "LAST": "product_id",
-    "FIRST": "product_id",
-}
-EVENTS = ["add_to_cart", "page_view", "purchase"]
 SIZE_CHECKPOINTS = [10, 100, 1_000, 10_000, 20_000, 40_000]
 RUN_BOUND_S = 600.0
 
@@ -71,33 +63,7 @@ def _id() -> str:
 def snapshot(
     project_id: str, pipeline_id: str, features: int, windows: list[str]
 ) -> ConfigSnapshot:
-    fields = [EventField(name="product_id", type="string"), EventField(name="price", type="number")]
-    return ConfigSnapshot(
-        project_id=project_id,
-        version=1,
-        pipelines=[
-            PipelineSnapshot(
-                id=pipeline_id,
-                name="bench",
-                category="behavioral",
-                status="active",
-                events=[EventDefinition(name=e, fields=fields) for e in EVENTS],
-            )
-        ],
-        features=[
-            FeatureSnapshot(
-                id=_id(),
-                name=f"f{i}_{AGGREGATIONS[i % 8].lower()}",
-                pipeline_id=pipeline_id,
-                source_event=EVENTS[i % len(EVENTS)],
-                aggregation=AGGREGATIONS[i % 8],
-                field=FIELDS.get(AGGREGATIONS[i % 8], "price"),
-                time_windows=windows,
-                enabled=True,
-            )
-            for i in range(features)
-        ],
-    )
+    return feature_snapshot(project_id, pipeline_id, features, windows, pipeline_name="bench")
 
 
 def properties(rng: random.Random) -> dict[str, Any]:
@@ -119,7 +85,7 @@ async def produce(
                 message = EventMessage(
                     project_id=project,
                     pipeline_id=pipeline,
-                    event=rng.choice(EVENTS),
+                    event=rng.choice(EVENT_NAMES),
                     user_id=user,
                     event_id=f"e{i}",
                     event_time_ms=now - rng.randrange(0, 3_600_000),
@@ -228,7 +194,7 @@ async def bytes_per_user(settings: BackendSettings) -> list[tuple[int, int, int]
                 batch = []
                 for _ in range(min(100, checkpoint - applied)):
                     clock["now"] += rng.randrange(1, 600_000)  # ~5 minutes apart on average
-                    name = EVENTS[applied % len(EVENTS)]
+                    name = EVENT_NAMES[applied % len(EVENT_NAMES)]
                     batch.append(
                         AppliedEvent(
                             0, applied, event_key(pipeline, name), clock["now"], properties(rng)

@@ -8,11 +8,14 @@ start` (KAFKA_BOOTSTRAP, REDIS_URL); the config store is a SQLite file in a temp
 
 Two servers run as separate processes with the same uvicorn settings
 (`uvicorn.run(app, host, port, log_config=None)`, LOG_LEVEL=WARNING): the real ingestion
-process (`python -m runtime.ingestion.main`: signature, replay claim, JSON, rate limits,
-validation, dedup claim, Kafka acks=all) and a bare FastAPI endpoint that only reads the
-body and answers 202. Every request is pre-signed with a unique event id; the client is a
-minimal keep-alive HTTP/1.1 client on raw sockets (httpx would cost more per request than
-the bare server does). The raw producer is aiokafka configured like the event log adapter
+process (`python -m runtime.ingestion.main`, in the order of runtime/ingestion/service.py:
+for a single event, config lookup, signature, JSON, validation, replay and dedup claims in
+one call, rate limits, Kafka acks=all, confirm; for a batch, config lookup, signature,
+replay claim, JSON, rate limits, validation, dedup claims, Kafka acks=all, confirm) and a
+bare FastAPI endpoint that only reads the body and answers 202. Every request is
+pre-signed with a unique event id; the client is the minimal keep-alive HTTP/1.1 client of
+bench/common.py on raw sockets (httpx would cost more per request than the bare server
+does). The raw producer is aiokafka configured like the event log adapter
 (idempotent, acks=all, linger 5 ms) sending the very same EventMessage values.
 
 Figures:
@@ -30,15 +33,12 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,50 +59,22 @@ from app.schemas.deployment import ConfigSnapshot, PipelineSnapshot
 from app.schemas.event import EventMessage, record_key
 from app.schemas.pipeline import EventDefinition, EventField, WebhookSecrets
 from app.services.webhook_secrets import generate_secret
+from bench.common import (
+    Connection,
+    free_port,
+    percentile,
+    process,
+    raw_request,
+    serve,
+    wait_port,
+)
 from runtime.ingestion.signature import sign
 
-ROOT = Path(__file__).resolve().parents[1]
 KAFKA_BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:39092")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:36379/0")
 CONCURRENCY = 32
 BATCH_SIZE = 500
 BATCH_CONCURRENCY = 2
-START_BOUND_S = 60.0
-
-
-# -- processes ------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Runs a child process (ours, stopped by its own handle on exit)."""
-    with log.open("wb") as out:
-        child = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-        try:
-            yield child
-        finally:
-            child.terminate()
-            try:
-                child.wait(15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-
-
-def wait_port(port: int, child: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + START_BOUND_S
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            raise SystemExit(f"server exited; see {log}:\n{log.read_text()[-2000:]}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise SystemExit(f"server on {port} did not start; see {log}")
 
 
 def bare_app() -> FastAPI:
@@ -124,41 +96,7 @@ def bare_app() -> FastAPI:
 
 
 def serve_bare(port: int) -> None:
-    import uvicorn
-
-    uvicorn.run(bare_app(), host="127.0.0.1", port=port, log_config=None)
-
-
-# -- a minimal keep-alive HTTP/1.1 client ----------------------------------------------------
-class Connection:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, port: int) -> Connection:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        return cls(reader, writer)
-
-    async def send(self, raw: bytes) -> int:
-        """Sends one prebuilt request; returns the status once the whole response is read."""
-        self.writer.write(raw)
-        status = int((await self.reader.readline()).split(b" ", 2)[1])
-        length = 0
-        while (line := await self.reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.partition(b":")
-            if name.lower() == b"content-length":
-                length = int(value)
-        await self.reader.readexactly(length)
-        return status
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-def raw_request(path: str, body: bytes, headers: dict[str, str]) -> bytes:
-    head = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json"]
-    head += [f"Content-Length: {len(body)}", *(f"{k}: {v}" for k, v in headers.items())]
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+    serve(bare_app(), port)
 
 
 # -- workload -------------------------------------------------------------------------------
@@ -242,10 +180,10 @@ async def closed_loop(port: int, requests: list[bytes], concurrency: int) -> tup
         conn = await Connection.open(port)
         try:
             while queue:
-                if await conn.send(queue.pop()) >= 300:
+                if (await conn.send(queue.pop()))[0] >= 300:
                     errors += 1
         finally:
-            conn.close()
+            await conn.close()
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -291,7 +229,7 @@ async def http_fixed_rate(
     async def call(i: int) -> bool:
         conn = await pool.get()
         try:
-            return await conn.send(requests[i]) < 300
+            return (await conn.send(requests[i]))[0] < 300
         finally:
             pool.put_nowait(conn)
 
@@ -299,7 +237,7 @@ async def http_fixed_rate(
         return await fixed_rate(call, rate, seconds, CONCURRENCY)
     finally:
         while not pool.empty():
-            pool.get_nowait().close()
+            await pool.get_nowait().close()
 
 
 async def raw_producer_figures(
@@ -356,11 +294,6 @@ async def raw_producer_figures(
         "p99": percentile(latencies, 0.99),
         "batch_eps": batch_rate,
     }
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 # -- the run ----------------------------------------------------------------------------------

@@ -35,7 +35,6 @@ import random
 import secrets
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -61,92 +60,35 @@ from app.core.config_loader import publish_config
 from app.core.settings import AuthSettings, BackendSettings
 from app.db.redis_cache import RedisCache
 from app.db.redis_online import RedisOnlineStore, record_key
-from app.schemas.deployment import ConfigSnapshot, FeatureSnapshot, PipelineSnapshot
-from app.schemas.pipeline import EventDefinition, EventField
+from app.schemas.deployment import ConfigSnapshot
+from bench.common import (
+    EVENT_NAMES,
+    START_BOUND_S,
+    Connection,
+    feature_snapshot,
+    free_port,
+    percentile,
+    process,
+    serve,
+    wait_http,
+)
 from runtime.compute.record import AppliedEvent, apply_batch
 from runtime.compute.specs import build_specs, event_key
 
-ROOT = Path(__file__).resolve().parents[1]
-AGGREGATIONS = ["COUNT", "SUM", "AVG", "MIN", "MAX", "COUNT_DISTINCT", "LAST", "FIRST"]
-FIELD_OF = {"COUNT": None, "COUNT_DISTINCT": "product_id", "LAST": "product_id"}
-FIELD_OF |= {"FIRST": "product_id", "SUM": "price", "AVG": "price", "MIN": "price"}
-FIELD_OF |= {"MAX": "price"}
 WINDOWS = ["5m", "1h", "24h", "7d", "30d"]
-EVENT_NAMES = ["add_to_cart", "page_view", "purchase"]
 VARIANTS = 64  # distinct prebuilt records, assigned to users round robin
 KAFKA_BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:39092")
-START_BOUND_S = 60.0
 
 
-# -- helpers ---------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-@contextmanager
-def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Runs a child process (ours, stopped by its pid on exit)."""
-    with log.open("wb") as out:
-        child = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-        try:
-            yield child
-        finally:
-            child.terminate()
-            try:
-                child.wait(15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-
-
-def wait_http(url: str, child: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + START_BOUND_S
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            raise SystemExit(f"{url} exited; see {log}:\n{log.read_text()[-2000:]}")
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"{url} did not start; see {log}")
-
-
+# -- config ----------------------------------------------------------------------------------
 def snapshot(project_id: str, pipeline_id: str, features: int) -> ConfigSnapshot:
-    fields = [EventField(name="product_id", type="string"), EventField(name="price", type="number")]
-    return ConfigSnapshot(
-        project_id=project_id,
-        version=1,
-        pipelines=[
-            PipelineSnapshot(
-                id=pipeline_id,
-                name="storefront",
-                category="behavioral",
-                status="active",
-                events=[EventDefinition(name=e, fields=fields) for e in EVENT_NAMES],
-            )
-        ],
-        features=[
-            FeatureSnapshot(
-                id=f"{n:024x}",
-                name=f"f{n:02d}_{AGGREGATIONS[n % 8].lower()}",
-                pipeline_id=pipeline_id,
-                source_event=EVENT_NAMES[n % 3],
-                aggregation=AGGREGATIONS[n % 8],
-                field=FIELD_OF[AGGREGATIONS[n % 8]],
-                time_windows=WINDOWS,
-                enabled=True,
-            )
-            for n in range(features)
-        ],
+    return feature_snapshot(
+        project_id,
+        pipeline_id,
+        features,
+        WINDOWS,
+        pipeline_name="storefront",
+        name_format="f{n:02d}_{aggregation}",
     )
 
 
@@ -200,47 +142,10 @@ def bare_app(redis_url: str) -> FastAPI:
 
 
 def serve_bare(port: int, redis_url: str) -> None:
-    import uvicorn
-
-    # The same call `python -m runtime.serving.main` makes (log_config=None, defaults).
-    uvicorn.run(bare_app(redis_url), host="127.0.0.1", port=port, log_config=None)
+    serve(bare_app(redis_url), port)
 
 
 # -- load ------------------------------------------------------------------------------------
-class Connection:
-    """A minimal HTTP/1.1 keep-alive client: a full client (httpx) costs more CPU per
-    request than the servers measured here, and shares their two cores."""
-
-    def __init__(self, port: int, headers: dict[str, str]) -> None:
-        self._port = port
-        self._headers = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-
-    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
-        """Returns (status, body)."""
-        if self._reader is None or self._writer is None:
-            self._reader, self._writer = await asyncio.open_connection("127.0.0.1", self._port)
-        head = (
-            f"{method} {path} HTTP/1.1\r\nhost: bench\r\n{self._headers}"
-            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
-        )
-        self._writer.write(head.encode() + body)
-        raw = await self._reader.readuntil(b"\r\n\r\n")
-        lines = raw.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ")[1])
-        length = next(
-            int(line.split(":", 1)[1])
-            for line in lines
-            if line.lower().startswith("content-length:")
-        )
-        return status, await self._reader.readexactly(length)
-
-    async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-
-
 Call = Callable[[Connection], Awaitable[tuple[int, bytes]]]
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): run each file as a script, see its docstring."""
