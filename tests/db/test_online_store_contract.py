@@ -10,7 +10,7 @@ import asyncio
 import socket
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aerospike
@@ -25,6 +25,7 @@ from app.db.online_store import OnlineStore, RecordWrite, StoredRecord, WriteCon
 from app.db.redis_online import record_key
 from app.db.sqlite_online import store_path
 from tests.conftest import AEROSPIKE_HOSTS, REDIS_URL, requires_aerospike, unique
+from tests.support.online import DelegatingStore
 
 TTL = 3600
 EXPIRY_BOUND_S = 15.0  # turns "never expires" into a failure; not a timing assertion
@@ -250,31 +251,9 @@ class TestGetMany:
         assert theirs.record == a_record(2)
 
 
-class _PutOnly(OnlineStore):
+class _PutOnly(DelegatingStore):
     """The store with the interface's defaults for `put_many` (one `put` per record)
     and `get_many_mapped` (`get_many`, then the conversion)."""
-
-    def __init__(self, inner: OnlineStore) -> None:
-        self._inner = inner
-
-    async def ping(self) -> None:
-        await self._inner.ping()
-
-    async def get(self, project_id: str, user_id: str) -> StoredRecord | None:
-        return await self._inner.get(project_id, user_id)
-
-    async def get_many(self, project_id: str, user_ids: Sequence[str]) -> list[StoredRecord | None]:
-        return await self._inner.get_many(project_id, user_ids)
-
-    async def put(
-        self,
-        project_id: str,
-        user_id: str,
-        record: dict[str, Any],
-        ttl_seconds: int,
-        expected_generation: int | None,
-    ) -> None:
-        await self._inner.put(project_id, user_id, record, ttl_seconds, expected_generation)
 
 
 @pytest.fixture(params=["own", "default"])

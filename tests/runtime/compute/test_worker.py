@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,7 +14,7 @@ import pytest
 from app.core.settings import BackendSettings
 from app.db.event_log import LogRecord
 from app.db.kafka import DEFAULT_PARTITIONS
-from app.db.online_store import OnlineStore, StoredRecord
+from app.db.online_store import OnlineStore
 from runtime.compute.record import AppliedEvent, apply_batch, serve
 from runtime.compute.specs import ProjectSpecs, build_specs, event_key
 from runtime.compute.windows import parse_window
@@ -30,6 +30,7 @@ from tests.runtime.compute.oracle import (
     oracle_values,
     pipeline,
 )
+from tests.support.online import DelegatingStore
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
@@ -400,21 +401,12 @@ class _StopAfterFetch(_CrashingCommit):
         await self._inner.commit(next_offsets)
 
 
-class _Outage(OnlineStore):
+class _Outage(DelegatingStore):
     """The real store, except that writes fail as in an outage while `down` is set."""
 
     def __init__(self, inner: OnlineStore) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self.down = True
-
-    async def ping(self) -> None:
-        await self._inner.ping()
-
-    async def get(self, project_id: str, user_id: str) -> StoredRecord | None:
-        return await self._inner.get(project_id, user_id)
-
-    async def get_many(self, project_id: str, user_ids: Sequence[str]) -> list[StoredRecord | None]:
-        return await self._inner.get_many(project_id, user_ids)
 
     async def put(
         self,

@@ -10,7 +10,7 @@ import pytest
 
 from app.core.settings import BackendSettings
 from app.db import factory
-from app.db.online_store import OnlineStore, RecordWrite, StoredRecord, WriteConflict
+from app.db.online_store import OnlineStore, RecordWrite, WriteConflict
 from runtime.compute.aerospike_writer import FeatureWriter
 from runtime.compute.metrics import ComputeMetrics
 from runtime.compute.record import AppliedEvent, apply_batch
@@ -18,6 +18,7 @@ from runtime.compute.specs import ProjectSpecs, build_specs, event_key
 from tests.conftest import unique
 from tests.factories import new_id
 from tests.runtime.compute.oracle import all_aggregations, config, pipeline
+from tests.support.online import DelegatingStore
 
 NOW = 1_767_225_600_000
 
@@ -153,32 +154,13 @@ class TestPrefetch:
         assert await store.get(project, "u1") is None
 
 
-class _Rival(OnlineStore):
+class _Rival(DelegatingStore):
     """The real store; `before_put_many` runs first on each put_many call (another
     consumer writing between this writer's read and its write)."""
 
     def __init__(self, inner: OnlineStore, before_put_many: Callable[[], Awaitable[None]]):
-        self._inner = inner
+        super().__init__(inner)
         self._before = before_put_many
-
-    async def ping(self) -> None:
-        await self._inner.ping()
-
-    async def get(self, project_id: str, user_id: str) -> StoredRecord | None:
-        return await self._inner.get(project_id, user_id)
-
-    async def get_many(self, project_id: str, user_ids: Sequence[str]) -> list[StoredRecord | None]:
-        return await self._inner.get_many(project_id, user_ids)
-
-    async def put(
-        self,
-        project_id: str,
-        user_id: str,
-        record: dict[str, Any],
-        ttl_seconds: int,
-        expected_generation: int | None,
-    ) -> None:
-        await self._inner.put(project_id, user_id, record, ttl_seconds, expected_generation)
 
     async def put_many(
         self, project_id: str, writes: Sequence[RecordWrite], ttl_seconds: int
