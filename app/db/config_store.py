@@ -147,9 +147,5 @@ class ConfigStore(ABC):
         """Returns the highest-version deployment whose status is in `statuses`."""
 
     @abstractmethod
-    async def max_version(self, project_id: str) -> int:
-        """Returns the highest version ever used by the project (0 if none)."""
-
-    @abstractmethod
     async def deployed_projects(self) -> list[str]:
         """Returns every project id with a successful deployment (runtimes warm up on it)."""

@@ -371,13 +371,6 @@ class MongoConfigStore(ConfigStore):
         raw = await self._deployments.find_one(query, sort=[("version", DESCENDING)])
         return DeploymentDocument.model_validate(_from_mongo(raw)) if raw is not None else None
 
-    async def max_version(self, project_id: str) -> int:
-        query = {"project_id": require_str(project_id, "project_id")}
-        raw = await self._deployments.find_one(
-            query, projection={"version": True}, sort=[("version", DESCENDING)]
-        )
-        return int(raw["version"]) if raw is not None else 0
-
     async def deployed_projects(self) -> list[str]:
         projects = await self._deployments.distinct("project_id", {"status": "success"})
         return sorted(str(p) for p in projects)

@@ -400,12 +400,6 @@ class SQLiteConfigStore(ConfigStore):
         row = await self._run(lambda: self._db.execute(sql, params).fetchone())
         return _DEPLOYMENTS.parse(row[0]) if row is not None else None
 
-    async def max_version(self, project_id: str) -> int:
-        sql = "SELECT MAX(version) FROM deployments WHERE project_id = ?"
-        params = (require_str(project_id, "project_id"),)
-        row = await self._run(lambda: self._db.execute(sql, params).fetchone())
-        return int(row[0]) if row is not None and row[0] is not None else 0
-
     async def deployed_projects(self) -> list[str]:
         sql = "SELECT DISTINCT project_id FROM deployments WHERE status = 'success' ORDER BY 1"
         rows = await self._run(lambda: self._db.execute(sql).fetchall())

@@ -138,14 +138,6 @@ class TestDeploymentReads:
         assert any_final.version == 3
         assert await config_store.latest_deployment(project, statuses=("rolled_back",)) is None
 
-    async def test_max_version_counts_every_status(self, config_store: ConfigStore) -> None:
-        project = _project()
-        assert await config_store.max_version(project) == 0
-        await config_store.insert_deployment(deployment_document(project, 1))
-        await config_store.insert_deployment(deployment_document(project, 12, status="failed"))
-        await config_store.insert_deployment(deployment_document(_project(), 40))
-        assert await config_store.max_version(project) == 12
-
     async def test_deployed_projects_lists_those_with_a_success(
         self, config_store: ConfigStore
     ) -> None:
