@@ -30,8 +30,9 @@ from app.schemas.deployment import (
     PipelineSnapshot,
     ResourceType,
 )
-from app.schemas.feature import NUMERIC_AGGREGATIONS, FeatureRead
+from app.schemas.feature import FeatureRead
 from app.schemas.pipeline import EventDefinition, EventField, PipelineRead
+from app.services.feature_rules import event_problems, spec_of
 from runtime.compute.windows import parse_window
 
 ARROW = "→"
@@ -286,21 +287,14 @@ def _check_feature(
     if event is None:
         msg = f"event {f.source_event} does not exist in pipeline {pipeline.name}"
         problems.append(_problem(f, "source_event", "event_missing", msg))
-    elif not event.enabled:
-        msg = f"event {f.source_event} is disabled in pipeline {pipeline.name}"
-        problems.append(_problem(f, "source_event", "event_disabled", msg))
-    if f.aggregation != "COUNT":
-        if f.field is None:
-            msg = f"{f.aggregation} needs a field"
-            problems.append(_problem(f, "field", "field_required", msg))
-        elif event is not None:
-            field = next((x for x in event.fields if x.name == f.field), None)
-            if field is None:
-                msg = f"field {f.field} does not exist in event {f.source_event}"
-                problems.append(_problem(f, "field", "field_missing", msg))
-            elif f.aggregation in NUMERIC_AGGREGATIONS and field.type != "number":
-                msg = f"{f.aggregation} needs a number field; {f.field} is {field.type}"
-                problems.append(_problem(f, "field", "field_not_numeric", msg))
+    else:
+        if not event.enabled:
+            msg = f"event {f.source_event} is disabled in pipeline {pipeline.name}"
+            problems.append(_problem(f, "source_event", "event_disabled", msg))
+        # The field rules are the ones the feature API applies on write; only the
+        # location moves from the request body to the snapshot.
+        for p in event_problems(spec_of(f), [event]):
+            problems.append(_problem(f, str(p.loc[-1]), p.type, p.msg))
     for window in f.time_windows:
         try:
             label = parse_window(window).label

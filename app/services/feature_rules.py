@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from app.core.errors import FieldError
+from app.schemas.deployment import FeatureSnapshot
 from app.schemas.feature import NUMERIC_AGGREGATIONS, Aggregation, FeatureBase, FeatureRead
 from app.schemas.pipeline import EventDefinition
 from app.schemas.template import SuggestedFeature
@@ -28,8 +29,11 @@ class FeatureSpec:
     time_windows: list[str]
 
 
-def spec_of(feature: FeatureBase | FeatureRead | SuggestedFeature) -> FeatureSpec:
-    """Returns the rule-relevant parts of a feature body, document or template suggestion."""
+def spec_of(
+    feature: FeatureBase | FeatureRead | FeatureSnapshot | SuggestedFeature,
+) -> FeatureSpec:
+    """Returns the rule-relevant parts of a feature body, document, deployed snapshot or
+    template suggestion."""
     return FeatureSpec(
         name=feature.name,
         source_event=feature.source_event,

@@ -374,7 +374,7 @@ class TestValidateDraft:
         }
         assert all(pr.loc[0] == "features" for pr in problems)
         text = next(pr for pr in problems if pr.type == "field_not_numeric").msg
-        assert text == "feature text_sum: MAX needs a number field; qty is string"
+        assert text == "feature text_sum: MAX needs a number field; 'qty' is string"
 
     def test_served_keys_must_be_unique_across_features(self):
         p = pipeline()
