@@ -50,25 +50,6 @@ class UserWrite:
     fresh: tuple[int, ...]
 
 
-def _fresh_indexes(
-    record: Mapping[str, object] | None, events: Sequence[AppliedEvent]
-) -> tuple[int, ...]:
-    """Returns the indexes of events `apply_batch` will not skip as duplicates: above the
-    stored offset of their partition and above every offset seen before them."""
-    stored = record.get("offsets", {}) if record is not None else {}
-    seen: dict[int, int] = {}
-    fresh: list[int] = []
-    for i, event in enumerate(events):
-        last = seen.get(event.partition)
-        if last is None and isinstance(stored, Mapping):
-            raw = stored.get(str(event.partition))
-            last = int(raw) if isinstance(raw, int) else None
-        if last is None or event.offset > last:
-            fresh.append(i)
-            seen[event.partition] = event.offset
-    return tuple(fresh)
-
-
 class FeatureWriter:
     """Applies events to user records in any OnlineStore, with bounded concurrency."""
 
@@ -226,7 +207,7 @@ class FeatureWriter:
         UserWrite once it is written)."""
         now_ms = self._now_ms()
         result = self._applier(project_id, specs, now_ms).apply(before, events, now_ms)
-        fresh = _fresh_indexes(before, events)
+        fresh = result.fresh
         if not fresh:
             # Everything was applied before (a redelivery after a crash between the
             # write and the commit): writing would change nothing but the TTL.

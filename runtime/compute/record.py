@@ -50,7 +50,9 @@ class ApplyResult:
     """The new record and what happened to each event of the batch.
 
     `applied + skipped_duplicate + late + future == len(events)`. `applied` includes
-    events no feature uses and events whose field value a feature skips.
+    events no feature uses and events whose field value a feature skips. `fresh` holds
+    the indexes in `events` of every event not skipped as a duplicate (the ones new to
+    the record, forwarded to analytics).
     """
 
     record: UserRecord
@@ -58,6 +60,7 @@ class ApplyResult:
     skipped_duplicate: int
     late: int
     future: int
+    fresh: tuple[int, ...]
 
 
 def empty_record() -> UserRecord:
@@ -177,13 +180,15 @@ class BatchApplier:
         future_limit = now_ms + self.max_future_ms
         by_event = self._by_event
         applied = duplicates = late = future = 0
-        for event in events:
+        fresh: list[int] = []
+        for index, event in enumerate(events):
             partition = str(event.partition)
             last = offsets.get(partition)
             if last is not None and event.offset <= last:
                 duplicates += 1
                 continue
             offsets[partition] = event.offset
+            fresh.append(index)
             plans = by_event.get(event.event, ())
             if not plans:
                 applied += 1  # no feature uses it: applied, offset consumed
@@ -226,7 +231,7 @@ class BatchApplier:
             if not windows:
                 del features[name]  # nothing left to serve; the fingerprint goes with it
         out["updated_ms"] = now_ms
-        return ApplyResult(out, applied, duplicates, late, future)
+        return ApplyResult(out, applied, duplicates, late, future, tuple(fresh))
 
     def _pruned_copy(self, stored: Mapping[str, Any]) -> dict[str, Any]:
         """Returns the stored features of the configured specs, each tile map copied

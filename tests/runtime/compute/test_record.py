@@ -134,12 +134,14 @@ class TestExactlyOnce:
         record = apply_batch(None, SPECS, [event(10), event(3, partition=1)], NOW).record
         result = apply_batch(record, SPECS, [event(10), event(9), event(4, partition=1)], NOW)
         assert (result.applied, result.skipped_duplicate) == (1, 2)
+        assert result.fresh == (2,)
         assert result.record["offsets"] == {"0": 10, "1": 4}
         assert serve(result.record, [VIEWS], NOW)["views_5m"] == 3
 
     def test_a_repeated_or_lower_offset_within_a_batch_is_a_duplicate(self) -> None:
         result = apply_batch(None, SPECS, [event(5), event(5), event(4), event(6)], NOW)
         assert (result.applied, result.skipped_duplicate) == (2, 2)
+        assert result.fresh == (0, 3)
         assert serve(result.record, [VIEWS], NOW)["views_5m"] == 2
 
 
