@@ -73,6 +73,30 @@ def random_events(
     return out
 
 
+def carts(
+    rng: random.Random,
+    pipeline_id: str,
+    count: int,
+    *,
+    users: int,
+    within_ms: int,
+    prices: int,
+    skus: int,
+) -> list[RawEvent]:
+    """`count` add_to_cart events of users u0..u<users-1> within the last `within_ms`,
+    priced 1..prices-1, of products s0..s<skus-1>."""
+    return [
+        RawEvent(
+            f"u{rng.randrange(users)}",
+            pipeline_id,
+            "add_to_cart",
+            NOW - rng.randrange(within_ms),
+            {"price": rng.randrange(1, prices), "product_id": f"s{rng.randrange(skus)}"},
+        )
+        for _ in range(count)
+    ]
+
+
 def expected_record(specs: ProjectSpecs, events: list[RawEvent]) -> dict[str, Any]:
     """The record one apply of all a user's events at NOW produces (the tile state)."""
     applied = [
@@ -180,16 +204,7 @@ class TestDeployWithoutRestart:
         pipes = [pipeline(p, "add_to_cart")]
         await kit.publish(config(project, 1, pipes, [kept, changed_v1, removed]))
         rng = random.Random(7)
-        before = [
-            RawEvent(
-                f"u{rng.randrange(3)}",
-                p,
-                "add_to_cart",
-                NOW - rng.randrange(30 * MINUTE),
-                {"price": rng.randrange(1, 50), "product_id": f"s{rng.randrange(5)}"},
-            )
-            for _ in range(40)
-        ]
+        before = carts(rng, p, 40, users=3, within_ms=30 * MINUTE, prices=50, skus=5)
         await kit.produce(project, before, version=1)
         running = kit.run()
         await running.wait_processed(len(before))
@@ -198,16 +213,7 @@ class TestDeployWithoutRestart:
         added = feature("added", p, "COUNT_DISTINCT", ["1h"])
         snapshot_v2 = config(project, 2, pipes, [kept, changed_v2, added])
         await kit.publish(snapshot_v2)
-        after = [
-            RawEvent(
-                f"u{rng.randrange(3)}",
-                p,
-                "add_to_cart",
-                NOW - rng.randrange(30 * MINUTE),
-                {"price": rng.randrange(1, 50), "product_id": f"s{rng.randrange(5)}"},
-            )
-            for _ in range(40)
-        ]
+        after = carts(rng, p, 40, users=3, within_ms=30 * MINUTE, prices=50, skus=5)
         await kit.produce(project, after, version=2)
         await running.wait_processed(len(before) + len(after))
         await running.stop()
@@ -235,16 +241,7 @@ class TestExactlyOnceEffect:
         features = all_aggregations(p, ["5m", "1h"])
         await kit.publish(config(project, 1, [pipeline(p, "add_to_cart")], features))
         rng = random.Random(8)
-        events = [
-            RawEvent(
-                f"u{rng.randrange(4)}",
-                p,
-                "add_to_cart",
-                NOW - rng.randrange(50 * MINUTE),
-                {"price": rng.randrange(1, 9), "product_id": f"s{rng.randrange(9)}"},
-            )
-            for _ in range(120)
-        ]
+        events = carts(rng, p, 120, users=4, within_ms=50 * MINUTE, prices=9, skus=9)
         await kit.produce(project, events, version=1)
 
         consumer = kit.consumer()
