@@ -175,10 +175,6 @@ class CompiledCache:
             self._by_project[snapshot.project_id] = compiled
         return compiled
 
-    def forget(self, project_id: str) -> None:
-        """Drops a project's compiled config (its deployment changed or vanished)."""
-        self._by_project.pop(project_id, None)
-
 
 @dataclass(frozen=True, slots=True)
 class ValidEvent:
