@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,7 +25,6 @@ from tests.runtime.ingestion.helpers import (
     new_secrets,
     pipeline_id,
     read_records,
-    read_topic,
     signed,
 )
 
@@ -369,7 +367,18 @@ class TestUnknownPropertiesSetting:
 
 
 class TestMetrics:
+    @staticmethod
+    async def samples(ingest: IngestApp) -> dict[str, float]:
+        text = (await ingest.client.get("/metrics")).text
+        return {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line and not line.startswith("#")
+        }
+
     async def test_metrics_count_each_outcome(self, ingest: IngestApp) -> None:
+        # The app (and its counters) serves the whole module: compare against before.
+        before = await self.samples(ingest)
         pipe = await deploy_pipeline(ingest, unique("shop"))
         payload = event()
         await pipe.post(payload)
@@ -378,18 +387,14 @@ class TestMetrics:
         await pipe.post({"events": [event(), event(user_id="$x")]}, batch=True)
         limited = await deploy_pipeline(ingest, ingest.limited_projects[4])
         await limited.post({"events": [event() for _ in range(4)]}, batch=True)
-        text = (await ingest.client.get("/metrics")).text
-        samples = {
-            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line and not line.startswith("#")
-        }
-        assert samples["ingest_events_accepted_total"] >= 2
-        assert samples["ingest_events_deduplicated_total"] >= 1
-        assert samples['ingest_requests_rejected_total{reason="UnknownEvent"}'] >= 1
-        assert samples['ingest_batch_events_rejected_total{reason="InvalidEvent"}'] >= 1
-        assert samples['ingest_requests_rate_limited_total{scope="pipeline"}'] >= 1
-        assert samples["ingest_produce_seconds_count"] >= 2
+        after = await self.samples(ingest)
+        grown = {name: value - before.get(name, 0.0) for name, value in after.items()}
+        assert grown["ingest_events_accepted_total"] == 2
+        assert grown["ingest_events_deduplicated_total"] == 1
+        assert grown['ingest_requests_rejected_total{reason="UnknownEvent"}'] == 1
+        assert grown['ingest_batch_events_rejected_total{reason="InvalidEvent"}'] == 1
+        assert grown['ingest_requests_rate_limited_total{scope="pipeline"}'] == 1
+        assert grown["ingest_produce_seconds_count"] == 2
 
 
 async def test_openapi_documents_both_routes_and_their_bodies(ingest: IngestApp) -> None:
@@ -399,10 +404,3 @@ async def test_openapi_documents_both_routes_and_their_bodies(ingest: IngestApp)
     assert "user_id" in json.dumps(single["requestBody"])
     assert "events" in json.dumps(batch["requestBody"])
     assert {"401", "404", "409", "413", "415", "422", "429", "503"} <= set(single["responses"])
-
-
-async def test_read_topic_sees_nothing_for_a_project_that_sent_nothing(ingest: IngestApp) -> None:
-    topic = ingest.settings.backends.kafka_topic
-    assert [
-        m for m in await read_topic(KAFKA_BOOTSTRAP, topic) if m.project_id == str(uuid.uuid4())
-    ] == []
