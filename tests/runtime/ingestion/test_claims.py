@@ -1,12 +1,13 @@
 """Two-phase replay and dedup claims through the HTTP API, on the real servers.
 
 Another replica's request in flight is a *pending* claim in Redis: those are written here
-directly (as that replica's `claim_many` would), the ones of real concurrent requests in
-test_in_flight.py. Nothing is ever acknowledged on behalf of a pending claim.
+directly (as that replica's `claim_many` would); TestConcurrentRequests sends real
+concurrent requests. Nothing is ever acknowledged on behalf of a pending claim.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -139,6 +140,21 @@ class TestSingleEventOrder:
         refused = await pipe.post(event(properties={}))
         assert refused.json()["error"] == "InvalidEvent"  # validation comes first
         assert (await pipe.post(event())).status_code == 429
+
+
+class TestConcurrentRequests:
+    async def test_one_event_id_sent_concurrently_is_produced_once(
+        self, pipeline: Pipeline
+    ) -> None:
+        payload = event()
+        responses = await asyncio.gather(*(pipeline.post(payload) for _ in range(8)))
+        statuses = sorted(r.status_code for r in responses)
+        # One request produces it; the others find its claim pending (409 EventInFlight,
+        # nothing acknowledged) or already done (200 duplicate).
+        assert statuses.count(202) == 1, [r.text for r in responses]
+        assert set(statuses) <= {200, 202, 409}
+        assert all(r.json()["error"] == "EventInFlight" for r in responses if r.status_code == 409)
+        assert [m.event_id for m in await pipeline.messages()] == [payload["event_id"]]
 
 
 class TestBatch:
