@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 
 from bson import ObjectId
 
+from app.db.config_common import to_storage_time
+
 
 def new_id() -> str:
     """Returns a fresh ObjectId as 24 lower-case hex characters."""
@@ -18,5 +20,4 @@ def utc_now() -> datetime:
     BSON keeps milliseconds, so a document written with this time reads back equal from
     every config store.
     """
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+    return to_storage_time(datetime.now(UTC))
