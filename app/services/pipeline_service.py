@@ -22,6 +22,7 @@ from app.core.errors import (
     PipelineNotFound,
     RevisionConflict,
 )
+from app.core.secrets import secrets_of
 from app.db.config_common import is_object_id
 from app.db.config_store import ConfigStore, DuplicateKey
 from app.db.documents import FeatureDocument, PipelineDocument
@@ -257,7 +258,7 @@ class PipelineService:
         return self._webhook_info(doc)
 
     def _webhook_info(self, doc: PipelineDocument) -> WebhookInfo:
-        secrets = whs.current_secrets(doc, utc_now())
+        secrets = secrets_of(doc, utc_now())
         url = f"{self._ingest_url}/ingest/{doc.project_id}/{doc.id}"
         return WebhookInfo(
             pipeline_id=doc.id,
@@ -355,9 +356,7 @@ class PipelineService:
         # instead would make the caller rotate again and retire the secret its
         # storefronts still sign with.
         if self._publisher is not None:
-            await self._publisher.publish(
-                doc.project_id, doc.id, whs.current_secrets(doc, utc_now())
-            )
+            await self._publisher.publish(doc.project_id, doc.id, secrets_of(doc, utc_now()))
 
 
 def _revision_conflict(current: PipelineDocument, expected: int) -> RevisionConflict:

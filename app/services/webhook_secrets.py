@@ -19,7 +19,6 @@ import secrets
 from datetime import datetime, timedelta
 
 from app.db.documents import PipelineDocument
-from app.schemas.pipeline import WebhookSecrets
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a format prefix, not a secret)
 SECRET_BYTES = 32
@@ -56,17 +55,6 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     signed = f"{msg_id}.{timestamp}.".encode() + body
     digest = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
     return f"{SIGNATURE_VERSION},{base64.b64encode(digest).decode('ascii')}"
-
-
-def current_secrets(doc: PipelineDocument, now: datetime) -> WebhookSecrets:
-    """Returns the secrets that verify signatures at `now` (an expired previous one is gone)."""
-    previous = doc.previous_webhook_secret
-    expires = doc.previous_secret_expires_at
-    if previous is None or expires is None or expires <= now:
-        return WebhookSecrets(current=doc.webhook_secret)
-    return WebhookSecrets(
-        current=doc.webhook_secret, previous=previous, previous_expires_at=expires
-    )
 
 
 def rotated(doc: PipelineDocument, now: datetime, grace: timedelta) -> PipelineDocument:

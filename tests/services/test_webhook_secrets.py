@@ -8,8 +8,9 @@ from datetime import timedelta
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from app.core.secrets import secrets_of
 from app.services.common import utc_now
-from app.services.webhook_secrets import current_secrets, generate_secret, rotated, secret_key, sign
+from app.services.webhook_secrets import generate_secret, rotated, secret_key, sign
 from tests.factories import pipeline_document
 
 
@@ -46,9 +47,9 @@ def test_rotation_keeps_the_previous_secret_until_the_grace_ends() -> None:
     now = utc_now()
     after = rotated(doc, now, timedelta(hours=1))
     assert after.webhook_secret != doc.webhook_secret
-    live = current_secrets(after, now + timedelta(minutes=59))
+    live = secrets_of(after, now + timedelta(minutes=59))
     assert (live.current, live.previous) == (after.webhook_secret, doc.webhook_secret)
-    assert current_secrets(after, now + timedelta(hours=1)).previous is None
+    assert secrets_of(after, now + timedelta(hours=1)).previous is None
 
 
 def test_zero_grace_drops_the_previous_secret() -> None:
