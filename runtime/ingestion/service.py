@@ -48,6 +48,7 @@ from app.core.auth import PROJECT_ID_PATTERN
 from app.core.errors import (
     ConfigUnavailable,
     DPSError,
+    EventInFlight,
     InvalidBatch,
     PayloadTooLarge,
     PipelineNotFound,
@@ -110,8 +111,12 @@ class IngestResult:
     duplicates: int = 0
     event_id: str | None = None
     rejected: list[dict[str, Any]] = field(default_factory=list)
-    in_flight: int = 0
-    """Batch items refused as EventInFlight (the answer then carries Retry-After)."""
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether a batch item was refused as EventInFlight (the answer then carries
+        Retry-After)."""
+        return any(r["error"] == EventInFlight.__name__ for r in self.rejected)
 
 
 class IngestionService:
@@ -341,7 +346,6 @@ class IngestionService:
             else:
                 what = f"An event with event_id {shown(message.event_id)} is being produced"
                 self._reject(result, index, in_flight(what))
-                result.in_flight += 1
         if new:
             try:
                 await self._sink.produce(new)
