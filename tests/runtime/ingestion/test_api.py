@@ -71,6 +71,14 @@ class TestAccepted:
         [message] = await pipeline.messages()
         assert before <= message.event_time_ms == message.received_at_ms <= time.time() * 1000
 
+    async def test_event_just_under_32kb_is_produced_whole(self, pipeline: Pipeline) -> None:
+        # Larger than the producer's 16 KB batch size: the record must still go out alone.
+        payload = event(properties={"sku": "x" * 32_000})
+        assert len(json.dumps(payload)) <= pipeline.ingest.settings.max_event_bytes
+        assert (await pipeline.post(payload)).status_code == 202, payload["event_id"]
+        [message] = await pipeline.messages()
+        assert message.properties["sku"] == payload["properties"]["sku"]
+
     async def test_charset_utf8_content_type_is_accepted(self, pipeline: Pipeline) -> None:
         headers = {"content-type": "application/json; charset=utf-8"}
         assert (await pipeline.post(event(), headers=headers)).status_code == 202
