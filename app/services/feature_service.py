@@ -17,7 +17,6 @@ from app.core.errors import (
     ServedKeyConflict,
     ValidationFailed,
 )
-from app.db.config_common import is_object_id
 from app.db.config_store import ConfigStore, DuplicateKey
 from app.db.documents import FeatureDocument
 from app.schemas.common import Page
@@ -152,9 +151,8 @@ class FeatureService:
         return docs
 
     async def _require(self, project_id: str, feature_id: str) -> FeatureDocument:
-        doc = None
-        if is_object_id(feature_id):
-            doc = await self._store.get_feature(project_id, feature_id)
+        # The store answers None for an id that is not an ObjectId (hostile ids included).
+        doc = await self._store.get_feature(project_id, feature_id)
         if doc is None:
             raise FeatureNotFound(f"Feature {feature_id!r} not found")
         return doc

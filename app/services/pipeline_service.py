@@ -23,7 +23,6 @@ from app.core.errors import (
     RevisionConflict,
 )
 from app.core.secrets import secrets_of
-from app.db.config_common import is_object_id
 from app.db.config_store import ConfigStore, DuplicateKey
 from app.db.documents import FeatureDocument, PipelineDocument
 from app.schemas.common import Page
@@ -274,9 +273,8 @@ class PipelineService:
 
     # -- internals ---------------------------------------------------------------------
     async def _require(self, project_id: str, pipeline_id: str) -> PipelineDocument:
-        doc = None
-        if is_object_id(pipeline_id):
-            doc = await self._store.get_pipeline(project_id, pipeline_id)
+        # The store answers None for an id that is not an ObjectId (hostile ids included).
+        doc = await self._store.get_pipeline(project_id, pipeline_id)
         if doc is None:
             raise PipelineNotFound(f"Pipeline {pipeline_id!r} not found")
         return doc
