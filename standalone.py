@@ -27,7 +27,7 @@ from app.core.service import Backend, Resources, StartupHook, build_app
 from app.core.settings import IngestionSettings, ServingSettings, StandaloneSettings
 from runtime.compute.main import compute_router, compute_startup
 from runtime.compute.metrics import ComputeMetrics
-from runtime.compute.worker import wall_clock_ms
+from runtime.compute.worker import freeze_long_lived_objects, wall_clock_ms
 from runtime.ingestion.main import ingestion_startup
 from runtime.ingestion.metrics import IngestionMetrics
 from runtime.ingestion.routes import ingestion_router
@@ -135,7 +135,10 @@ def main() -> None:
     import uvicorn
 
     settings = StandaloneSettings()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    app = create_app(settings)
+    # Process-wide GC policy belongs to the process entry, not to the worker class.
+    freeze_long_lived_objects()
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,12 @@ from runtime.compute.aerospike_writer import FeatureWriter
 from runtime.compute.metrics import ComputeMetrics
 from runtime.compute.record import AppliedEvent
 from runtime.compute.specs import build_specs, event_key
-from runtime.compute.worker import ComputeWorker, WorkerOptions, wall_clock_ms
+from runtime.compute.worker import (
+    ComputeWorker,
+    WorkerOptions,
+    freeze_long_lived_objects,
+    wall_clock_ms,
+)
 
 SIZE_CHECKPOINTS = [10, 100, 1_000, 10_000, 20_000, 40_000]
 RUN_BOUND_S = 600.0
@@ -134,6 +139,7 @@ async def worker_consume(settings: BackendSettings, n: int) -> float:
     consumer = factory.make_consumer(settings, f"bench-worker-{_id()}")
     worker = ComputeWorker(consumer, writer, loader, metrics=metrics, options=WorkerOptions())
     started = time.perf_counter()
+    freeze_long_lived_objects()  # as compute_startup does for the process
     task = asyncio.create_task(worker.run())
     try:
         while True:

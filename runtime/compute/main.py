@@ -31,7 +31,12 @@ from app.db import factory
 from runtime.compute.aerospike_writer import FeatureWriter
 from runtime.compute.analytics_forwarder import AnalyticsForwarder
 from runtime.compute.metrics import ComputeMetrics
-from runtime.compute.worker import ComputeWorker, WorkerOptions, wall_clock_ms
+from runtime.compute.worker import (
+    ComputeWorker,
+    WorkerOptions,
+    freeze_long_lived_objects,
+    wall_clock_ms,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +216,10 @@ def main() -> None:
     import uvicorn
 
     settings = ComputeSettings()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    app = create_app(settings)
+    # Process-wide GC policy belongs to the process entry, not to the worker class.
+    freeze_long_lived_objects()
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
 
 
 if __name__ == "__main__":

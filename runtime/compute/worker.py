@@ -25,8 +25,8 @@ Failure rules:
 Stopping: `stop()` lets the in-flight batch finish and commit, then leaves the group.
 A batch still waiting for a dead store is abandoned uncommitted (it is redelivered).
 
-Once the consumer has started, the objects the process holds are frozen out of the
-cyclic GC (`gc.freeze`, once per process): see `_freeze_long_lived_objects`.
+The process that runs a worker freezes its start-up heap out of the cyclic GC
+(`freeze_long_lived_objects`, called by the process entry points, not by the worker).
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ logger = logging.getLogger(__name__)
 _frozen = False
 
 
-def _freeze_long_lived_objects() -> None:
-    """Moves what the process holds once the worker has started (modules, schemas,
+def freeze_long_lived_objects() -> None:
+    """Moves what the process holds once it has started (modules, schemas,
     clients: ~85,000 objects) out of the cyclic GC's reach, once per process.
 
     A batch keeps a few hundred user records alive while it is applied and written, so
@@ -176,7 +176,6 @@ class ComputeWorker:
         try:
             if not await self._start_consumer():
                 return
-            _freeze_long_lived_objects()
             while not self._stopping.is_set():
                 records = await self._fetch()
                 self._refresh_lag()
