@@ -94,9 +94,15 @@ class TestInsert:
         await sink.insert([an_event(project, n) for n in range(5000)])
         assert await sink.count_events(project) == 5000
 
-    async def test_an_empty_batch_is_a_no_op(self, sink: ClickHouseClientSink) -> None:
+    async def test_an_empty_batch_writes_nothing_and_leaves_the_sink_usable(
+        self, sink: ClickHouseClientSink
+    ) -> None:
+        project = unique("proj")
+        await sink.insert([an_event(project, 1)])
         await sink.insert([])
-        await sink.ping()
+        assert await sink.count_events(project) == 1
+        await sink.insert([an_event(project, 2)])
+        assert await sink.count_events(project) == 2
 
     async def test_initialize_twice_keeps_the_data(self, sink: ClickHouseClientSink) -> None:
         project = unique("proj")
