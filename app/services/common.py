@@ -1,4 +1,5 @@
-"""Small helpers the config services share: fresh ids and the store's notion of now."""
+"""Small helpers the config services share: fresh ids, the store's notion of now, and
+the stale-edit error."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from datetime import UTC, datetime
 
 from bson import ObjectId
 
+from app.core.errors import RevisionConflict
 from app.db.config_common import to_storage_time
 
 
@@ -21,3 +23,13 @@ def utc_now() -> datetime:
     every config store.
     """
     return to_storage_time(datetime.now(UTC))
+
+
+def revision_conflict(kind: str, name: str, expected: int, current: int) -> RevisionConflict:
+    """Returns the 409 for an edit of the `kind` ("Pipeline", "Feature") named `name`
+    based on revision `expected` while the stored one is `current`."""
+    return RevisionConflict(
+        f"{kind} {name!r} was changed by someone else: your edit is based on "
+        f"revision {expected}, the current revision is {current}. "
+        "Reload it and apply your change again."
+    )

@@ -21,7 +21,7 @@ from app.db.config_store import ConfigStore, DuplicateKey
 from app.db.documents import FeatureDocument
 from app.schemas.common import Page
 from app.schemas.feature import FeatureBase, FeatureCreate, FeatureRead, FeatureUpdate
-from app.services.common import new_id, utc_now
+from app.services.common import new_id, revision_conflict, utc_now
 from app.services.feature_rules import (
     event_problems,
     normalize_windows,
@@ -160,11 +160,7 @@ class FeatureService:
 
 def _check_revision(current: FeatureDocument, expected: int) -> None:
     if current.revision != expected:
-        raise RevisionConflict(
-            f"Feature {current.name!r} was changed by someone else: your edit is based on "
-            f"revision {expected}, the current revision is {current.revision}. "
-            "Reload it and apply your change again."
-        )
+        raise revision_conflict("Feature", current.name, expected, current.revision)
 
 
 def _summary(problems: Sequence[FieldError]) -> str:

@@ -41,7 +41,7 @@ from app.schemas.pipeline import (
 )
 from app.services import pipeline_rules as rules
 from app.services import webhook_secrets as whs
-from app.services.common import new_id, utc_now
+from app.services.common import new_id, revision_conflict, utc_now
 from app.services.feature_service import FeatureService
 from app.services.pipeline_creation import CreationPlan, plan_creation
 from app.services.secret_publisher import SecretPublisher
@@ -293,7 +293,9 @@ class PipelineService:
                 await asyncio.sleep(0.01 * attempt)
             current = await self._require(project_id, pipeline_id)
             if expected_revision is not None and current.revision != expected_revision:
-                raise _revision_conflict(current, expected_revision)
+                raise revision_conflict(
+                    "Pipeline", current.name, expected_revision, current.revision
+                )
             features = await self._features.all_features(project_id, pipeline_id)
             edited = edit(current, features)
             if edited is None:
@@ -355,11 +357,3 @@ class PipelineService:
         # storefronts still sign with.
         if self._publisher is not None:
             await self._publisher.publish(doc.project_id, doc.id, secrets_of(doc, utc_now()))
-
-
-def _revision_conflict(current: PipelineDocument, expected: int) -> RevisionConflict:
-    return RevisionConflict(
-        f"Pipeline {current.name!r} was changed by someone else: your edit is based on "
-        f"revision {expected}, the current revision is {current.revision}. "
-        "Reload it and apply your change again."
-    )
