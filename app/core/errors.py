@@ -67,17 +67,9 @@ class DPSError(Exception):
         return ErrorEnvelope(error=self.name, detail=self.detail, fields=self.fields)
 
 
-class BadRequest(DPSError):
-    status_code = 400
-
-
 class Unauthorized(DPSError):
     status_code = 401
     headers = {"WWW-Authenticate": "Bearer"}
-
-
-class Forbidden(DPSError):
-    status_code = 403
 
 
 class NotFound(DPSError):
