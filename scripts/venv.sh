@@ -23,7 +23,14 @@ digest="$(cat requirements.txt "$req" | sha256sum | cut -d' ' -f1)"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$digest" ]]; then
   exit 0
 fi
-echo "[venv] installing $req" >&2
+# pip's own lines (one per package collected, then the install) are the progress: a fresh
+# machine spends about 100 s here, and silence for that long looks like a hang.
+started=$SECONDS
+echo "[venv] installing $req (about 2 minutes on a fresh machine, seconds when cached)" >&2
+echo "[venv] 1/2 upgrading pip" >&2
 .venv/bin/python -m pip install -q --upgrade pip >&2
-.venv/bin/python -m pip install -q -r "$req" >&2
+echo "[venv] 2/2 installing the pinned packages" >&2
+.venv/bin/python -m pip install --progress-bar on -r "$req" 2>&1 |
+  { grep --line-buffered -v '^Requirement already satisfied' || true; } >&2
 echo "$digest" >"$stamp"
+echo "[venv] done in $((SECONDS - started)) s" >&2

@@ -79,6 +79,20 @@ class DeploymentRead(ResponseModel):
     )
 
 
+class RollbackRead(DeploymentRead):
+    """A rollback's answer: the new deployment, and what happened to the draft."""
+
+    draft_reset: bool = Field(
+        default=True,
+        description="Always true: a rollback makes the draft equal to the target's config",
+    )
+    discarded_changes: list[Change] = Field(
+        default_factory=list,
+        description="The draft's pending changes (against the version live before the "
+        "rollback) that the reset discarded; empty when nothing was pending",
+    )
+
+
 class PendingChanges(ResponseModel):
     base_version: int | None = Field(description="Version the diff is against; null if none")
     changes: list[Change]

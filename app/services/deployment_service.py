@@ -45,6 +45,7 @@ from app.schemas.deployment import (
     DeploymentRead,
     DeploymentStatus,
     PendingChanges,
+    RollbackRead,
 )
 from app.services.common import new_id, utc_now
 from app.services.config_diff import diff, snapshot_from_draft, validate_draft
@@ -129,11 +130,13 @@ class DeploymentService:
         return await self._activate(draft, changes, deployed_by, description, live)
 
     # -- rollback ------------------------------------------------------------------------
-    async def rollback(
-        self, project_id: str, deployment_id: str, deployed_by: str
-    ) -> DeploymentRead:
+    async def rollback(self, project_id: str, deployment_id: str, deployed_by: str) -> RollbackRead:
         """Re-activates a deployment's snapshot as a new version, marks the successful
         versions after it `rolled_back` and resets the draft to it.
+
+        Returns the new deployment with `discarded_changes`: the draft's pending edits
+        (against the version live before) that the reset threw away, so the caller is
+        told rather than finding a feature gone.
 
         Raises DeploymentNotFound, RollbackNotAllowed (409: it never went live),
         AlreadyLive (409: its config is the live one), DeploymentConflict and
@@ -153,6 +156,7 @@ class DeploymentService:
             raise AlreadyLive(
                 f"Version {target.version}'s config is already live (version {live.version})"
             )
+        discarded = diff(live.snapshot if live else None, await self._draft(project_id, version))
         # Draft first: if anything below fails, the draft already shows the target and a
         # retry (or a plain deploy) finishes the job. reset_draft is safe to re-run.
         await reset_draft(self._store, SecretPublisher(self._cache), target.snapshot)
@@ -160,7 +164,7 @@ class DeploymentService:
         async def retire_later_versions() -> None:
             await self._store.mark_rolled_back(project_id, target.version)
 
-        return await self._activate(
+        deployment = await self._activate(
             snapshot,
             changes,
             deployed_by,
@@ -169,6 +173,7 @@ class DeploymentService:
             rolled_back_from=target.version,
             before_success=retire_later_versions,
         )
+        return RollbackRead(**deployment.model_dump(), discarded_changes=discarded)
 
     # -- internals -----------------------------------------------------------------------
     async def _find(self, project_id: str, deployment_id: str) -> DeploymentDocument:

@@ -92,6 +92,33 @@ class TestDeployFlow:
         raw = await api.app.state.resources.cache.get(config_key(api.project))
         assert ConfigSnapshot.model_validate_json(raw).version == 4
 
+    async def test_rollback_says_it_reset_the_draft_and_lists_the_discarded_edits(self, api: Api):
+        pipeline = await api.create_active_pipeline()
+        v1 = await api.ok("POST", "/deployments", 201)
+        await api.create_feature(pipeline["id"], name="kept")
+        await api.ok("POST", "/deployments", 201)
+        draft_only = await api.create_feature(pipeline["id"], name="undeployed")
+        pending = await api.ok("GET", "/deployments/pending")
+
+        rolled = await api.ok("POST", f"/deployments/{v1['id']}/rollback", 201)
+
+        assert rolled["draft_reset"] is True
+        assert rolled["discarded_changes"] == pending["changes"]
+        assert [(c["type"], c["resource_id"]) for c in rolled["discarded_changes"]] == [
+            ("create", draft_only["id"])
+        ]
+        assert (await api.ok("GET", "/features"))["items"] == []
+
+    async def test_rollback_with_nothing_pending_discards_nothing(self, api: Api):
+        pipeline = await api.create_active_pipeline()
+        v1 = await api.ok("POST", "/deployments", 201)
+        await api.create_feature(pipeline["id"])
+        await api.ok("POST", "/deployments", 201)
+
+        rolled = await api.ok("POST", f"/deployments/{v1['id']}/rollback", 201)
+
+        assert (rolled["draft_reset"], rolled["discarded_changes"]) == (True, [])
+
     async def test_an_invalid_draft_answers_422_with_every_problem(self, api: Api):
         # The feature API checks each feature as it is saved; what only the whole-config
         # check catches is a feature whose pipeline is not active or whose event is off.

@@ -10,7 +10,12 @@ from app.api.deps import DeploymentServiceDep, PrincipalDep, ProjectDep
 from app.api.v1.params import Limit, Offset
 from app.core.errors import error_responses
 from app.schemas.common import Page
-from app.schemas.deployment import DeploymentCreate, DeploymentRead, PendingChanges
+from app.schemas.deployment import (
+    DeploymentCreate,
+    DeploymentRead,
+    PendingChanges,
+    RollbackRead,
+)
 
 router = APIRouter(prefix="/api/v1/projects/{project_id}/deployments", tags=["deployments"])
 
@@ -33,7 +38,9 @@ _ROLLBACK = (
     "Re-activates the deployment's snapshot as a new version (its `rolled_back_from` names "
     "the target), marks the successful versions after the target `rolled_back` and resets "
     "the draft to the target, so nothing is pending afterwards. Pipelines deleted since "
-    "come back with their ids and a new webhook secret.\n\n"
+    "come back with their ids and a new webhook secret. The answer says so: "
+    "`draft_reset` is true and `discarded_changes` lists the draft's pending edits "
+    "(as `GET .../pending` showed them just before) that the reset threw away.\n\n"
     "- 404 `DeploymentNotFound`.\n"
     "- 409 `RollbackNotAllowed`: the target never went live (pending, deploying, failed).\n"
     "- 409 `AlreadyLive`: the target's config is the live one.\n"
@@ -106,7 +113,7 @@ async def get_deployment(
     status_code=status.HTTP_201_CREATED,
     summary="Roll back to a deployment",
     description=_ROLLBACK,
-    response_model=DeploymentRead,
+    response_model=RollbackRead,
     responses=error_responses(401, 404, 409, 503),
 )
 async def rollback(
@@ -114,5 +121,5 @@ async def rollback(
     deployment_id: DeploymentId,
     principal: PrincipalDep,
     service: DeploymentServiceDep,
-) -> DeploymentRead:
+) -> RollbackRead:
     return await service.rollback(project_id, deployment_id, principal.sub)
