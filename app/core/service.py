@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from app.core.auth import TokenVerifier
+from app.core.docs import install_docs
 from app.core.errors import ErrorEnvelope, ServiceUnavailable, install_error_handlers
 from app.core.logging import configure_logging
 from app.core.settings import ServiceSettings
@@ -201,7 +202,11 @@ def build_app(
         version="0.1.0",
         lifespan=lifespan,
         responses={422: {"model": ErrorEnvelope}, 500: {"model": ErrorEnvelope}},
+        # Served by install_docs from packaged assets: FastAPI's own pages need a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
+    install_docs(app)
     app.state.settings = settings
     app.state.token_verifier = TokenVerifier(settings.auth)
     app.state.resources = None
