@@ -49,6 +49,16 @@ class BackendSettings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     aerospike_hosts: str = "127.0.0.1:3000"
     aerospike_namespace: str = "features"
+    # A local read takes about a millisecond: a node silent for the socket timeout is
+    # dead or stalled and the attempt is retried (twice); past the total the read fails
+    # (serving answers 503) instead of holding the request. Batch reads carry up to a
+    # few thousand records (compute) and get a longer total, the same idle bound.
+    aerospike_read_timeout_ms: int = Field(default=100, gt=0)
+    aerospike_batch_read_timeout_ms: int = Field(default=1000, gt=0)
+    aerospike_socket_timeout_ms: int = Field(default=50, gt=0)
+    aerospike_write_timeout_ms: int = Field(default=2000, gt=0)
+    # How long start-up keeps retrying a cluster that does not accept requests yet.
+    aerospike_startup_timeout_s: float = Field(default=30.0, ge=0)
     clickhouse_url: str = "http://127.0.0.1:8123/"
     # Embedded backends (standalone) keep their files here.
     data_dir: Path = Path("./data")
