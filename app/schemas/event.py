@@ -292,9 +292,17 @@ class EventEnvelopeDoc(BaseModel):
     )
 
 
+_LATE = (
+    "Of the accepted events, those older than every window of the deployed features they "
+    "feed (the longest window plus at most one tile of 1/60 of it): archived, but counted "
+    "in no feature"
+)
+
+
 class SingleIngestResponse(BaseModel):
     accepted: int = Field(description="1 if produced now, 0 if a duplicate")
     duplicates: int = Field(description="1 if the event id was seen in the last 24 h")
+    late: int = Field(description=_LATE)
     event_id: str = Field(description="The event's id (the webhook-id when none was given)")
 
 
@@ -312,6 +320,7 @@ class BatchRejection(BaseModel):
 class BatchIngestResponse(BaseModel):
     accepted: int = Field(description="Events produced by this request")
     duplicates: int = Field(description="Events already seen (24 h) or repeated in the batch")
+    late: int = Field(description=_LATE)
     rejected: list[BatchRejection]
 
 

@@ -37,6 +37,11 @@ class IngestionMetrics:
             "or repeated within one batch)",
             registry=self.registry,
         )
+        self.late = Counter(
+            "ingest_events_late",
+            "Accepted events older than every window they feed: archived, counted in no feature",
+            registry=self.registry,
+        )
         self.rejected_requests = Counter(
             "ingest_requests_rejected",
             "Requests answered with an error, by error name (InvalidSignature, ...)",

@@ -10,10 +10,12 @@ Decisions callers see (also in the OpenAPI descriptions):
   most 32 KB as compact JSON: 413 beyond. Content-Length is checked first, then the
   bytes are counted while reading, so a missing or lying Content-Length cannot make the
   server buffer more than the limit;
-- a new single event is 202 `{"accepted": 1, "duplicates": 0, "event_id": ...}`; one
-  whose event id was seen in the last 24 h is 200 `{"accepted": 0, "duplicates": 1, ...}`;
+- a new single event is 202 `{"accepted": 1, "duplicates": 0, "late": 0, "event_id": ...}`;
+  one whose event id was seen in the last 24 h is 200 `{"accepted": 0, "duplicates": 1, ...}`;
+- `late` counts accepted events older than every window of the deployed features they
+  feed: valid, produced and archived, but counted in no feature (lateness.py);
 - a batch is `{"events": [...]}` (an object, so it can grow fields) and is answered 202
-  `{"accepted", "duplicates", "rejected": [{"index", "error", "detail", "fields"?}]}`
+  `{"accepted", "duplicates", "late", "rejected": [{"index", "error", "detail", "fields"?}]}`
   whenever it was processed, even if every item was rejected (per-item errors are
   permanent: resending the same batch cannot fix them);
 - a replayed webhook-id is 409 `ReplayedWebhook`: the delivery was authentic and its
@@ -127,6 +129,7 @@ async def _handle(
         content: dict[str, Any] = {
             "accepted": result.accepted,
             "duplicates": result.duplicates,
+            "late": result.late,
             "rejected": result.rejected,
         }
         headers = dict(EventInFlight.headers or {}) if result.in_flight else None
@@ -135,6 +138,7 @@ async def _handle(
     content = {
         "accepted": result.accepted,
         "duplicates": result.duplicates,
+        "late": result.late,
         "event_id": result.event_id,
     }
     return JSONResponse(content, status_code=status)

@@ -60,6 +60,7 @@ from app.schemas.deployment import ConfigSnapshot
 from app.schemas.event import EventMessage, loads_json, parse_envelope, shown
 from app.schemas.pipeline import WebhookSecrets
 from runtime.ingestion.claims import Claims, check_replay, dedup_key, in_flight, replay_key
+from runtime.ingestion.lateness import EventLateness, LatenessCache
 from runtime.ingestion.metrics import IngestionMetrics
 from runtime.ingestion.producer import RETRY_AFTER_S, EventSink
 from runtime.ingestion.ratelimit import IngestRateLimiter
@@ -101,14 +102,17 @@ class Target:
     pipeline_id: str
     config: CompiledConfig
     pipeline: CompiledPipeline
+    lateness: EventLateness
 
 
 @dataclass(slots=True)
 class IngestResult:
-    """What a request achieved; `rejected` holds batch items only."""
+    """What a request achieved; `rejected` holds batch items only. `late` counts the
+    accepted events older than every window they feed (see lateness.py)."""
 
     accepted: int = 0
     duplicates: int = 0
+    late: int = 0
     event_id: str | None = None
     rejected: list[dict[str, Any]] = field(default_factory=list)
 
@@ -148,6 +152,7 @@ class IngestionService:
         self._limiter = limiter
         self.metrics = metrics
         self._compiled = CompiledCache()
+        self._lateness = LatenessCache()
         self._clock_ms = clock_ms
 
     # -- before the body -------------------------------------------------------------------
@@ -168,7 +173,8 @@ class IngestionService:
         if snapshot is None:
             raise PipelineNotFound(f"Project {project_id!r} has no deployed config")
         config = self._compiled.get(snapshot)
-        return Target(project_id, pipeline_id, config, config.pipeline(pipeline_id))
+        pipeline = config.pipeline(pipeline_id)
+        return Target(project_id, pipeline_id, config, pipeline, self._lateness.get(snapshot))
 
     # -- the whole flow --------------------------------------------------------------------
     async def ingest_single(
@@ -207,8 +213,9 @@ class IngestionService:
         if new:
             confirm[dedup] = self._claims.dedup_ttl_s
         await self._claims.confirm(confirm)
-        self._count(int(new), int(not new))
-        return IngestResult(int(new), int(not new), event_id=message.event_id)
+        late = int(new and self._is_late(target, message))
+        self._count(int(new), int(not new), late)
+        return IngestResult(int(new), int(not new), late, event_id=message.event_id)
 
     async def ingest_batch(
         self, target: Target, body: bytes, headers: Mapping[str, str]
@@ -234,7 +241,7 @@ class IngestionService:
         confirm = dict.fromkeys(produced, self._claims.dedup_ttl_s)
         confirm[replay] = self._claims.replay_ttl_s
         await self._claims.confirm(confirm)
-        self._count(result.accepted, result.duplicates)
+        self._count(result.accepted, result.duplicates, result.late)
         return result
 
     async def _authenticate(self, target: Target, body: bytes, headers: Mapping[str, str]) -> str:
@@ -276,9 +283,15 @@ class IngestionService:
         result.rejected.append(_rejection(index, exc))
         self.metrics.rejected_events.labels(reason=exc.name).inc()
 
-    def _count(self, accepted: int, duplicates: int) -> None:
+    def _count(self, accepted: int, duplicates: int, late: int) -> None:
         self.metrics.accepted.inc(accepted)
         self.metrics.deduplicated.inc(duplicates)
+        self.metrics.late.inc(late)
+
+    def _is_late(self, target: Target, message: EventMessage) -> bool:
+        return target.lateness.is_late(
+            target.pipeline_id, message.event, message.event_time_ms, message.received_at_ms
+        )
 
     def _batch_events(self, document: object, body_size: int) -> list[Any]:
         if not isinstance(document, dict) or set(document) != {"events"}:
@@ -353,6 +366,7 @@ class IngestionService:
                 await self._claims.release(new_keys)
                 raise
         result.accepted = len(new)
+        result.late = sum(self._is_late(target, m) for m in new)
         return new_keys
 
 

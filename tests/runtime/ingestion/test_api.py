@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 
+from app.core.config_loader import publish_config
+from app.core.secrets import write_secrets
+from app.schemas.deployment import FeatureSnapshot
 from app.schemas.event import record_key
 from tests.conftest import KAFKA_BOOTSTRAP, unique
 from tests.runtime.ingestion.conftest import (
@@ -21,9 +24,11 @@ from tests.runtime.ingestion.conftest import (
     running,
 )
 from tests.runtime.ingestion.helpers import (
+    config_snapshot,
     event,
     new_secrets,
     pipeline_id,
+    pipeline_snapshot,
     read_records,
     signed,
 )
@@ -44,7 +49,12 @@ class TestAccepted:
         payload = event(user_id="u-7", timestamp="2024-01-01T00:00:00Z")
         response = await pipeline.post(payload)
         assert response.status_code == 202, response.text
-        assert response.json() == {"accepted": 1, "duplicates": 0, "event_id": payload["event_id"]}
+        assert response.json() == {
+            "accepted": 1,
+            "duplicates": 0,
+            "late": 0,
+            "event_id": payload["event_id"],
+        }
         [message] = await pipeline.messages()
         assert message.event_id == payload["event_id"]
         assert (message.user_id, message.event, message.version) == ("u-7", "add_to_cart", 1)
@@ -84,6 +94,54 @@ class TestAccepted:
         assert (await pipeline.post(event(), headers=headers)).status_code == 202
 
 
+class TestLateEvents:
+    """An event older than every window of the features it feeds is still accepted (the
+    archive keeps it) but counted as `late`, so the sender learns it counts nowhere."""
+
+    async def deploy_with_a_feature(self, ingest: IngestApp) -> Pipeline:
+        project_id, pid = unique("shop"), pipeline_id()
+        feature = FeatureSnapshot(
+            id=pipeline_id(),
+            name="cart_adds",
+            pipeline_id=pid,
+            source_event="add_to_cart",
+            aggregation="COUNT",
+            field=None,
+            time_windows=["5m", "1h"],
+            enabled=True,
+        )
+        snapshot = config_snapshot(project_id, [pipeline_snapshot(pid)])
+        cache = ingest.resources.cache
+        assert cache is not None
+        await publish_config(cache, snapshot.model_copy(update={"features": [feature]}))
+        secrets = new_secrets()
+        await write_secrets(cache, project_id, pid, secrets)
+        return Pipeline(ingest, project_id, pid, secrets)
+
+    async def test_single_event_from_1970_is_accepted_and_counted_late(self, ingest: IngestApp):
+        pipeline = await self.deploy_with_a_feature(ingest)
+        response = await pipeline.post(event(timestamp=0))
+        assert response.status_code == 202, response.text
+        assert (response.json()["accepted"], response.json()["late"]) == (1, 1)
+        assert len(await pipeline.messages()) == 1
+
+    async def test_batch_counts_only_the_events_outside_every_window(self, ingest: IngestApp):
+        pipeline = await self.deploy_with_a_feature(ingest)
+        now_ms = int(time.time() * 1000)
+        times = [now_ms - 30 * 60_000, now_ms - 100 * 86_400_000, now_ms, now_ms - 3 * 3_600_000]
+        response = await pipeline.post({"events": [event(timestamp=t) for t in times]}, batch=True)
+        assert response.status_code == 202, response.text
+        body = response.json()
+        assert (body["accepted"], body["late"], body["rejected"]) == (4, 2, [])
+
+    async def test_duplicate_of_a_late_event_is_not_counted_late_again(self, ingest: IngestApp):
+        pipeline = await self.deploy_with_a_feature(ingest)
+        payload = event(timestamp=0)
+        await pipeline.post(payload)
+        again = await pipeline.post(payload)
+        assert (again.json()["duplicates"], again.json()["late"]) == (1, 0)
+
+
 class TestDedup:
     async def test_same_event_id_twice_is_produced_once(self, pipeline: Pipeline) -> None:
         payload = event()
@@ -91,7 +149,12 @@ class TestDedup:
         second = await pipeline.post(payload)  # a new webhook-id: not a replay
         assert first.status_code == 202
         assert second.status_code == 200
-        assert second.json() == {"accepted": 0, "duplicates": 1, "event_id": payload["event_id"]}
+        assert second.json() == {
+            "accepted": 0,
+            "duplicates": 1,
+            "late": 0,
+            "event_id": payload["event_id"],
+        }
         assert len(await pipeline.messages()) == 1
 
     async def test_same_event_id_in_another_project_is_not_a_duplicate(
@@ -107,9 +170,9 @@ class TestDedup:
     ) -> None:
         a, b = event(), event()
         response = await pipeline.post({"events": [a, b, a]}, batch=True)
-        assert response.json() == {"accepted": 2, "duplicates": 1, "rejected": []}
+        assert response.json() == {"accepted": 2, "duplicates": 1, "late": 0, "rejected": []}
         again = await pipeline.post({"events": [b, event()]}, batch=True)
-        assert again.json() == {"accepted": 1, "duplicates": 1, "rejected": []}
+        assert again.json() == {"accepted": 1, "duplicates": 1, "late": 0, "rejected": []}
         assert len(await pipeline.messages()) == 3
 
 

@@ -183,7 +183,12 @@ async def test_kafka_and_redis_down_during_the_produce_lose_nothing(
         retried_at = now_ms()
         retry = await retrying(pipe, payload, webhook_id="msg_double", while_in_flight=True)
         assert retry.status_code == 202, retry.text
-        assert retry.json() == {"accepted": 1, "duplicates": 0, "event_id": payload["event_id"]}
+        assert retry.json() == {
+            "accepted": 1,
+            "duplicates": 0,
+            "late": 0,
+            "event_id": payload["event_id"],
+        }
         # Confirmed now: a later copy is acknowledged as a duplicate and not produced.
         duplicate_at = now_ms()
         duplicate = await pipe.post(payload)

@@ -187,7 +187,7 @@ class TestBatch:
         await in_flight_elsewhere(pipeline, key)
         await cache_of(pipeline).confirm_many({key: 60})
         response = await pipeline.post({"events": [seen, new]}, batch=True)
-        assert response.json() == {"accepted": 1, "duplicates": 1, "rejected": []}
+        assert response.json() == {"accepted": 1, "duplicates": 1, "late": 0, "rejected": []}
         assert [m.event_id for m in await pipeline.messages()] == [new["event_id"]]
 
     async def test_batch_whose_webhook_id_is_in_flight_is_409(self, pipeline: Pipeline) -> None:

@@ -1,0 +1,65 @@
+"""Which accepted events are too old to count in any feature ("late").
+
+Compute keeps each window's partial aggregates in tiles of 1/60 of the window and skips
+an event whose tile no read at now (or later) can include: one older than its longest
+window plus up to one tile, for every feature it feeds (`runtime/compute/aggregators.
+timing`). Ingestion still accepts such an event (it is valid and the archive keeps it),
+but its answer counts it as `late` so the sender learns it will show in no feature.
+
+The boundary per window is the start of the oldest tile a read at `now` merges,
+`floor((now - W) / tile) * tile`: the same arithmetic as `Window.tile_range`, so the
+two sides agree to the millisecond. An event that feeds no enabled feature is never late:
+its age is not why it counts in nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.schemas.deployment import ConfigSnapshot
+from runtime.compute.windows import Window, parse_window
+
+
+@dataclass(frozen=True, slots=True)
+class EventLateness:
+    """One deployed version's windows per (pipeline id, event name)."""
+
+    version: int
+    windows: dict[tuple[str, str], tuple[Window, ...]]
+
+    def is_late(self, pipeline_id: str, event: str, event_time_ms: int, now_ms: int) -> bool:
+        """Whether an event at `event_time_ms`, received at `now_ms`, counts in no window
+        of any enabled feature it feeds."""
+        windows = self.windows.get((pipeline_id, event))
+        if not windows:
+            return False
+        return all(w.tile_of(event_time_ms) < w.tile_range(now_ms)[0] for w in windows)
+
+
+def compile_lateness(snapshot: ConfigSnapshot) -> EventLateness:
+    """Collects the windows of every enabled feature by the event it reads."""
+    windows: dict[tuple[str, str], set[Window]] = {}
+    for feature in snapshot.features:
+        if not feature.enabled:
+            continue
+        key = (feature.pipeline_id, feature.source_event)
+        windows.setdefault(key, set()).update(parse_window(w) for w in feature.time_windows)
+    return EventLateness(
+        snapshot.version,
+        {key: tuple(sorted(ws, key=lambda w: w.seconds)) for key, ws in windows.items()},
+    )
+
+
+class LatenessCache:
+    """EventLateness per project, rebuilt when the deployed version changes."""
+
+    def __init__(self) -> None:
+        self._by_project: dict[str, EventLateness] = {}
+
+    def get(self, snapshot: ConfigSnapshot) -> EventLateness:
+        """Returns `snapshot`'s lateness rules (built at most once per version)."""
+        known = self._by_project.get(snapshot.project_id)
+        if known is None or known.version != snapshot.version:
+            known = compile_lateness(snapshot)
+            self._by_project[snapshot.project_id] = known
+        return known
