@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Redis for the test suite: Debian's redis-server, run as our own process on
-# 127.0.0.1:$DPS_REDIS_PORT (default 36379), no persistence.
+# 127.0.0.1:$DPS_REDIS_PORT (default 36379), append-only file fsynced every second.
 # Usage: scripts/redis.sh install|start|stop|status
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -25,11 +25,15 @@ redis_ready() { wait_until "$NAME" "$PATTERN" 30 redis_ping; }
 
 redis_launch() {
   log "starting redis-server on $DPS_HOST:$DPS_REDIS_PORT"
-  # --save '' and --appendonly no: nothing is written to disk, a restart is
-  # always empty. --logfile '' logs to stdout, which start_bg captures.
+  # The production persistence (docker-compose.yml): an append-only file fsynced
+  # every second, so a redis-server killed mid-run comes back with all but the
+  # last second of writes (bench/online_store_bench.py measured the cost: within
+  # noise of no persistence). No RDB snapshots (--save ''). `start` still begins
+  # from an empty data dir (generic_start), so every test run starts clean.
+  # --logfile '' logs to stdout, which start_bg captures.
   start_bg "$NAME" redis-server \
     --port "$DPS_REDIS_PORT" --bind "$DPS_HOST" \
-    --save '' --appendonly no --daemonize no \
+    --save '' --appendonly yes --appendfsync everysec --daemonize no \
     --dir "$(data_dir "$NAME")" --logfile '' \
     --protected-mode yes
 }
