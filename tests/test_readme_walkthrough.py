@@ -1,0 +1,72 @@
+"""The README's walkthrough, run for real: every bash block of "Try it" is executed, in
+order, in one shell against the standalone platform (a real subprocess), so a newcomer
+pasting them meets no error.
+
+Only what cannot be literal is substituted, each substitution stated here: the dev token
+(read from the process's output, as the user reads it), the port (a free one, not 8000),
+the event generator's duration (3 s, not 60), and the client's install line (make test
+already installed it from requirements-dev.txt). The commands run in a scratch folder
+holding links to the repository's .venv, scripts and clients, so `dps init` writes its
+YAML there and not into the repository."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.standalone import RunningStandalone, standalone_process
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def walkthrough_blocks() -> list[str]:
+    section = README.split("## Try it", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    return [part.split("```", 1)[0] for part in section.split("```bash\n")[1:]]
+
+
+def as_run_here(script: str, platform: RunningStandalone) -> str:
+    lines = [line for line in script.splitlines() if not line.startswith(".venv/bin/pip install")]
+    text = "\n".join(lines)
+    text = text.replace("<the dev token make run printed>", platform.token)
+    text = text.replace("http://127.0.0.1:8000", platform.base_url)
+    return text.replace("--duration 60", "--duration 3")
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStandalone]:
+    with standalone_process(tmp_path_factory.mktemp("walkthrough"), ANALYTICS="none") as p:
+        yield p
+
+
+@pytest.mark.slow
+def test_the_readme_walkthrough_runs_as_written(platform: RunningStandalone, tmp_path: Path):
+    blocks = walkthrough_blocks()
+    assert len(blocks) == 3, "the walkthrough's bash blocks changed: update this test"
+    for name in (".venv", "scripts", "clients"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    script = "\n".join(as_run_here(block, platform) for block in blocks)
+    done = subprocess.run(
+        ["bash", "-e", "-o", "pipefail", "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    out = done.stdout
+    assert done.returncode == 0, f"stdout:\n{out[-4000:]}\nstderr:\n{done.stderr[-4000:]}"
+
+    assert (tmp_path / "dps" / "storefront.yaml").exists()
+    assert "Deployed version 1" in out
+    assert "+ feature cart_qty: created" in out
+    assert "Deployed version 2 (1 change(s))" in out
+    assert "Rolled back to version 1: it is live again as version 3." in out
+    assert "The draft was reset to version 1." in out
+    # The last command's answer, pretty-printed: the curl rollback to version 2.
+    last = json.loads(out[out.rindex("\n{\n") :])
+    assert (last["version"], last["rolled_back_from"], last["draft_reset"]) == (4, 2, True)
+    assert last["discarded_changes"] == []
