@@ -45,6 +45,8 @@ class BackendSettings(BaseSettings):
     mongodb_database: str = "dataplatform"
     kafka_bootstrap: str = "127.0.0.1:9092"
     kafka_topic: str = "events"
+    # Where compute parks events it can never apply (with the reason), so the rest flows.
+    kafka_dead_letter_topic: str = "events.dead-letter"
     kafka_consumer_group: str = "dps-compute"
     redis_url: str = "redis://127.0.0.1:6379/0"
     aerospike_hosts: str = "127.0.0.1:3000"
@@ -202,6 +204,11 @@ class StandaloneSettings(ConfigApiSettings):
 
     It is the config API too, so it takes the API's knobs (with its own prefix)."""
 
+    # How long a user record remembers the event ids it applied (drops second copies).
+    # At least ingestion's INGEST_DEDUP_TTL_SECONDS: past it neither layer stops a copy.
+    dedup_horizon_seconds: int = Field(default=86_400, ge=60)
+    # At most this many remembered ids per record (~20 bytes each); the oldest go first.
+    dedup_max_ids: int = Field(default=20_000, ge=100)
     model_config = SettingsConfigDict(env_prefix="STANDALONE_", extra="ignore")
 
     environment: Environment = Field(default="development", validation_alias="ENVIRONMENT")
