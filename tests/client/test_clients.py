@@ -25,8 +25,8 @@ from tests.support.standalone import RunningStandalone, standalone_process
 FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05)
 
 
-def cart(user: str, quantity: int = 1, **kw: object) -> Event:
-    return Event("add_to_cart", user, {"product_id": "sku-1", "quantity": quantity}, **kw)  # type: ignore[arg-type]
+def cart(user: str, quantity: int = 1, timestamp: int | None = None) -> Event:
+    return Event("add_to_cart", user, {"product_id": "sku-1", "quantity": quantity}, timestamp)
 
 
 @pytest.fixture
