@@ -1,5 +1,5 @@
 # One image, four processes. Pick the process with the command:
-#   config API  uvicorn main:app --host 0.0.0.0 --port 8000
+#   config API  python -m main   (API_HOST=0.0.0.0)
 #   ingestion   python -m runtime.ingestion.main
 #   compute     python -m runtime.compute.main
 #   serving     python -m runtime.serving.main
@@ -22,4 +22,5 @@ RUN useradd --system --uid 10001 dps && mkdir -p /srv/data && chown dps /srv/dat
 USER dps
 
 EXPOSE 8000 8001 8002 9100
-CMD ["uvicorn", "main:app", "--host", "0.0.0.0", "--port", "8000"]
+ENV API_HOST=0.0.0.0
+CMD ["python", "-m", "main"]

@@ -23,6 +23,7 @@ from app.core.auth import ALL_PROJECTS, issue_token
 from app.core.config_loader import config_loader_hook
 from app.core.metrics import metrics_router
 from app.core.secrets import secret_provider_hook
+from app.core.server import serve
 from app.core.service import Backend, Resources, StartupHook, build_app
 from app.core.settings import IngestionSettings, ServingSettings, StandaloneSettings
 from runtime.compute.main import compute_router, compute_startup
@@ -132,13 +133,11 @@ def create_app(
 
 def main() -> None:
     """Runs the standalone process under uvicorn."""
-    import uvicorn
-
     settings = StandaloneSettings()
     app = create_app(settings)
     # Process-wide GC policy belongs to the process entry, not to the worker class.
     freeze_long_lived_objects()
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
+    serve(app, settings)
 
 
 if __name__ == "__main__":

@@ -117,7 +117,19 @@ class TooManyRequests(DPSError):
 
 
 class ServiceUnavailable(DPSError):
+    """A dependency did not answer; retrying later may succeed. Every 503 says when."""
+
     status_code = 503
+    headers = {"Retry-After": "1"}
+
+
+class ConfigStoreUnavailable(ServiceUnavailable):
+    """The config store (MongoDB) did not answer in time; nothing was changed by this call
+    unless a later read shows it (see Retry-After)."""
+
+
+class CacheUnavailable(ServiceUnavailable):
+    """The cache (Redis) did not answer in time (see Retry-After)."""
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -193,8 +205,31 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     return _json(500, ErrorEnvelope(error="InternalError", detail="Internal server error"), None)
 
 
+async def _backend_down(request: Request, exc: Exception) -> JSONResponse:
+    # A backend's own "unavailable" error that no service translated (the config API
+    # reading its store, a route writing the cache): a 503 with Retry-After, never a 500.
+    from app.db.cache import CacheUnavailable as CacheDown
+    from app.db.config_store import ConfigStoreUnavailable as StoreDown
+
+    error: ServiceUnavailable
+    if isinstance(exc, StoreDown):
+        error = ConfigStoreUnavailable(f"The config store did not answer: {exc}")
+    elif isinstance(exc, CacheDown):
+        error = CacheUnavailable(f"The cache did not answer: {exc}")
+    else:
+        error = EventLogUnavailable(f"The event log did not answer: {exc}")
+    return await _dps_error(request, error)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Route every error through the one envelope."""
+    # Imported here: app.db modules import app.schemas, which imports this module.
+    from app.db.cache import CacheUnavailable as CacheDown
+    from app.db.config_store import ConfigStoreUnavailable as StoreDown
+    from app.db.event_log import EventLogUnavailable as LogDown
+
+    for backend_error in (StoreDown, CacheDown, LogDown):
+        app.add_exception_handler(backend_error, _backend_down)
     app.add_exception_handler(DPSError, _dps_error)
     app.add_exception_handler(RequestValidationError, _request_validation)
     app.add_exception_handler(StarletteHTTPException, _http_exception)

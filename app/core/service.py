@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from app.core.auth import TokenVerifier
 from app.core.docs import install_docs
 from app.core.errors import ErrorEnvelope, ServiceUnavailable, install_error_handlers
+from app.core.limits import RequestLimits
 from app.core.logging import configure_logging
 from app.core.settings import ServiceSettings
 from app.db import factory
@@ -219,6 +220,9 @@ def build_app(
             allow_headers=["Authorization", "Content-Type"],
             max_age=600,
         )
+    # Added last, so it runs first: no route, dependency (auth) or parser sees a body
+    # over the process's limit or JSON nested too deep (app/core/limits.py).
+    app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
     app.include_router(health_router())
     for router in routers:
         app.include_router(router)

@@ -91,6 +91,12 @@ class ServiceSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # Limits checked before any parsing or auth (app/core/limits.py, app/core/server.py):
+    # a body past max_body_bytes is 413 (counted while streaming, whatever Content-Length
+    # says); a request line plus headers past max_header_bytes is 431. Ingestion's body
+    # limit defaults to its INGEST_MAX_BATCH_BYTES.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(default=64 * 1024, ge=8 * 1024)
 
     # Whether the process verifies bearer tokens (it has routes behind `get_principal`).
     # Only those need JWT_* in production; a process that never reads a token (ingestion
@@ -161,6 +167,14 @@ class IngestionSettings(ServiceSettings):
     # Per-project override of both limits:
     # INGEST_RATE_LIMIT_OVERRIDES='{"shop1": "100/second"}'
     rate_limit_overrides: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _body_limit_is_the_batch_limit(self) -> Self:
+        # A batch is the largest body ingestion takes (its routes refine per endpoint), so
+        # unless INGEST_MAX_BODY_BYTES says otherwise the process reads no more than that.
+        if "max_body_bytes" not in self.model_fields_set:
+            self.max_body_bytes = self.max_batch_bytes
+        return self
 
     @model_validator(mode="after")
     def _claims_outlive_the_produce(self) -> Self:

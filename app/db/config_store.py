@@ -26,6 +26,11 @@ class DuplicateKey(Exception):
         self.key = key
 
 
+class ConfigStoreUnavailable(Exception):
+    """The store did not answer in time (down, unreachable, overloaded): retrying later may
+    succeed. Every method may raise it; nothing of the call may be assumed written."""
+
+
 class ConfigStore(ABC):
     """Every query on config data lives behind this interface."""
 

@@ -13,24 +13,28 @@ operator can reach a query through an id. Datetimes come back tz-aware in UTC.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, OperationFailure
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
 
 from app.core.settings import BackendSettings
 from app.db.config_common import is_object_id, normalize_times, require_str, to_storage_time
-from app.db.config_store import ConfigStore, DuplicateKey
+from app.db.config_store import ConfigStore, ConfigStoreUnavailable, DuplicateKey
 from app.db.documents import DeploymentDocument, FeatureDocument, PipelineDocument
 from app.schemas.deployment import DeploymentStatus
 from app.schemas.pipeline import Category, PipelineStatus
 
 Doc = dict[str, Any]
+_S = TypeVar("_S", bound=ConfigStore)
 
 # A revision claim older than this was left by a writer that died mid-replace.
 CLAIM_STALE_AFTER = timedelta(seconds=30)
@@ -79,6 +83,56 @@ def _from_mongo(raw: Doc) -> Doc:
     return data
 
 
+# Fail fast and heal (issue 10). The config API wedged for good after a FerretDB restart
+# while /ready was polled: /ready's deadline (asyncio.wait_for) cancelled pings inside
+# PyMongo's pool checkout, and on Python 3.11 a cancelled asyncio.Condition waiter can take
+# a wake-up with it, so the pool's waiters - which, with PyMongo's defaults, have no
+# deadline - waited forever, and uvicorn's shutdown waited for them. So:
+# - every operation runs shielded from its caller's cancellation (`_guarded`): a request
+#   deadline or shutdown abandons the wait, never PyMongo's bookkeeping;
+# - every step of an operation has a deadline (pool wait, connect, each read), so a
+#   shielded operation ends by itself. Not PyMongo's `timeoutMS`: with it, server
+#   selection waits all of the remaining budget instead of `serverSelectionTimeoutMS`;
+# - a server that is down is known within a second (server selection), answered 503
+#   ConfigStoreUnavailable with Retry-After; the pool reconnects once it is back.
+_FAIL_FAST: dict[str, Any] = {
+    "serverSelectionTimeoutMS": 1000,
+    "connectTimeoutMS": 1000,
+    "waitQueueTimeoutMS": 2000,
+    # The slowest query (a page of features, a deployment's snapshot) takes milliseconds;
+    # a server silent this long is stalled.
+    "socketTimeoutMS": 5000,
+}
+
+
+def _is_outage(exc: PyMongoError) -> bool:
+    # ConnectionFailure covers AutoReconnect, NetworkTimeout and server selection; any
+    # other timeout (the pool's wait queue) is an outage too. The rest is about the data.
+    return isinstance(exc, ConnectionFailure) or exc.timeout
+
+
+def _guarded(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(fn)
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await asyncio.shield(fn(*args, **kwargs))
+        except PyMongoError as exc:
+            if _is_outage(exc):
+                raise ConfigStoreUnavailable(f"mongodb: {type(exc).__name__}: {exc}") from exc
+            raise
+
+    return call
+
+
+def _outages_as_unavailable(cls: type[_S]) -> type[_S]:
+    """Guards every public coroutine of the ConfigStore interface (see `_guarded`)."""
+    for name, member in vars(ConfigStore).items():
+        if not name.startswith("_") and name != "close" and inspect.iscoroutinefunction(member):
+            setattr(cls, name, _guarded(getattr(cls, name)))
+    return cls
+
+
+@_outages_as_unavailable
 class MongoConfigStore(ConfigStore):
     """ConfigStore on the database `settings.mongodb_database`."""
 
@@ -91,9 +145,7 @@ class MongoConfigStore(ConfigStore):
     async def initialize(self) -> None:
         if self._client is None:
             # tz_aware: BSON dates come back as UTC-aware datetimes, equal to what was written.
-            self._client = AsyncMongoClient(
-                self._url, tz_aware=True, tzinfo=UTC, serverSelectionTimeoutMS=5000
-            )
+            self._client = AsyncMongoClient(self._url, tz_aware=True, tzinfo=UTC, **_FAIL_FAST)
         await self._create_indexes()
 
     async def close(self) -> None:

@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from app.core.config_loader import config_loader_hook
 from app.core.metrics import metrics_router
+from app.core.server import serve
 from app.core.service import Backend, Resources, StartupHook, build_app, get_resources
 from app.core.settings import ComputeSettings
 from app.db import factory
@@ -213,13 +214,11 @@ def create_app(
 
 def main() -> None:
     """Runs the process with uvicorn on COMPUTE_HOST:COMPUTE_PORT."""
-    import uvicorn
-
     settings = ComputeSettings()
     app = create_app(settings)
     # Process-wide GC policy belongs to the process entry, not to the worker class.
     freeze_long_lived_objects()
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
+    serve(app, settings)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 
-import uvicorn
 from fastapi import FastAPI
 
 from app.core.config_loader import config_loader_hook
 from app.core.secrets import secret_provider_hook
+from app.core.server import serve
 from app.core.service import Backend, Resources, StartupHook, build_app
 from app.core.settings import IngestionSettings
 from runtime.ingestion.metrics import IngestionMetrics, metrics_router
@@ -96,7 +96,7 @@ def create_app(settings: IngestionSettings | None = None) -> FastAPI:
 def main() -> None:
     """Runs the ingestion process under uvicorn on the settings' host and port."""
     settings = IngestionSettings()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    serve(create_app(settings), settings)
 
 
 if __name__ == "__main__":

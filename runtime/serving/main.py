@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from app.core.config_loader import config_loader_hook
 from app.core.metrics import metrics_router
+from app.core.server import serve
 from app.core.service import Backend, Resources, StartupHook, build_app
 from app.core.settings import ServingSettings
 from app.schemas.deployment import ConfigSnapshot
@@ -80,10 +81,8 @@ def create_app(settings: ServingSettings | None = None, *, now_ms: Clock | None 
 
 def main() -> None:
     """Runs the process with uvicorn on SERVING_HOST:SERVING_PORT."""
-    import uvicorn
-
     settings = ServingSettings()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    serve(create_app(settings), settings)
 
 
 if __name__ == "__main__":
