@@ -135,7 +135,30 @@ async def get_principal(
     return verifier.verify(credentials.credentials)
 
 
+def principal_of(request: Request) -> Principal:
+    """`get_principal` as a plain call, for routes served without FastAPI's dependency
+    solving (serving's reads): the same header parsing (HTTPBearer's), the same answers.
+    Raises Unauthorized."""
+    settings: ServiceSettings = request.app.state.settings
+    if settings.auth_disabled:
+        return DEV_PRINCIPAL
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    if not (scheme and token) or scheme.lower() != "bearer":
+        raise Unauthorized("Missing bearer token")
+    verifier: TokenVerifier = request.app.state.token_verifier
+    return verifier.verify(token)
+
+
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def accessible_project(project_id: str, principal: Principal) -> str:
+    """Returns `project_id` when `principal` may use it; raises ProjectNotFound otherwise."""
+    # A malformed id and a foreign project look the same from outside: not found.
+    if not _PROJECT_ID_RE.fullmatch(project_id) or not principal.may_access(project_id):
+        raise ProjectNotFound(f"Project {project_id!r} not found")
+    return project_id
 
 
 async def get_project_id(
@@ -143,10 +166,7 @@ async def get_project_id(
     principal: PrincipalDep,
 ) -> str:
     """The path's project id, once the caller is known to have access to it."""
-    # A malformed id and a foreign project look the same from outside: not found.
-    if not _PROJECT_ID_RE.fullmatch(project_id) or not principal.may_access(project_id):
-        raise ProjectNotFound(f"Project {project_id!r} not found")
-    return project_id
+    return accessible_project(project_id, principal)
 
 
 ProjectDep = Annotated[str, Depends(get_project_id)]

@@ -211,6 +211,8 @@ class ServingSettings(ServiceSettings):
 
     port: int = 8002
     max_batch_users: int = 1000
+    # uvicorn's access line per request (see `create_app`); off by default for its cost.
+    access_log: bool = False
 
 
 class StandaloneSettings(ConfigApiSettings):
