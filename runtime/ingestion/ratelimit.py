@@ -21,17 +21,21 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 from limits import RateLimitItem, parse
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 from limits.storage import storage_from_string
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.core.errors import RateLimited, ServiceUnavailable
 
 Scope = Literal["project", "pipeline"]
-_UNAVAILABLE_RETRY_AFTER_S = 5
+# Redis clients reconnect on the next call: a retry a second later may be served.
+_UNAVAILABLE_RETRY_AFTER_S = 1
 
 
 def parse_limit(value: str) -> RateLimitItem:
@@ -55,14 +59,21 @@ class IngestRateLimiter:
         on_limited: Callable[[Scope], None] | None = None,
     ) -> None:
         """Raises ValueError for an unparseable limit string."""
-        options: dict[str, float | str | bool] = {"wrap_exceptions": True}
+        options: dict[str, Any] = {"wrap_exceptions": True}
         if storage_uri.startswith(("async+redis://", "async+rediss://")):
             # `limits` defaults to the coredis driver; redis-py is the one installed.
-            # Fail fast like the rest of the cache: no request waits on a dead Redis.
+            # Fail fast like the rest of the cache: no request waits on a dead Redis
+            # (a frozen one is a 503 after the 1 s read timeout, not retried).
+            # Heal at once: after a Redis restart every pooled connection is dead, and
+            # without a retry each one failed one request (503s for ~10 s of client
+            # retries); one immediate retry on a fresh connection serves the request.
+            # A charge retried after its reply was lost may count twice: the cheaper
+            # mistake for a limit.
             options |= {
                 "implementation": "redispy",
                 "socket_connect_timeout": 1.0,
-                "socket_timeout": 2.0,
+                "socket_timeout": 1.0,
+                "retry": Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
             }
         self._storage = storage_from_string(storage_uri, **options)
         self._limiter = SlidingWindowCounterRateLimiter(self._storage)
