@@ -24,9 +24,9 @@ if [[ -f "$stamp" && "$(cat "$stamp")" == "$digest" ]]; then
   exit 0
 fi
 # pip's own lines (one per package collected, then the install) are the progress: a fresh
-# machine spends about 100 s here, and silence for that long looks like a hang.
+# machine spends minutes here, and silence for that long looks like a hang.
 started=$SECONDS
-echo "[venv] installing $req (about 2 minutes on a fresh machine, seconds when cached)" >&2
+echo "[venv] installing $req (a few minutes on a fresh machine, seconds when cached)" >&2
 echo "[venv] 1/2 upgrading pip" >&2
 .venv/bin/python -m pip install -q --upgrade pip >&2
 echo "[venv] 2/2 installing the pinned packages" >&2
