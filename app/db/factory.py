@@ -56,6 +56,18 @@ def make_producer(settings: BackendSettings) -> EventLogProducer:
     return producer
 
 
+def make_dead_letter_producer(settings: BackendSettings) -> EventLogProducer:
+    """Returns a producer to the dead-letter log: Kafka's `kafka_dead_letter_topic`, or
+    a local log of its own under `data_dir/dead-letter`."""
+    where = settings.model_copy(
+        update={
+            "kafka_topic": settings.kafka_dead_letter_topic,
+            "data_dir": settings.data_dir / "dead-letter",
+        }
+    )
+    return make_producer(where)
+
+
 def make_consumer(settings: BackendSettings, group_id: str | None = None) -> EventLogConsumer:
     group = group_id or settings.kafka_consumer_group
     consumer: EventLogConsumer = _load(_CONSUMERS[settings.event_log])(settings, group)

@@ -22,6 +22,16 @@ class WriteConflict(Exception):
     """The record changed since it was read (generation mismatch); re-read and retry."""
 
 
+class RecordRejected(ValueError):
+    """The store can never take this record as it is (it cannot be encoded, is too
+    large, or the server refuses its key, bins or TTL): retrying cannot help.
+
+    Raised by `put`, and by `put_many` for the whole call when one item is refused;
+    the caller (compute's writer) then writes the items one by one to find the ones to
+    park, so one poisoned record never stalls the others. A ValueError, as the encoding
+    errors it replaces were."""
+
+
 _T = TypeVar("_T")
 
 
@@ -43,8 +53,8 @@ class RecordWrite:
 def encode_record(record: dict[str, Any]) -> bytes:
     """Returns the record as compact UTF-8 JSON (pydantic-core: ~2x `json.dumps`).
 
-    Raises ValueError for a non-finite float, which JSON cannot hold (as
-    `json.dumps(allow_nan=False)` does).
+    Raises RecordRejected (a ValueError) for a non-finite float, which JSON cannot
+    hold (as `json.dumps(allow_nan=False)` does).
     """
     try:
         payload = to_json(record)
@@ -60,7 +70,10 @@ def encode_record(record: dict[str, Any]) -> bytes:
 
 
 def _json_dumps(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, separators=(",", ":"), allow_nan=False).encode()
+    try:
+        return json.dumps(record, separators=(",", ":"), allow_nan=False).encode()
+    except (ValueError, TypeError) as exc:
+        raise RecordRejected(f"record cannot be encoded: {exc}") from exc
 
 
 def decode_record(raw: bytes | str) -> dict[str, Any]:
@@ -123,7 +136,8 @@ class OnlineStore(ABC):
         """Writes the record with the TTL.
 
         `expected_generation` None means the record must not exist yet; otherwise the
-        stored generation must equal it. Raises WriteConflict when it does not.
+        stored generation must equal it. Raises WriteConflict when it does not, and
+        RecordRejected when the store can never take this record.
         """
 
     async def put_many(
@@ -133,8 +147,9 @@ class OnlineStore(ABC):
 
         Each write is its own compare-and-set (atomic on its own; the writes are not
         atomic together). Returns, in the order of `writes`, None for a record written
-        and the WriteConflict for one refused. Raises ValueError for ttl ≤ 0, and the
-        store's own error for anything else: then some of the records may have been
+        and the WriteConflict for one refused. Raises ValueError for ttl ≤ 0,
+        RecordRejected when any record can never be taken, and the store's own error
+        for anything else: then some of the records may have been
         written (as after a failed `put`, a re-read tells). This default calls `put`
         for each; stores override it to use one round trip.
         """

@@ -11,6 +11,14 @@ consumer writes a user's record. During a consumer-group rebalance two consumers
 briefly hold the same partition; the generation check makes the slower one re-read
 and re-apply instead of overwriting, and the offsets stored in the record make the
 re-apply skip what the faster one already applied.
+
+Poison isolation: what retrying cannot fix is parked, not retried. Applying events is
+pure code, so an exception there fails the same way every time; a store's
+RecordRejected (a record it can never take: too large, not encodable, a key or TTL the
+server refuses) likewise. Either way that user's events come back as a UserWrite with
+`parked` set to the reason and nothing written for that user; the worker sends them to
+the dead-letter log and the batch goes on. A put_many refused as a whole is split into
+one put per user to find the record to park.
 """
 
 from __future__ import annotations
@@ -21,9 +29,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from app.db.online_store import OnlineStore, RecordWrite, StoredRecord, WriteConflict
+from app.db.online_store import (
+    OnlineStore,
+    RecordRejected,
+    RecordWrite,
+    StoredRecord,
+    WriteConflict,
+)
 from runtime.compute.metrics import ComputeMetrics
-from runtime.compute.record import AppliedEvent, BatchApplier
+from runtime.compute.record import AppliedEvent, BatchApplier, DedupPolicy
 from runtime.compute.specs import ProjectSpecs
 
 # Users read per get_many: one round trip for a whole batch of the default size, while
@@ -41,13 +55,23 @@ MAX_CACHED_APPLIERS = 1024
 @dataclass(frozen=True, slots=True)
 class UserWrite:
     """What one user's write did. `fresh` lists the indexes (into the events given) of
-    events the record had not applied before: the ones to forward to analytics."""
+    events the record had not applied before: the ones to forward to analytics.
+    `parked` is the reason when none of the user's events could be applied or stored
+    (nothing was written; the caller parks them)."""
 
     applied: int
     duplicates: int
     late: int
     future: int
     fresh: tuple[int, ...]
+    duplicate_ids: int = 0
+    forgotten_ids: int = 0
+    parked: str | None = None
+
+
+def parked(exc: BaseException) -> UserWrite:
+    """Returns the UserWrite of a user whose events are parked because of `exc`."""
+    return UserWrite(0, 0, 0, 0, (), parked=f"{type(exc).__name__}: {exc}"[:500])
 
 
 class FeatureWriter:
@@ -61,8 +85,10 @@ class FeatureWriter:
         metrics: ComputeMetrics | None = None,
         concurrency: int = 64,
         max_attempts: int = MAX_ATTEMPTS,
+        dedup: DedupPolicy | None = None,
     ) -> None:
         self._store = store
+        self._dedup = dedup or DedupPolicy()
         self._now_ms = now_ms
         self._metrics = metrics
         self._limit = asyncio.Semaphore(concurrency)
@@ -81,7 +107,9 @@ class FeatureWriter:
         ):
             if len(self._appliers) >= MAX_CACHED_APPLIERS:
                 self._appliers.clear()
-            applier = self._appliers[project_id] = BatchApplier(specs.by_event, now_ms)
+            applier = self._appliers[project_id] = BatchApplier(
+                specs.by_event, now_ms, dedup=self._dedup
+            )
         return applier
 
     async def write_project(
@@ -116,7 +144,7 @@ class FeatureWriter:
             chunk = users[start : start + PREFETCH_CHUNK]
             current.update(zip(chunk, await self._store.get_many(project_id, chunk), strict=True))
 
-        conflicts: list[tuple[str, WriteConflict]] = []
+        conflicts: list[tuple[str, Exception]] = []
         for start in range(0, len(users), WRITE_CHUNK):
             chunk = users[start : start + WRITE_CHUNK]
             conflicts += await self._write_chunk(
@@ -145,13 +173,18 @@ class FeatureWriter:
         events_by_user: Mapping[str, Sequence[AppliedEvent]],
         current: Mapping[str, StoredRecord | None],
         out: dict[str, UserWrite],
-    ) -> list[tuple[str, WriteConflict]]:
-        """Applies and writes `users` with one `put_many`; returns the conflicts."""
+    ) -> list[tuple[str, Exception]]:
+        """Applies and writes `users` with one `put_many`; returns the users to write
+        one by one (a conflict, or a put_many refused as a whole) with the reason."""
         pending: list[tuple[RecordWrite, UserWrite]] = []
         for user_id in users:
             stored = current[user_id]
             before = stored.record if stored is not None else None
-            result, done = self._apply(project_id, specs, events_by_user[user_id], before)
+            try:
+                result, done = self._apply(project_id, specs, events_by_user[user_id], before)
+            except Exception as exc:  # pure code: these events fail the same way every time
+                out[user_id] = parked(exc)
+                continue
             if result is None:
                 out[user_id] = done
                 continue
@@ -164,13 +197,17 @@ class FeatureWriter:
             outcomes = await self._store.put_many(
                 project_id, [write for write, _ in pending], ttl_seconds
             )
+        except RecordRejected as rejected:
+            # Some record here can never be stored: one put each finds it (and parks
+            # only its user); the others are written as usual.
+            return [(write.user_id, rejected) for write, _ in pending]
         finally:
             if self._metrics is not None:
                 # Every write of the call took the call's time (one round trip).
                 elapsed = time.perf_counter() - started
                 for _ in pending:
                     self._metrics.store_write_seconds.observe(elapsed)
-        conflicts: list[tuple[str, WriteConflict]] = []
+        conflicts: list[tuple[str, Exception]] = []
         for (write, done), conflict in zip(pending, outcomes, strict=True):
             if conflict is None:
                 out[write.user_id] = done
@@ -186,10 +223,12 @@ class FeatureWriter:
         user_id: str,
         specs: ProjectSpecs,
         events: Sequence[AppliedEvent],
-        conflict: WriteConflict,
+        conflict: Exception,
         out: dict[str, UserWrite],
     ) -> None:
-        attempts = self._max_attempts - 1  # the put_many was the first
+        # After a conflict the put_many was the first attempt; a rejected put_many
+        # attempted nothing for this user.
+        attempts = self._max_attempts - int(isinstance(conflict, WriteConflict))
         if attempts < 1:
             raise conflict
         async with self._limit:
@@ -210,10 +249,17 @@ class FeatureWriter:
         fresh = result.fresh
         if not fresh:
             # Everything was applied before (a redelivery after a crash between the
-            # write and the commit): writing would change nothing but the TTL.
-            return None, UserWrite(0, result.skipped_duplicate, 0, 0, ())
+            # write and the commit, or second copies of applied events): writing would
+            # change nothing but the TTL.
+            return None, UserWrite(0, result.skipped_duplicate, 0, 0, (), result.duplicate_ids)
         done = UserWrite(
-            result.applied, result.skipped_duplicate, result.late, result.future, fresh
+            result.applied,
+            result.skipped_duplicate,
+            result.late,
+            result.future,
+            fresh,
+            result.duplicate_ids,
+            result.forgotten_ids,
         )
         return result.record, done
 
@@ -229,7 +275,8 @@ class FeatureWriter:
         writes the result with the record TTL, re-reading and re-applying on a
         generation conflict.
 
-        Returns the UserWrite. Raises WriteConflict after `max_attempts` conflicts,
+        Returns the UserWrite (`parked` set when the events cannot be applied or the
+        store rejects the record). Raises WriteConflict after `max_attempts` conflicts,
         ValueError when `specs` has no feature (no TTL), and whatever the store raises.
         """
         return await self._write(project_id, user_id, specs, events, current, self._max_attempts)
@@ -247,7 +294,10 @@ class FeatureWriter:
             raise ValueError(f"project {project_id} has no feature: nothing to write")
         for attempt in range(1, attempts + 1):
             before = current.record if current is not None else None
-            record, done = self._apply(project_id, specs, events, before)
+            try:
+                record, done = self._apply(project_id, specs, events, before)
+            except Exception as exc:  # pure code: these events fail the same way every time
+                return parked(exc)
             if record is None:
                 return done
             started = time.perf_counter()
@@ -266,6 +316,8 @@ class FeatureWriter:
                     raise
                 current = await self._store.get(project_id, user_id)
                 continue
+            except RecordRejected as rejected:
+                return parked(rejected)
             finally:
                 if self._metrics is not None:
                     self._metrics.store_write_seconds.observe(time.perf_counter() - started)

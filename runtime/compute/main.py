@@ -130,10 +130,20 @@ def compute_startup(
             now_ms=now_ms,
             metrics=metrics,
             concurrency=opts.write_concurrency,
+            dedup=opts.dedup,
         )
         consumer = factory.make_consumer(resources.settings.backends)
+        # Started on first use (by produce_many): a down log must not stop start-up.
+        dead_letter = factory.make_dead_letter_producer(resources.settings.backends)
+        stack.push_async_callback(dead_letter.stop)
         worker = ComputeWorker(
-            consumer, writer, loader, metrics=metrics, options=opts, analytics=forwarder
+            consumer,
+            writer,
+            loader,
+            metrics=metrics,
+            options=opts,
+            analytics=forwarder,
+            dead_letter=dead_letter,
         )
         task = asyncio.create_task(worker.run(), name="compute-worker")
         resources.extras[COMPUTE_WORKER] = worker

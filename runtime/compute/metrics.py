@@ -43,7 +43,25 @@ class ComputeMetrics:
         )
         self.events_duplicate = Counter(
             "compute_events_duplicate_total",
-            "Redelivered events the record had already applied (offset check): skipped",
+            "Events the record had already applied (redelivery or second copy): skipped",
+            registry=r,
+        )
+        self.events_duplicate_id = Counter(
+            "compute_events_duplicate_id_total",
+            "Second copies of an event, caught by the event ids a record remembers "
+            "(part of compute_events_duplicate_total)",
+            registry=r,
+        )
+        self.dedup_ids_forgotten = Counter(
+            "compute_dedup_ids_forgotten_total",
+            "Event ids dropped before the dedup horizon to keep a record under "
+            "COMPUTE_DEDUP_MAX_IDS (a copy of one of those would count again)",
+            registry=r,
+        )
+        self.events_parked = Counter(
+            "compute_events_parked_total",
+            "Events that can never be applied or stored, sent to the dead-letter log",
+            ["reason"],
             registry=r,
         )
         self.events_no_config = Counter(

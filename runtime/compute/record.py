@@ -5,18 +5,38 @@ A record is plain JSON-compatible data, kept opaque by the online stores:
     {
       "features": {feature name: {"fp": spec fingerprint, "w": FeatureState}},
       "offsets": {str(partition): last applied offset},
+      "ids": {str(apply-time bucket): [63-bit hash of an applied event_id, ...]},
       "updated_ms": now_ms of the last apply,
+      "last_event_ms": event time of the newest event applied to a feature (0: none),
     }
 
-Exactly-once effect on at-least-once delivery: compute writes the record, then
-commits the Kafka offset. A crash in between redelivers events the record already
-holds; their offsets are at or below the stored one and are skipped. This needs all
-of a user's events on one partition in offset order, which the event key
-`{project_id}:{user_id}` gives.
+Exactly-once effect on at-least-once delivery, in two layers, both checked and
+written in the same compare-and-set put as the tiles:
+
+1. Offsets (replays). Compute writes the record, then commits the Kafka offset. A
+   crash in between redelivers events the record already holds; their offsets are at
+   or below the stored one and are skipped. This needs all of a user's events on one
+   partition in offset order, which the event key `{project_id}:{user_id}` gives.
+2. Event ids (the same event produced twice: a broker outage after a 503 whose records
+   aiokafka still delivered, an ingestion crash between the Kafka ack and the claim
+   confirm, a client retry past ingestion's claim). Each id applied to a feature is
+   remembered, as a 63-bit BLAKE2b hash, in the bucket of the time it was applied;
+   buckets older than the horizon (`DedupPolicy`, by default 24 h = ingestion's dedup
+   TTL) are pruned on the next write. A later copy with a remembered id is skipped as
+   a duplicate. Cost: ~20 bytes of JSON per event applied within the horizon, at most
+   `max_ids` per record (20,000 by default, ~400 KB); past it the oldest ids are
+   forgotten first (`ApplyResult.forgotten_ids`, a metric), and a copy of one of those
+   would count again. A hash collision (two ids of one user within a day sharing 63
+   bits: ~n²/2⁶⁴, 1e-11 at n = 20,000) would drop a genuine event.
+
+Only ids of events that fed a feature on time are kept: a late event stays late for
+any later copy, an event no feature uses changes nothing, and a future event was not
+applied, so its later copy is its first application.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +63,35 @@ class AppliedEvent:
     event: str
     t_ms: int
     properties: Mapping[str, Any]
+    # None only for events built by hand (tests, benchmarks): deduplicated by offset only.
+    event_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DedupPolicy:
+    """How long a record remembers the event ids it applied, and how many at most.
+
+    `horizon_ms` must be at least ingestion's dedup TTL: inside it ingestion usually
+    stops a copy before Kafka; this layer catches the copies it could not. Ids are kept
+    in `BUCKETS` buckets of `horizon_ms / BUCKETS` by apply time, so pruning drops whole
+    buckets and an id lives between one horizon and one horizon plus a bucket.
+    """
+
+    horizon_ms: int = 24 * 3600 * 1000
+    max_ids: int = 20_000
+
+    BUCKETS = 24
+
+    @property
+    def bucket_ms(self) -> int:
+        return max(self.horizon_ms // self.BUCKETS, 1)
+
+
+def id_hash(event_id: str) -> int:
+    """Returns the 63-bit hash a record remembers an event id by (stable across
+    processes, unlike `hash`; 63 bits so it is a non-negative signed 64-bit integer
+    for every store)."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest()) >> 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +101,9 @@ class ApplyResult:
     `applied + skipped_duplicate + late + future == len(events)`. `applied` includes
     events no feature uses and events whose field value a feature skips. `fresh` holds
     the indexes in `events` of every event not skipped as a duplicate (the ones new to
-    the record, forwarded to analytics).
+    the record, forwarded to analytics). `duplicate_ids` is the part of
+    `skipped_duplicate` caught by event id (a second copy in the log) rather than by
+    offset (a replay); `forgotten_ids` counts ids dropped to keep `max_ids`.
     """
 
     record: UserRecord
@@ -61,11 +112,13 @@ class ApplyResult:
     late: int
     future: int
     fresh: tuple[int, ...]
+    duplicate_ids: int = 0
+    forgotten_ids: int = 0
 
 
 def empty_record() -> UserRecord:
     """Returns the record of a user with no state yet."""
-    return {"features": {}, "offsets": {}, "updated_ms": 0}
+    return {"features": {}, "offsets": {}, "ids": {}, "updated_ms": 0, "last_event_ms": 0}
 
 
 def _specs_by_name(specs_by_event: Mapping[str, Sequence[FeatureSpec]]) -> dict[str, FeatureSpec]:
@@ -132,6 +185,7 @@ class BatchApplier:
     __slots__ = (
         "_by_event",
         "_plans",
+        "dedup",
         "max_future_ms",
         "specs_by_event",
         "valid_from",
@@ -143,9 +197,11 @@ class BatchApplier:
         specs_by_event: Mapping[str, Sequence[FeatureSpec]],
         now_ms: int,
         max_future_ms: int = MAX_FUTURE_MS,
+        dedup: DedupPolicy | None = None,
     ) -> None:
         self.specs_by_event = specs_by_event
         self.max_future_ms = max_future_ms
+        self.dedup = dedup or DedupPolicy()
         self._plans = {
             name: _SpecPlan(spec, now_ms) for name, spec in _specs_by_name(specs_by_event).items()
         }
@@ -176,10 +232,14 @@ class BatchApplier:
         out["features"] = features
         offsets: dict[str, int] = dict(record.get("offsets", {})) if record is not None else {}
         out["offsets"] = offsets
+        ids = self._kept_ids(record.get("ids") if record is not None else None, now_ms)
+        seen: set[int] | None = None  # every remembered id, built on the first event id
+        new_ids: list[int] = []
+        last_event_ms: int = record.get("last_event_ms", 0) if record is not None else 0
 
         future_limit = now_ms + self.max_future_ms
         by_event = self._by_event
-        applied = duplicates = late = future = 0
+        applied = duplicates = duplicate_ids = late = future = 0
         fresh: list[int] = []
         for index, event in enumerate(events):
             partition = str(event.partition)
@@ -188,6 +248,16 @@ class BatchApplier:
                 duplicates += 1
                 continue
             offsets[partition] = event.offset
+            h: int | None = None
+            if event.event_id is not None:
+                if seen is None:
+                    seen = {x for bucket in ids.values() for x in bucket}
+                h = id_hash(event.event_id)
+                if h in seen:
+                    duplicates += 1  # another copy of an event already applied
+                    duplicate_ids += 1
+                    continue
+                seen.add(h)  # a second copy later in this batch is a duplicate too
             fresh.append(index)
             plans = by_event.get(event.event, ())
             if not plans:
@@ -218,6 +288,10 @@ class BatchApplier:
             # FUTURE does not depend on the spec: one feature's verdict is every one's.
             if on_time:
                 applied += 1
+                if h is not None:
+                    new_ids.append(h)
+                if t_ms > last_event_ms:
+                    last_event_ms = t_ms
             elif t_ms > future_limit:
                 future += 1
             else:
@@ -230,8 +304,45 @@ class BatchApplier:
                     del windows[label]
             if not windows:
                 del features[name]  # nothing left to serve; the fingerprint goes with it
+        forgotten = self._remember(ids, new_ids, now_ms)
+        out["ids"] = ids
         out["updated_ms"] = now_ms
-        return ApplyResult(out, applied, duplicates, late, future, tuple(fresh))
+        out["last_event_ms"] = last_event_ms
+        return ApplyResult(
+            out, applied, duplicates, late, future, tuple(fresh), duplicate_ids, forgotten
+        )
+
+    def _kept_ids(self, stored: Mapping[str, list[int]] | None, now_ms: int) -> dict[str, Any]:
+        """Returns the stored id buckets still inside the horizon at `now_ms` (the lists
+        are shared, never modified in place)."""
+        if not stored:
+            return {}
+        oldest = (now_ms - self.dedup.horizon_ms) // self.dedup.bucket_ms
+        return {k: v for k, v in stored.items() if int(k) >= oldest}
+
+    def _remember(self, ids: dict[str, Any], new_ids: list[int], now_ms: int) -> int:
+        """Adds `new_ids` to the bucket of `now_ms`; drops the oldest ids beyond
+        `max_ids`. Returns how many were dropped."""
+        if not new_ids:
+            return 0
+        key = str(now_ms // self.dedup.bucket_ms)
+        ids[key] = [*ids.get(key, ()), *new_ids]
+        total = sum(len(bucket) for bucket in ids.values())
+        excess = total - self.dedup.max_ids
+        if excess <= 0:
+            return 0
+        forgotten = excess
+        for old in sorted(ids, key=int):
+            if excess <= 0:
+                break
+            bucket = ids[old]
+            if len(bucket) <= excess:
+                del ids[old]
+                excess -= len(bucket)
+            else:
+                ids[old] = bucket[excess:]  # oldest first within a bucket
+                excess = 0
+        return forgotten
 
     def _pruned_copy(self, stored: Mapping[str, Any]) -> dict[str, Any]:
         """Returns the stored features of the configured specs, each tile map copied
@@ -266,6 +377,7 @@ def apply_batch(
     events: Sequence[AppliedEvent],
     now_ms: int,
     max_future_ms: int = MAX_FUTURE_MS,
+    dedup: DedupPolicy | None = None,
 ) -> ApplyResult:
     """Applies `events`, in the given order, to a copy of `record` (None: no record).
 
@@ -275,6 +387,8 @@ def apply_batch(
     changed restarts empty. Events at or below the partition's stored offset (or below
     an offset already seen in this batch) are skipped as duplicates; all others advance
     the partition's offset, late and future ones included, so they are never retried.
+    An event whose `event_id` the record remembers (or an earlier event of the batch
+    had) is skipped as a duplicate too; ids are remembered per `dedup`.
     An event is `late` (or `future`) when it is so for every feature it feeds.
     Every feature is pruned at `now_ms`, so the tiles per window stay bounded. The
     result is the one of `aggregators.apply_value` per event and feature, then
@@ -283,7 +397,8 @@ def apply_batch(
 
     `BatchApplier` does the same for many records without redoing the per-spec work.
     """
-    return BatchApplier(specs_by_event, now_ms, max_future_ms).apply(record, events, now_ms)
+    applier = BatchApplier(specs_by_event, now_ms, max_future_ms, dedup)
+    return applier.apply(record, events, now_ms)
 
 
 def record_ttl_seconds(specs: Iterable[FeatureSpec], max_future_ms: int = MAX_FUTURE_MS) -> int:

@@ -13,7 +13,12 @@ Failure rules:
   the offsets stored in each record skip them (see `record.py`), so nothing counts twice.
 - A record that is not an event message cannot come from our ingestion: it is counted
   (`compute_decode_errors_total`), logged by position only (never its payload) and
-  skipped.
+  parked in the dead-letter log.
+- Poison: events that can never be applied or stored (the writer's `parked`: an
+  exception in the pure apply code, or a record the store rejects for good) are sent to
+  the dead-letter log with the reason, counted (`compute_events_parked_total`) and
+  logged; the rest of the batch is stored and committed. Only a dead-letter log that is
+  down keeps the batch (retried like a store outage), so nothing is dropped silently.
 - Events of a project with no deployed config are counted as `no_config` and skipped.
   Ingestion only accepts events for deployed configs, so this is the race of an event
   accepted just before its project's config was deleted.
@@ -32,8 +37,10 @@ The process that runs a worker freezes its start-up heap out of the cyclic GC
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import gc
+import json
 import logging
 import random
 import time
@@ -46,13 +53,13 @@ from pydantic import ValidationError
 
 from app.core.settings import ComputeSettings, ServiceSettings
 from app.db.analytics import AnalyticsEvent
-from app.db.event_log import EventLogConsumer, LogRecord
+from app.db.event_log import EventLogConsumer, EventLogProducer, LogRecord
 from app.schemas.deployment import ConfigSnapshot
 from app.schemas.event import EventMessage
 from runtime.compute.aerospike_writer import FeatureWriter, UserWrite
 from runtime.compute.analytics_forwarder import AnalyticsForwarder
 from runtime.compute.metrics import ComputeMetrics
-from runtime.compute.record import AppliedEvent
+from runtime.compute.record import AppliedEvent, DedupPolicy
 from runtime.compute.specs import ProjectSpecs, SpecCache, event_key
 
 logger = logging.getLogger(__name__)
@@ -102,6 +109,7 @@ class WorkerOptions:
     retry_max_s: float = 10.0
     # consumer.lag() may cost a broker round trip: refreshed at most this often.
     lag_refresh_s: float = 1.0
+    dedup: DedupPolicy = field(default_factory=DedupPolicy)
 
     @classmethod
     def from_settings(cls, settings: ServiceSettings) -> WorkerOptions:
@@ -113,6 +121,10 @@ class WorkerOptions:
             max_batch_messages=settings.max_batch_messages,
             poll_timeout_ms=settings.poll_timeout_ms,
             write_concurrency=settings.write_concurrency,
+            dedup=DedupPolicy(
+                horizon_ms=settings.dedup_horizon_seconds * 1000,
+                max_ids=settings.dedup_max_ids,
+            ),
         )
 
 
@@ -138,10 +150,29 @@ class _Decoded:
 class _BatchCounts:
     applied: int = 0
     duplicates: int = 0
+    duplicate_ids: int = 0
+    forgotten_ids: int = 0
     late: int = 0
     future: int = 0
     no_config: int = 0
     without_features: int = 0
+
+
+def dead_letter_entry(record: LogRecord, reason: str) -> tuple[bytes, bytes]:
+    """Returns the (key, value) parked in the dead-letter log for `record`: the reason,
+    where it was read, and the original value (as text, or base64 when not UTF-8), so
+    an operator can fix the cause and produce it again."""
+    entry: dict[str, object] = {
+        "reason": reason,
+        "partition": record.partition,
+        "offset": record.offset,
+        "timestamp_ms": record.timestamp_ms,
+    }
+    try:
+        entry["value"] = record.value.decode()
+    except UnicodeDecodeError:
+        entry["value_b64"] = base64.b64encode(record.value).decode()
+    return record.key, json.dumps(entry, separators=(",", ":")).encode()
 
 
 class ComputeWorker:
@@ -156,8 +187,11 @@ class ComputeWorker:
         metrics: ComputeMetrics,
         options: WorkerOptions | None = None,
         analytics: AnalyticsForwarder | None = None,
+        dead_letter: EventLogProducer | None = None,
     ) -> None:
         self._consumer = consumer
+        # None: parked events are only logged and counted (tests of other behaviours).
+        self._dead_letter = dead_letter
         self._writer = writer
         self._configs = configs
         self._metrics = metrics
@@ -201,12 +235,17 @@ class ComputeWorker:
         Returns True once committed (or the commit failed after the write, which is
         harmless), False when stopped before the batch could be stored.
         """
-        decoded = self._decode(records)
+        decoded, undecodable = self._decode(records)
         done: dict[tuple[str, str], UserWrite] = {}
+        parked_sent: set[tuple[str, str]] = set()
         delay = self._options.retry_first_s
         while True:
             try:
-                counts = await self._apply(decoded, done)
+                if undecodable:
+                    # Already counted as decode errors; parked so they can be inspected.
+                    await self._park("NotAnEventMessage", undecodable, count=False)
+                    undecodable = []
+                counts = await self._apply(decoded, done, parked_sent)
                 break
             except Exception as exc:  # any failure: keep the batch, never skip it
                 self._metrics.batch_retries.inc()
@@ -226,8 +265,10 @@ class ComputeWorker:
         await self._commit(records)
         return True
 
-    def _decode(self, records: Sequence[LogRecord]) -> list[_Decoded]:
+    def _decode(self, records: Sequence[LogRecord]) -> tuple[list[_Decoded], list[LogRecord]]:
+        """Returns the event messages, and the records that are not one (to park)."""
         decoded: list[_Decoded] = []
+        undecodable: list[LogRecord] = []
         for record in records:
             try:
                 message = EventMessage.decode(record.value)
@@ -238,12 +279,33 @@ class ComputeWorker:
                     "skipping a record that is not an event message",
                     extra={"partition": record.partition, "offset": record.offset},
                 )
+                undecodable.append(record)
                 continue
             decoded.append(_Decoded(record, message))
-        return decoded
+        return decoded, undecodable
+
+    async def _park(self, reason: str, records: Sequence[LogRecord], *, count: bool = True) -> None:
+        """Sends `records` to the dead-letter log with `reason`, counts (unless counted
+        elsewhere) and logs them. Raises what the log raises (the caller retries)."""
+        if self._dead_letter is not None:
+            await self._dead_letter.produce_many([dead_letter_entry(r, reason) for r in records])
+        if count:
+            kind = reason.split(":", 1)[0]  # the exception's name: a bounded label set
+            self._metrics.events_parked.labels(reason=kind).inc(len(records))
+        logger.error(
+            "events parked in the dead-letter log",
+            extra={
+                "reason": reason,
+                "events": len(records),
+                "first": f"{records[0].partition}:{records[0].offset}",
+            },
+        )
 
     async def _apply(
-        self, decoded: Sequence[_Decoded], done: dict[tuple[str, str], UserWrite]
+        self,
+        decoded: Sequence[_Decoded],
+        done: dict[tuple[str, str], UserWrite],
+        parked_sent: set[tuple[str, str]],
     ) -> _BatchCounts:
         by_project: dict[str, dict[str, list[_Decoded]]] = defaultdict(lambda: defaultdict(list))
         for item in decoded:
@@ -263,9 +325,15 @@ class ComputeWorker:
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
+        for key, write in done.items():
+            if write.parked is not None and key not in parked_sent:
+                await self._park(write.parked, [i.record for i in by_project[key[0]][key[1]]])
+                parked_sent.add(key)
         for (project_id, user_id), write in done.items():
             counts.applied += write.applied
             counts.duplicates += write.duplicates
+            counts.duplicate_ids += write.duplicate_ids
+            counts.forgotten_ids += write.forgotten_ids
             counts.late += write.late
             counts.future += write.future
             self._forward(by_project[project_id][user_id], write)
@@ -310,6 +378,7 @@ class ComputeWorker:
                     event=event_key(i.message.pipeline_id, i.message.event),
                     t_ms=i.message.event_time_ms,
                     properties=i.message.properties,
+                    event_id=i.message.event_id,
                 )
                 for i in items
             ]
@@ -346,6 +415,8 @@ class ComputeWorker:
         m = self._metrics
         m.events_applied.inc(counts.applied)
         m.events_duplicate.inc(counts.duplicates)
+        m.events_duplicate_id.inc(counts.duplicate_ids)
+        m.dedup_ids_forgotten.inc(counts.forgotten_ids)
         m.events_late.inc(counts.late)
         m.events_future.inc(counts.future)
         m.events_no_config.inc(counts.no_config)

@@ -14,7 +14,7 @@ from app.core.config_loader import ConfigLoader, publish_config
 from app.core.settings import BackendSettings
 from app.db import factory
 from app.db.analytics import AnalyticsSink
-from app.db.event_log import EventLogConsumer
+from app.db.event_log import EventLogConsumer, EventLogProducer
 from app.db.online_store import OnlineStore
 from app.schemas.deployment import ConfigSnapshot
 from app.schemas.event import record_key
@@ -34,6 +34,7 @@ OUTCOMES = (
     "compute_events_no_config_total",
     "compute_events_without_features_total",
     "compute_decode_errors_total",
+    "compute_events_parked_total",
 )
 
 
@@ -48,8 +49,8 @@ class Clock:
 
 
 def sample(metrics: ComputeMetrics, name: str) -> float:
-    value = metrics.registry.get_sample_value(name)
-    return value or 0.0
+    """The value of a series, summed over its labels (0 when it has none yet)."""
+    return sum(s.value for m in metrics.registry.collect() for s in m.samples if s.name == name)
 
 
 def processed(metrics: ComputeMetrics) -> int:
@@ -157,6 +158,7 @@ class ComputeKit:
         store: OnlineStore | None = None,
         analytics: AnalyticsSink | None = None,
         options: WorkerOptions | None = None,
+        dead_letter: EventLogProducer | None = None,
     ) -> Running:
         metrics = ComputeMetrics()
         forwarder = None
@@ -171,6 +173,7 @@ class ComputeKit:
             metrics=metrics,
             options=options or WorkerOptions(max_batch_messages=500, retry_first_s=0.05),
             analytics=forwarder,
+            dead_letter=dead_letter,
         )
         running = Running(worker, metrics, forwarder)
         self._running.append(running)

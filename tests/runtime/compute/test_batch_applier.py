@@ -24,7 +24,14 @@ from runtime.compute.aggregators import (
     apply_value,
     prune,
 )
-from runtime.compute.record import AppliedEvent, BatchApplier, apply_batch, empty_record
+from runtime.compute.record import (
+    AppliedEvent,
+    BatchApplier,
+    DedupPolicy,
+    apply_batch,
+    empty_record,
+    id_hash,
+)
 from runtime.compute.windows import parse_window
 
 NOW = 1_700_000_000_000
@@ -57,6 +64,12 @@ def reference(
         if entry["fp"] != specs[name].fingerprint:
             features[name] = {"fp": specs[name].fingerprint, "w": {}}
     offsets = out.setdefault("offsets", {})
+    policy = DedupPolicy()
+    oldest = (now_ms - policy.horizon_ms) // policy.bucket_ms
+    ids = {k: list(v) for k, v in out.get("ids", {}).items() if int(k) >= oldest}
+    seen = {h for bucket in ids.values() for h in bucket}
+    new_ids = []
+    last_event_ms = out.get("last_event_ms", 0)
     applied = duplicates = late = future = 0
     for event in events:
         last = offsets.get(str(event.partition))
@@ -64,6 +77,12 @@ def reference(
             duplicates += 1
             continue
         offsets[str(event.partition)] = event.offset
+        h = None if event.event_id is None else id_hash(event.event_id)
+        if h is not None and h in seen:
+            duplicates += 1
+            continue
+        if h is not None:
+            seen.add(h)
         verdicts = []
         for spec in specs_by_event.get(event.event, ()):
             entry = features.setdefault(spec.name, {"fp": spec.fingerprint, "w": {}})
@@ -75,11 +94,20 @@ def reference(
             late += 1
         else:
             applied += 1
+        if Timing.ON_TIME in verdicts:
+            last_event_ms = max(last_event_ms, event.t_ms)
+            if h is not None:
+                new_ids.append(h)
     for name in list(features):
         prune(features[name]["w"], specs[name], now_ms)
         if not features[name]["w"]:
             del features[name]
+    if new_ids:
+        bucket = str(now_ms // policy.bucket_ms)
+        ids[bucket] = ids.get(bucket, []) + new_ids
+    out["ids"] = ids
     out["updated_ms"] = now_ms
+    out["last_event_ms"] = last_event_ms
     return out, applied, duplicates, late, future
 
 
@@ -122,6 +150,8 @@ def batches(draw: st.DrawFn, now_ms: int) -> list[AppliedEvent]:
                 draw(st.sampled_from(EVENTS)),
                 t,
                 properties,
+                # A small pool, so second copies of one event id (on any offset) occur.
+                draw(st.one_of(st.none(), st.sampled_from(["e1", "e2", "e3", "e4", "e5"]))),
             )
         )
     return out

@@ -150,7 +150,13 @@ class TestLateAndFuture:
         old = NOW - DAY.window_ms - DAY.tile_ms - 1
         result = apply_batch(None, SPECS, [event(1, t_ms=old, sku="a")], NOW)
         assert (result.applied, result.late) == (0, 1)
-        assert result.record == {"features": {}, "offsets": {"0": 1}, "updated_ms": NOW}
+        assert result.record == {
+            "features": {},
+            "offsets": {"0": 1},
+            "ids": {},  # nothing applied to a feature: a later copy is late too
+            "updated_ms": NOW,
+            "last_event_ms": 0,
+        }
 
     def test_an_event_late_for_one_feature_but_not_another_is_applied(self) -> None:
         two_hours_ago = NOW - 2 * HOUR.window_ms
