@@ -14,6 +14,15 @@ answers 503 and the storefront retries.
 Consumer: one member of a consumer group, no auto-commit (commit after your own
 write: at-least-once), starting from the earliest record when the group has no
 committed offset.
+
+Takeover and new partitions (issue 10): with Kafka's defaults a killed compute's
+partitions waited 10-15 s (session timeout 10 s, heartbeats every 3 s) and partitions
+added to the topic were read only after the 5-minute metadata refresh. Both are settings
+now (KAFKA_SESSION_TIMEOUT_MS 6 s, KAFKA_HEARTBEAT_INTERVAL_MS 1 s,
+KAFKA_METADATA_MAX_AGE_MS 15 s; reasoning beside them in app/core/settings.py): a
+killed member's partitions move in about the session timeout. Static membership
+(KAFKA_GROUP_INSTANCE_ID) is optional: it spares the group a rebalance when a compute
+restarts quickly, but it does not make a dead member's takeover faster.
 """
 
 from __future__ import annotations
@@ -36,13 +45,19 @@ from aiokafka.errors import (
     for_code,
 )
 
-from app.core.settings import BackendSettings
+from app.core.settings import KAFKA_DEFAULT_PARTITIONS, BackendSettings
 from app.db.event_log import EventLogConsumer, EventLogProducer, EventLogUnavailable, LogRecord
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PARTITIONS = 12
+DEFAULT_PARTITIONS = KAFKA_DEFAULT_PARTITIONS
 _REQUEST_TIMEOUT_MS = 5000
+# How long the coordinator waits for the live members to rejoin during a rebalance. Not
+# the (now short) session timeout, aiokafka's default: a member busy storing a batch
+# rejoins after it, and dropping it for that would only cause another rebalance. At most
+# the consumer's request timeout, which the JoinGroup request waits under. A dead member
+# is already out of the group, so this does not delay a takeover.
+_REBALANCE_TIMEOUT_MS = 2 * _REQUEST_TIMEOUT_MS
 _LINGER_MS = 5
 _START_ATTEMPTS = 3
 _START_BACKOFF_S = 0.5
@@ -60,11 +75,13 @@ _FATAL_TO_IDEMPOTENCE = (
 )
 
 
-async def ensure_topic(settings: BackendSettings, partitions: int = DEFAULT_PARTITIONS) -> None:
-    """Creates `settings.kafka_topic` with `partitions` partitions (replication
-    min(3, brokers)) unless it exists; an existing topic is left as it is.
+async def ensure_topic(settings: BackendSettings, partitions: int | None = None) -> None:
+    """Creates `settings.kafka_topic` with `partitions` partitions (default
+    `settings.kafka_partitions`; replication min(3, brokers)) unless it exists; an
+    existing topic is left as it is.
 
     Raises EventLogUnavailable when the cluster cannot be reached or refuses."""
+    partitions = partitions or settings.kafka_partitions
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=_REQUEST_TIMEOUT_MS
     )
@@ -118,10 +135,10 @@ def _retrieve_exception(future: asyncio.Future[Any]) -> None:
 class KafkaEventProducer(EventLogProducer):
     """Durable, idempotent producer to `settings.kafka_topic`."""
 
-    def __init__(self, settings: BackendSettings, partitions: int = DEFAULT_PARTITIONS) -> None:
+    def __init__(self, settings: BackendSettings, partitions: int | None = None) -> None:
         self._settings = settings
         self._topic = settings.kafka_topic
-        self._partitions = partitions
+        self._partitions = partitions or settings.kafka_partitions
         self._producer: AIOKafkaProducer | None = None
         self._broken = False
         self._start_lock = asyncio.Lock()
@@ -145,6 +162,7 @@ class KafkaEventProducer(EventLogProducer):
             # consumers need it.
             compression_type=None,
             request_timeout_ms=_REQUEST_TIMEOUT_MS,
+            metadata_max_age_ms=self._settings.kafka_metadata_max_age_ms,
         )
         try:
             await producer.start()
@@ -254,6 +272,11 @@ class KafkaEventConsumer(EventLogConsumer):
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             request_timeout_ms=2 * _REQUEST_TIMEOUT_MS,
+            metadata_max_age_ms=self._settings.kafka_metadata_max_age_ms,
+            session_timeout_ms=self._settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=self._settings.kafka_heartbeat_interval_ms,
+            rebalance_timeout_ms=_REBALANCE_TIMEOUT_MS,
+            group_instance_id=self._settings.kafka_group_instance_id,
         )
         try:
             await consumer.start()

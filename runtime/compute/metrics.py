@@ -58,6 +58,13 @@ class ComputeMetrics:
             "COMPUTE_DEDUP_MAX_IDS (a copy of one of those would count again)",
             registry=r,
         )
+        self.project_delay = Gauge(
+            "compute_project_delay_seconds",
+            "Per project, how long the oldest event of the last stored batch waited between "
+            "ingestion's receipt and its store write: the pipeline's lag for that tenant",
+            ["project_id"],
+            registry=r,
+        )
         self.events_parked = Counter(
             "compute_events_parked_total",
             "Events that can never be applied or stored, sent to the dead-letter log",

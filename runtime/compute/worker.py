@@ -329,6 +329,11 @@ class ComputeWorker:
             if write.parked is not None and key not in parked_sent:
                 await self._park(write.parked, [i.record for i in by_project[key[0]][key[1]]])
                 parked_sent.add(key)
+        stored_ms = wall_clock_ms()
+        for project_id, users in by_project.items():
+            oldest = min(i.message.received_at_ms for items in users.values() for i in items)
+            delay = max(stored_ms - oldest, 0) / 1000
+            self._metrics.project_delay.labels(project_id=project_id).set(delay)
         for (project_id, user_id), write in done.items():
             counts.applied += write.applied
             counts.duplicates += write.duplicates

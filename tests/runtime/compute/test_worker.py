@@ -18,6 +18,7 @@ from app.db.online_store import OnlineStore
 from runtime.compute.record import AppliedEvent, apply_batch, serve
 from runtime.compute.specs import ProjectSpecs, build_specs, event_key
 from runtime.compute.windows import parse_window
+from runtime.compute.worker import wall_clock_ms
 from tests.conftest import unique
 from tests.factories import new_id
 from tests.runtime.compute.harness import CATCH_UP_BOUND_S, ComputeKit, sample
@@ -33,6 +34,13 @@ from tests.runtime.compute.oracle import (
 from tests.support.online import DelegatingStore
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+
+
+def sample_labelled(metrics: Any, name: str, project_id: str) -> float:
+    value = metrics.registry.get_sample_value(name, {"project_id": project_id})
+    assert value is not None, f"no {name} for {project_id}"
+    return float(value)
+
 
 NOW = 1_767_225_600_000  # 2026-01-01T00:00:00Z: the worker's clock in these tests
 WINDOWS = ["5m", "1h", "24h", "7d"]
@@ -191,6 +199,28 @@ class TestLagMetric:
         await running.stop()
         # The only member of its group holds every partition of the topic.
         assert set(lag_series()) == {str(i) for i in range(DEFAULT_PARTITIONS)}
+
+    async def test_each_project_has_its_delay_from_receipt_to_store(self, kit: ComputeKit):
+        # Messages here were "received" at their event time, NOW - i (2026-01-01), so the
+        # delay of each project's last batch is at least the wall clock's distance to NOW.
+        slow, fast, p = unique("shop"), unique("shop"), new_id()
+        for project in (slow, fast):
+            await kit.publish(
+                config(project, 1, [pipeline(p, "add_to_cart")], [feature("n", p, "COUNT", ["1h"])])
+            )
+        await kit.produce(slow, [RawEvent("u1", p, "add_to_cart", NOW - DAY)], version=1)
+        await kit.produce(fast, [RawEvent("u1", p, "add_to_cart", NOW)], version=1)
+        started_ms = wall_clock_ms()
+
+        running = kit.run()
+        await running.wait_processed(2)
+        await running.stop()
+
+        def delay(project: str) -> float:
+            return sample_labelled(running.metrics, "compute_project_delay_seconds", project)
+
+        assert delay(fast) >= (started_ms - NOW) / 1000
+        assert delay(slow) >= delay(fast) + DAY / 1000 - 60  # same batch or the next
 
 
 class TestDeployWithoutRestart:
