@@ -30,6 +30,10 @@ CLAIM_MARGIN_SECONDS = 10
 _KNOWN_DEV_SECRETS = frozenset({"changethis", "dev-secret", "secret", "standalone-dev-secret"})
 
 
+# The events topic's partition count unless KAFKA_PARTITIONS says otherwise.
+KAFKA_DEFAULT_PARTITIONS = 12
+
+
 class BackendSettings(BaseSettings):
     """Which implementation serves each backend kind, and where its server is."""
 
@@ -48,6 +52,29 @@ class BackendSettings(BaseSettings):
     # Where compute parks events it can never apply (with the reason), so the rest flows.
     kafka_dead_letter_topic: str = "events.dead-letter"
     kafka_consumer_group: str = "dps-compute"
+    # Partitions of the events topic when a process creates it (an existing topic keeps
+    # its own count). Each partition is read by one compute at a time, so this caps how
+    # many computes share the work: pick 2-4x the replicas you expect to run. More later
+    # is possible (kafka-topics --alter) but moves keys to other partitions; fewer is not.
+    kafka_partitions: int = Field(default=KAFKA_DEFAULT_PARTITIONS, ge=1)
+    # How often clients refresh the cluster metadata: partitions added to the topic are
+    # read (and written) only after the next refresh. One small request per client per
+    # period; Kafka's default is 5 minutes.
+    kafka_metadata_max_age_ms: int = Field(default=15_000, ge=1_000)
+    # Group membership (compute). A compute that dies without leaving the group keeps its
+    # partitions until the broker has missed its heartbeats for the session timeout, then
+    # the others take them over (plus a rebalance, about a heartbeat). 6 s is the broker's
+    # default floor (group.min.session.timeout.ms); heartbeats every 1 s leave room for
+    # a few lost ones (Kafka's rule: at most a third of the session).
+    kafka_session_timeout_ms: int = Field(default=6_000, ge=1_000)
+    kafka_heartbeat_interval_ms: int = Field(default=1_000, ge=100)
+    # Static membership (KIP-345): a stable, unique name per compute replica (e.g. a
+    # StatefulSet pod name). A restarted compute that comes back within the session
+    # timeout gets its partitions again without a rebalance of the whole group; but a
+    # static member never leaves the group, so its partitions also wait out the session
+    # timeout on a clean stop. Unset: dynamic membership (a clean stop hands partitions
+    # over at once). Two replicas must never share a name (the broker fences one).
+    kafka_group_instance_id: str | None = None
     redis_url: str = "redis://127.0.0.1:6379/0"
     aerospike_hosts: str = "127.0.0.1:3000"
     aerospike_namespace: str = "features"
@@ -64,6 +91,15 @@ class BackendSettings(BaseSettings):
     clickhouse_url: str = "http://127.0.0.1:8123/"
     # Embedded backends (standalone) keep their files here.
     data_dir: Path = Path("./data")
+
+    @model_validator(mode="after")
+    def _heartbeats_fit_the_session(self) -> Self:
+        if 3 * self.kafka_heartbeat_interval_ms > self.kafka_session_timeout_ms:
+            raise ValueError(
+                "KAFKA_HEARTBEAT_INTERVAL_MS must be at most a third of "
+                "KAFKA_SESSION_TIMEOUT_MS (a member must survive a lost heartbeat)"
+            )
+        return self
 
 
 class AuthSettings(BaseSettings):
