@@ -46,7 +46,6 @@ from app.schemas.deployment import ConfigSnapshot
 from app.schemas.event import EventMessage
 from app.schemas.event import record_key as kafka_key
 from bench.common import EVENT_NAMES, feature_snapshot
-from runtime.compute.aerospike_writer import FeatureWriter
 from runtime.compute.metrics import ComputeMetrics
 from runtime.compute.record import AppliedEvent
 from runtime.compute.specs import build_specs, event_key
@@ -56,6 +55,7 @@ from runtime.compute.worker import (
     freeze_long_lived_objects,
     wall_clock_ms,
 )
+from runtime.compute.writer import FeatureWriter
 
 SIZE_CHECKPOINTS = [10, 100, 1_000, 10_000, 20_000, 40_000]
 RUN_BOUND_S = 600.0

@@ -29,7 +29,6 @@ from app.core.server import serve
 from app.core.service import Backend, Resources, StartupHook, build_app, get_resources
 from app.core.settings import ComputeSettings
 from app.db import factory
-from runtime.compute.aerospike_writer import FeatureWriter
 from runtime.compute.analytics_forwarder import AnalyticsForwarder
 from runtime.compute.metrics import ComputeMetrics
 from runtime.compute.worker import (
@@ -38,6 +37,7 @@ from runtime.compute.worker import (
     freeze_long_lived_objects,
     wall_clock_ms,
 )
+from runtime.compute.writer import FeatureWriter
 
 logger = logging.getLogger(__name__)
 

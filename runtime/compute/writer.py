@@ -1,7 +1,7 @@
 """Writing user records: read, apply the batch's events, compare-and-set put.
 
-The plan names this module after Aerospike, the production store, but `FeatureWriter`
-works over ANY `OnlineStore` (Aerospike, Redis, SQLite): it only uses the interface's
+`FeatureWriter` works over any `OnlineStore` (Aerospike, Redis, SQLite; the plan's
+`aerospike_writer.py`, renamed for what it does): it only uses the interface's
 `get_many`/`get`/`put_many`/`put` with a generation check. A batch's users are read
 with one `get_many` and written with one `put_many` (one round trip on Redis and
 SQLite); only users whose compare-and-set failed go through `put` one by one.

@@ -18,10 +18,10 @@ from app.db.event_log import EventLogConsumer, EventLogProducer
 from app.db.online_store import OnlineStore
 from app.schemas.deployment import ConfigSnapshot
 from app.schemas.event import record_key
-from runtime.compute.aerospike_writer import FeatureWriter
 from runtime.compute.analytics_forwarder import AnalyticsForwarder
 from runtime.compute.metrics import ComputeMetrics
 from runtime.compute.worker import ComputeWorker, WorkerOptions
+from runtime.compute.writer import FeatureWriter
 from tests.runtime.compute.oracle import RawEvent, message
 
 # Turns a hang into a failure; not a timing assertion.

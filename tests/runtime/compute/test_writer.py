@@ -11,10 +11,10 @@ import pytest
 from app.core.settings import BackendSettings
 from app.db import factory
 from app.db.online_store import OnlineStore, RecordWrite, WriteConflict
-from runtime.compute.aerospike_writer import FeatureWriter
 from runtime.compute.metrics import ComputeMetrics
 from runtime.compute.record import AppliedEvent, apply_batch
 from runtime.compute.specs import ProjectSpecs, build_specs, event_key
+from runtime.compute.writer import FeatureWriter
 from tests.conftest import unique
 from tests.factories import new_id
 from tests.runtime.compute.oracle import all_aggregations, config, pipeline
