@@ -283,7 +283,9 @@ class RateLimited(TooManyRequests):
 
 
 class EventLogUnavailable(ServiceUnavailable):
-    """The event log did not acknowledge the events; nothing was accepted (see Retry-After)."""
+    """The event log did not acknowledge the events in time. They may still arrive (the
+    producer retries what it holds): retry with the same event ids after Retry-After, and
+    a copy that did arrive counts once (compute drops repeated event ids)."""
 
 
 class EventInFlight(Conflict):

@@ -43,7 +43,8 @@ class EventLogProducer(ABC):
         """Appends (key, value) records durably; raises EventLogUnavailable on failure.
 
         Either every record is acknowledged or the call raises; a raise may still have
-        stored some of them (callers dedup by event id downstream)."""
+        stored some of them, or store them later (Kafka's producer keeps retrying what it
+        holds). Compute drops a second copy by event id (runtime/compute/record.py)."""
 
 
 class EventLogConsumer(ABC):

@@ -5,7 +5,11 @@ value `EventMessage.encode()`. `produce_many` returns only when every record is 
 (Kafka: acks=all, idempotent producer; standalone: fsynced local log) and raises
 otherwise; the route answers 2xx only after it returned, so an acknowledged event can
 never be missing from the log. A failure becomes 503 `EventLogUnavailable` with
-`Retry-After`: the sender retries, nothing is dropped silently.
+`Retry-After`: the sender retries, nothing is dropped silently. A 503 does not mean
+"not stored": a produce abandoned at the deadline may still be delivered (Kafka's
+producer keeps retrying the records it holds, e.g. once a stopped broker is back), so
+the answer says to retry with the same ids, and compute counts an event id once
+(runtime/compute/record.py), whichever copies reach the log.
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ class EventSink:
         """Returns once every message is durable in the log, within `timeout_s`.
 
         Raises EventLogUnavailable (503, Retry-After) when the log did not acknowledge
-        them all in time; some may still have been stored (consumers dedup by event_id).
+        them all in time; some may still be stored, now or later (compute drops the
+        copies a retry adds by event id).
         """
         records = to_records(messages)
         started = time.perf_counter()
@@ -62,7 +67,9 @@ class EventSink:
                 extra={"project_id": messages[0].project_id, "records": len(records)},
             )
             raise EventLogUnavailable(
-                "The event log did not acknowledge the events; nothing was accepted, retry later",
+                "The event log did not acknowledge the events in time; they may still "
+                "arrive. Retry with the same event_id (or webhook-id): an event that did "
+                "arrive is counted once",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             ) from exc
         finally:
