@@ -7,4 +7,5 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 scripts/venv.sh
+echo "[run] starting the platform on port ${STANDALONE_PORT:-8000}; it prints a dev token when ready" >&2
 exec .venv/bin/python -m standalone "$@"
