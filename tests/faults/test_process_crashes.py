@@ -1,7 +1,8 @@
-"""Processes killed with SIGKILL mid-stream, on the shared Kafka, Redis and FerretDB (no
-server is stopped here): ingestion in the middle of batches, one compute three times, one
-of two computes in a group. Each case ends with every served feature equal to the oracle
-over the events ingestion acknowledged, one per event id.
+"""Processes killed with SIGKILL mid-stream, on the shared FerretDB and a Kafka and Redis
+of the module's own (none is stopped; case b freezes them for a moment): ingestion in the
+middle of batches, one compute three times, one of two computes in a group. Each case
+ends with every served feature equal to the oracle over the events ingestion acknowledged,
+one per event id.
 
 The four processes are started once for the module; each case has its own project.
 """
@@ -9,18 +10,25 @@ The four processes are started once for the module; each case has its own projec
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 
+from app.db.cache import PENDING
+from runtime.ingestion.claims import dedup_key
 from tests.faults.conftest import shared_servers, until
 from tests.faults.platform import ProcessPlatform
 from tests.faults.scenario import make_events
 from tests.faults.sender import RetryingSender
 from tests.runtime.ingestion.helpers import read_topic
+from tests.runtime.ingestion.own_kafka import OwnKafka
+from tests.support.own_redis import OwnRedis
 from tests.support.processes import ServiceProcess
 
 pytestmark = [
@@ -33,10 +41,34 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-async def platform(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ProcessPlatform]:
+def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnRedis]:
+    """A Redis of the module's own (cache and online store): case b freezes it."""
+    server = OwnRedis(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture(scope="module")
+async def module_kafka(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[OwnKafka]:
+    """A broker of the module's own: case b freezes it."""
+    kafka = OwnKafka(tmp_path_factory.mktemp("kafka"))
+    await asyncio.to_thread(kafka.start)
+    try:
+        yield kafka
+    finally:
+        await asyncio.to_thread(kafka.stop)
+
+
+@pytest.fixture(scope="module")
+async def platform(
+    tmp_path_factory: pytest.TempPathFactory, module_kafka: OwnKafka, module_redis: OwnRedis
+) -> AsyncIterator[ProcessPlatform]:
     running = ProcessPlatform(
         tmp_path_factory.mktemp("crashes"),
-        shared_servers(),
+        shared_servers(kafka_bootstrap=module_kafka.bootstrap, redis_url=module_redis.url),
         # A claim left pending by a killed ingestion blocks its retries (409 EventInFlight)
         # this long at most: the shortest the settings allow (produce timeout + 10 s).
         INGEST_PRODUCE_TIMEOUT_SECONDS="2",
@@ -47,6 +79,13 @@ async def platform(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pr
         yield running
     finally:
         await running.stop()
+
+
+# Each freeze stays under both the produce timeout and the cache's read timeout (2 s), so
+# that no request gives up (503, or a 2xx without its confirm) before the kill.
+FREEZE_S = 1.0
+# Kills of ingestion, at most, for one to strand events (it takes one or two).
+MAX_KILLS = 4
 
 
 def now_ms() -> int:
@@ -64,6 +103,46 @@ async def committed_batches(http: httpx.AsyncClient, compute: ServiceProcess) ->
         return 0
     batches: int = response.json()["batches_committed"]
     return batches
+
+
+async def kill_between_ack_and_confirm(
+    platform: ProcessPlatform, kafka: OwnKafka, redis: OwnRedis
+) -> None:
+    """Kills ingestion (SIGKILL) while batches wait between their Kafka ack and the
+    confirm of their claims.
+
+    That window is a millisecond or two; the servers are frozen (SIGSTOP) for well under
+    the produce timeout to hold the batches in it: the broker first, so that every batch
+    in flight waits on its produce; then Redis, and the broker goes on, so those batches
+    get their acks and wait on the confirm (the cache's read timeout is 2 s). Their
+    claims stay pending: the storefront's resends get 409 EventInFlight, and once the
+    claims expire they are produced again: second copies in the log."""
+    assert redis.proc is not None
+    kafka.pause()
+    try:
+        await asyncio.sleep(FREEZE_S)
+        os.kill(redis.proc.pid, signal.SIGSTOP)
+    finally:
+        kafka.resume()
+    try:
+        await asyncio.sleep(FREEZE_S)
+        platform.ingest.kill()
+    finally:
+        os.kill(redis.proc.pid, signal.SIGCONT)
+
+
+async def stranded_events(kafka: OwnKafka, redis: OwnRedis, topic: str, project_id: str) -> int:
+    """Events in the log whose dedup claim is still pending: acknowledged by Kafka to an
+    ingestion that died before confirming them, and bound to be produced again."""
+    messages = await read_topic(kafka.bootstrap, topic)
+    ids = {m.event_id for m in messages if m.project_id == project_id}
+    client = Redis.from_url(redis.url)
+    try:
+        keys = [dedup_key(project_id, event_id) for event_id in sorted(ids)]
+        states = await client.mget(keys) if keys else []
+    finally:
+        await client.aclose()
+    return sum(state == PENDING for state in states)
 
 
 def committing(
@@ -92,25 +171,34 @@ async def copies_on_topic(platform: ProcessPlatform, bootstrap: str, project_id:
     return sum(n - 1 for n in ids.values())
 
 
-async def test_ingestion_killed_mid_batch_twice_counts_each_retried_event_once(
-    platform: ProcessPlatform,
+async def test_ingestion_killed_between_ack_and_confirm_counts_each_resent_event_once(
+    platform: ProcessPlatform, module_kafka: OwnKafka, module_redis: OwnRedis
 ) -> None:
     tenant = await platform.tenant()
     await platform.wait_until_ready(tenant)
     events = make_events("b", 800, users=15, now_ms=now_ms())
     sender = platform.sender(tenant)
     sending = asyncio.create_task(
-        sender.send_all(events, concurrency=4, batch_size=25, pause_s=0.05)
+        sender.send_all(events, concurrency=6, batch_size=25, pause_s=0.05)
     )
-    for share in (1 / 3, 2 / 3):
-        await until(acknowledged(sender, int(share * len(events))), "progress")
-        platform.ingest.kill()  # batches are in flight on all four lanes
+    stranded = 0
+    for _ in range(MAX_KILLS):  # until a kill has left events stranded
+        await until(acknowledged(sender, len(sender.acknowledged) + 75), "progress")
+        await kill_between_ack_and_confirm(platform, module_kafka, module_redis)
+        stranded = await stranded_events(
+            module_kafka, module_redis, platform.topic, tenant.project_id
+        )
         platform.ingest.start()
+        if stranded:
+            break
+    assert stranded, f"no kill in {MAX_KILLS} landed between a Kafka ack and its confirm"
     await sending
 
-    copies = await copies_on_topic(platform, shared_servers().kafka_bootstrap, tenant.project_id)
-    print(f"\n[faults] case b answers: {dict(sender.answers)}; second copies on topic: {copies}")
-    assert sender.retries_seen() > 0, "the kills were not seen by the storefront"
+    copies = await copies_on_topic(platform, module_kafka.bootstrap, tenant.project_id)
+    print(
+        f"\n[faults] case b answers: {dict(sender.answers)}; stranded by the kill: {stranded}; "
+        f"second copies on topic: {copies}"
+    )
     await platform.converge("b", tenant, sender.accepted(events))
 
 
