@@ -59,6 +59,8 @@ _REQUEST_TIMEOUT_MS = 5000
 # is already out of the group, so this does not delay a takeover.
 _REBALANCE_TIMEOUT_MS = 2 * _REQUEST_TIMEOUT_MS
 _LINGER_MS = 5
+# A broker that takes longer than this to accept a connection counts as down.
+_REACHABLE_WITHIN_S = 1.0
 _START_ATTEMPTS = 3
 _START_BACKOFF_S = 0.5
 # Production clusters replicate 3 ways; a smaller (dev/test) cluster gets what it has.
@@ -210,6 +212,28 @@ class KafkaEventProducer(EventLogProducer):
             async with asyncio.timeout(_REQUEST_TIMEOUT_MS / 1000):
                 await producer.stop()
 
+    @staticmethod
+    async def _reachable(producer: AIOKafkaProducer) -> bool:
+        """Returns whether some broker of the cluster has (or at once gets) a connection.
+
+        Fail fast: with every broker down, records handed to the producer were held and
+        retried until the 10 s deadline, then the 503; and delivered later, after the
+        client had been told to retry. A refused connection answers in milliseconds, so
+        a stopped cluster is a 503 at once and nothing is held. An open connection costs
+        nothing to check; a broker that accepts and then stalls still gets the deadline.
+        """
+        client = producer.client
+        for broker in client.cluster.brokers():
+            try:
+                # Shielded: cancelling aiokafka mid-connect could leave its connection
+                # table half-updated; the connect itself gives up at the request timeout.
+                ready = asyncio.shield(client.ready(broker.nodeId))
+                if await asyncio.wait_for(ready, _REACHABLE_WITHIN_S):
+                    return True
+            except TimeoutError:
+                continue
+        return False
+
     async def produce_many(self, records: Sequence[tuple[bytes, bytes]]) -> None:
         """Sends every (key, value) and returns once all are acknowledged by all in-sync
         replicas. Raises EventLogUnavailable otherwise (some may still be stored)."""
@@ -218,6 +242,8 @@ class KafkaEventProducer(EventLogProducer):
         await self._replace_if_broken()
         await self.start()
         assert self._producer is not None
+        if not await self._reachable(self._producer):
+            raise EventLogUnavailable("no kafka broker accepts connections")
         futures: list[asyncio.Future[Any]] = []
         try:
             # send() only appends to a batch (it waits when the buffer is full); the
