@@ -25,8 +25,7 @@ from tests.conftest import unique
 from tests.faults.scenario import COUNT_KEY, Event, configure, oracle
 from tests.faults.sender import RetryingSender
 from tests.support.apps import bearer
-from tests.support.own_redis import free_port
-from tests.support.processes import ServiceProcess, api_argv
+from tests.support.processes import ServiceProcess
 
 # Bounds that turn a hang into a failure; not timing assertions.
 START_BOUND_S = 90.0
@@ -85,8 +84,8 @@ class ProcessPlatform:
             "COMPUTE_MAX_BATCH_MESSAGES": "50",
             **settings,
         }
-        api_port = free_port()
-        self.api = ServiceProcess("api", api_argv(api_port), self.env, api_port, workdir)
+        # `python -m main`, as the README runs it (with the header limits uvicorn's CLI lacks).
+        self.api = ServiceProcess.runtime("api", "main", "API_", self.env, workdir)
         self.ingest = ServiceProcess.runtime(
             "ingestion", "runtime.ingestion.main", "INGEST_", self.env, workdir
         )

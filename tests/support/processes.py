@@ -18,13 +18,9 @@ from tests.support.own_redis import free_port
 REPO = Path(__file__).resolve().parents[2]
 
 
-def api_argv(port: int) -> list[str]:
-    """The config API as the README runs it: `uvicorn main:app`."""
-    return [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1", "--port", str(port)]
-
-
 def module_argv(module: str) -> list[str]:
-    """A runtime by its module (`runtime.ingestion.main`...): it reads its port from env."""
+    """A process by its module (`main`, `runtime.ingestion.main`...); each reads its port
+    from the environment."""
     return [sys.executable, "-m", module]
 
 

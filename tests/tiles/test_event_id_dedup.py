@@ -7,9 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from app.db.online_store import encode_record
-from runtime.compute.aggregators import Aggregation, FeatureSpec
-from runtime.compute.record import AppliedEvent, DedupPolicy, apply_batch, id_hash, serve
-from runtime.compute.windows import parse_window
+from app.tiles.aggregations import Aggregation
+from app.tiles.features import FeatureSpec
+from app.tiles.record import AppliedEvent, DedupPolicy, apply_batch, id_hash, serve
+from app.tiles.windows import parse_window
 
 NOW = 1_767_225_600_000
 MINUTE = 60_000
