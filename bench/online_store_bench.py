@@ -7,7 +7,7 @@ Needs Redis (`scripts/servers.sh start`, REDIS_URL). With AEROSPIKE_HOSTS set it
 measures Aerospike; without it says so and skips those lines (no Aerospike server can be
 installed by the project's scripts: see ../shared/aerospike/ for a built one).
 
-Each round writes `--records` records of ~10 KB (10 features x 5 windows x 10 tiles,
+Each round writes `--records` records of ~10 KB (10 features x 5 windows x 6 tiles,
 the size compute writes) to a fresh project: `put_many` creating them, then `put_many`
 updating them with the generations just read (the read is not timed). Printed: the
 median time of each kind of call per store, and the ratios:
@@ -46,14 +46,14 @@ WINDOWS = ["5m", "1h", "24h", "7d", "30d"]
 
 
 def a_record(seed: int) -> dict[str, Any]:
-    """~10 KB of JSON: 10 features x 5 windows x 10 tiles."""
+    """~10 KB of JSON: 10 features x 5 windows x 6 tiles."""
     base = 1_700_000_000_000
     return {
         "features": {
             f"feature_{f}": {
                 "fp": f"fp{f}",
                 "w": {
-                    w: {str(base + t * 60_000): {"c": t + seed, "s": t * 1.5} for t in range(10)}
+                    w: {str(base + t * 60_000): {"c": t + seed, "s": t * 1.5} for t in range(6)}
                     for w in WINDOWS
                 },
             }

@@ -1,23 +1,34 @@
 """The online store on Aerospike, with the official (synchronous) client 19.x.
 
-Layout: namespace `settings.aerospike_namespace`, set = project id, key = user id.
+Layout: namespace `settings.aerospike_namespace`, ONE set `records`, user key
+`{project_id}:{user_id}` with the project id percent-encoded (`record_key`), so no
+project id contains the separator and no two (project, user) pairs share a key. Not a
+set per project: a namespace holds at most 4,095 sets and a set name at most 63
+characters, which would cap the tenants and refuse a 64-character project id the API
+accepts. Records of the layout before (set = project id) are not read; they expire by
+their TTL.
+
 Each top-level key of the record is one bin (`features` and `offsets` are map bins,
 `updated_ms` an integer); bin names are limited to 15 bytes, so feature names live
 inside the `features` map, never in bin names.
 
-Writes go through `operate()` with, always, the TTL in the policy (client 19.1 moved
-`ttl` from `meta` to the policy). A write without a TTL would take the namespace
-`default-ttl`, which is 0 (never expire) in deploy/aerospike/aerospike.conf. The
-generation check is the server's: `POLICY_GEN_EQ` with `meta={"gen": expected}` and
-`POLICY_EXISTS_UPDATE` for an update, `POLICY_EXISTS_CREATE` for a create. A write
-sets every bin the record carries and removes none, so a top-level key dropped from
-a record would keep its old bin: the compute record always has the same keys.
+Writes carry, always, the TTL in the policy (client 19.1 moved `ttl` from `meta` to
+the policy). A write without a TTL would take the namespace `default-ttl`, which is 0
+(never expire) in deploy/aerospike/aerospike.conf. The generation check is the
+server's: `POLICY_GEN_EQ` with `meta={"gen": expected}` and `POLICY_EXISTS_UPDATE` for
+an update, `POLICY_EXISTS_CREATE` for a create. A write sets every bin the record
+carries and removes none, so a top-level key dropped from a record would keep its old
+bin: the compute record always has the same keys. `put_many` sends every write of a
+batch in one `batch_write()` (one request per node), each with its own generation
+check, and reads each one's result code.
 
 Result codes read as "no record": RecordNotFound (2) on get, and per-key result 2 in
 a batch read. Expired records are not found even before nsup removes them: the
 server checks the void time on every access. Generation and existence failures on a
-write become WriteConflict; everything else (timeouts, cluster errors) propagates as
-aerospike.exception.AerospikeError.
+write (3, 5, 2) become WriteConflict. Codes that no retry can change (record too big,
+a TTL the namespace refuses, a bad bin name) become the interface's RecordRejected, so
+compute parks the record instead of retrying it forever; everything else (timeouts,
+cluster errors) propagates as aerospike.exception.AerospikeError.
 
 The client blocks, so every call runs in a bounded thread pool: the event loop never
 waits on the network, and at most `max_workers` calls are in flight.
@@ -26,25 +37,53 @@ waits on the network, and at most `max_workers` calls are in flight.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import aerospike
 from aerospike import exception as aerospike_errors
+from aerospike_helpers.batch.records import BatchRecords, Write
 from aerospike_helpers.operations import operations
 
 from app.core.settings import BackendSettings
-from app.db.online_store import OnlineStore, StoredRecord, WriteConflict
+from app.db.online_store import (
+    OnlineStore,
+    RecordRejected,
+    RecordWrite,
+    StoredRecord,
+    WriteConflict,
+)
+
+logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+RECORD_SET = "records"
 MAX_BIN_NAME_BYTES = 15
 _RESULT_OK = 0
 _RESULT_NOT_FOUND = 2
+_RESULT_GENERATION = 3
+_RESULT_EXISTS = 5
+# What batch_read() and batch_write() report for the whole call when some records
+# failed: each record's own result tells which. Any other non-zero code means the call
+# itself failed (no node, timeout), and the records' results (left at 0) mean nothing.
+_RESULT_BATCH_FAILED = -16  # aerospike.exception.BatchFailed
+_CONFLICT_RESULTS = frozenset({_RESULT_NOT_FOUND, _RESULT_GENERATION, _RESULT_EXISTS})
+# 4 parameter error, 13 record too big, 21 bin name, 22 forbidden (a TTL write on a
+# namespace with nsup-period 0): the same write fails the same way every time.
+_REJECTED_RESULTS = frozenset({4, 13, 21, 22})
 _DEFAULT_WORKERS = 8
-_READ_TIMEOUT_MS = 1000
-_WRITE_TIMEOUT_MS = 2000
-_BATCH_TIMEOUT_MS = 3000
+# Start-up: the port opens a second or two before the node accepts requests, so the
+# first attempts fail with "Failed to connect"; the pause doubles up to this.
+_STARTUP_FIRST_PAUSE_S = 0.1
+_STARTUP_MAX_PAUSE_S = 2.0
+_CONNECT_TIMEOUT_MS = 1000
+# The key start-up reads to learn that the namespace answers. It never exists: every
+# record key has a `:` (record_key) and this one has none.
+_PROBE_USER = "__startup_probe__"
 
 
 def parse_hosts(hosts: str) -> list[tuple[str, int]]:
@@ -58,21 +97,28 @@ def parse_hosts(hosts: str) -> list[tuple[str, int]]:
     return parsed
 
 
+def record_key(project_id: str, user_id: str) -> str:
+    """The user key of a record in the `records` set: `{project}:{user}` with the
+    project percent-encoded, so the first `:` always ends it."""
+    return f"{quote(project_id, safe='')}:{user_id}"
+
+
 def record_to_bins(record: dict[str, Any]) -> dict[str, Any]:
-    """Returns the bins of a record; ValueError for an empty record or a key that is
-    not a bin name (a non-empty string of at most 15 bytes)."""
+    """Returns the bins of a record; RecordRejected (a ValueError) for an empty record
+    or a key that is not a bin name (a non-empty string of at most 15 bytes)."""
     if not record:
-        raise ValueError("an Aerospike record needs at least one bin")
+        raise RecordRejected("an Aerospike record needs at least one bin")
     for name in record:
         if not isinstance(name, str) or not 0 < len(name.encode()) <= MAX_BIN_NAME_BYTES:
-            raise ValueError(f"record key {name!r} is not a valid bin name (1-15 bytes)")
+            raise RecordRejected(f"record key {name!r} is not a valid bin name (1-15 bytes)")
     return record
 
 
 def write_arguments(
     record: dict[str, Any], ttl_seconds: int, expected_generation: int | None
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None, dict[str, Any]]:
-    """The (operations, meta, policy) of `operate()` for a compare-and-set write."""
+    """The (operations, meta, policy) of a compare-and-set write, for `operate()` and
+    for a batch `Write` alike (the policy keys are common to both)."""
     ops = [operations.write(name, value) for name, value in record_to_bins(record).items()]
     policy: dict[str, Any] = {"ttl": ttl_seconds}
     if expected_generation is None:
@@ -83,42 +129,103 @@ def write_arguments(
     return ops, {"gen": expected_generation}, policy
 
 
+def write_outcome(
+    project_id: str, write: RecordWrite, result: int, in_doubt: bool
+) -> WriteConflict | None:
+    """What a batch write's per-record result code means: None for written, the
+    WriteConflict for a refused generation or existence check. Raises RecordRejected
+    for a code no retry changes, AerospikeError for any other."""
+    if result == _RESULT_OK:
+        return None
+    where = f"{project_id}/{write.user_id}"
+    if result in _CONFLICT_RESULTS:
+        return WriteConflict(
+            f"{where}: generation {write.expected_generation!r} is stale (result {result})"
+        )
+    if result in _REJECTED_RESULTS:
+        raise RecordRejected(f"{where}: the server refuses the record (result {result})")
+    raise aerospike_errors.AerospikeError(
+        result, f"{where}: batch write failed with result {result} (in doubt: {in_doubt})"
+    )
+
+
 class AerospikeOnlineStore(OnlineStore):
     """Feature records in Aerospike, one record per (project, user)."""
 
     def __init__(self, settings: BackendSettings, max_workers: int = _DEFAULT_WORKERS) -> None:
         self._hosts = parse_hosts(settings.aerospike_hosts)
         self._namespace = settings.aerospike_namespace
+        self._settings = settings
         self._max_workers = max_workers
         self._client: Any = None
         self._executor: ThreadPoolExecutor | None = None
 
     def client_config(self) -> dict[str, Any]:
         """The configuration `initialize()` builds the client with."""
+        s = self._settings
+        # Reads are retried (idempotent) when a node stays silent for the socket
+        # timeout, within the total. Writes are not: a compare-and-set sent twice whose
+        # first attempt landed would come back as a conflict, not as written.
+        reads = {"socket_timeout": s.aerospike_socket_timeout_ms, "max_retries": 2}
+        writes = {"total_timeout": s.aerospike_write_timeout_ms, "max_retries": 0}
         return {
             "hosts": self._hosts,
             # Policy dictionaries with a misspelt key fail loudly instead of being ignored.
             "validate_keys": True,
             # Booleans inside records come back as booleans, not 0/1 (server ≥ 5.6).
             "send_bool_as": aerospike.AS_BOOL,
-            "connect_timeout": 2000,
+            "connect_timeout": _CONNECT_TIMEOUT_MS,
             "max_conns_per_node": self._max_workers * 2,
             "policies": {
-                "read": {"total_timeout": _READ_TIMEOUT_MS, "max_retries": 2},
-                "operate": {"total_timeout": _WRITE_TIMEOUT_MS},
-                "batch": {"total_timeout": _BATCH_TIMEOUT_MS, "max_retries": 2},
+                "read": {**reads, "total_timeout": s.aerospike_read_timeout_ms},
+                "batch": {**reads, "total_timeout": s.aerospike_batch_read_timeout_ms},
+                "operate": writes,
+                "batch_parent_write": writes,
             },
         }
 
     async def initialize(self) -> None:
-        """Connects to the cluster (client 19 connects on construction); idempotent.
-        Raises aerospike.exception.AerospikeError when no seed host answers."""
+        """Connects to the cluster and waits until the namespace answers a read,
+        retrying with backoff for `aerospike_startup_timeout_s` (a server started with
+        this process accepts requests a little later). Idempotent. Raises the last
+        aerospike.exception.AerospikeError when the cluster does not answer in time."""
         if self._client is not None:
             return
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self._max_workers, thread_name_prefix="aerospike")
-        config = self.client_config()
-        self._client = await self._run(lambda: aerospike.client(config))
+        deadline = time.monotonic() + self._settings.aerospike_startup_timeout_s
+        pause = _STARTUP_FIRST_PAUSE_S
+        while True:
+            try:
+                self._client = await self._run(self._connect)
+                return
+            except aerospike_errors.ParamError:
+                raise  # the configuration is wrong: waiting cannot fix it
+            except aerospike_errors.AerospikeError as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                logger.warning(
+                    "Aerospike %s not ready (%s); retrying in %.1f s",
+                    self._hosts,
+                    exc,
+                    min(pause, left),
+                )
+                await asyncio.sleep(min(pause, left))
+                pause = min(pause * 2, _STARTUP_MAX_PAUSE_S)
+
+    def _connect(self) -> Any:
+        # Client 19 connects on construction. A node that accepts the connection may
+        # not serve the namespace yet: one read of a key that never exists proves it.
+        client = aerospike.client(self.client_config())
+        try:
+            client.exists((self._namespace, RECORD_SET, _PROBE_USER))
+        except aerospike_errors.RecordNotFound:
+            return client
+        except BaseException:
+            client.close()
+            raise
+        return client
 
     async def close(self) -> None:
         """Closes the client and its threads; idempotent."""
@@ -134,7 +241,7 @@ class AerospikeOnlineStore(OnlineStore):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     def _key(self, project_id: str, user_id: str) -> tuple[str, str, str]:
-        return (self._namespace, project_id, user_id)
+        return (self._namespace, RECORD_SET, record_key(project_id, user_id))
 
     def _started(self) -> Any:
         if self._client is None:
@@ -169,6 +276,10 @@ class AerospikeOnlineStore(OnlineStore):
 
         def read() -> list[StoredRecord | None]:
             batch = client.batch_read(keys)
+            if batch.result not in (_RESULT_OK, _RESULT_BATCH_FAILED):
+                raise aerospike_errors.AerospikeError(
+                    batch.result, f"batch read of {len(keys)} records failed"
+                )
             found: list[StoredRecord | None] = []
             for item in batch.batch_records:
                 if item.result == _RESULT_NOT_FOUND:
@@ -193,7 +304,8 @@ class AerospikeOnlineStore(OnlineStore):
         expected_generation: int | None,
     ) -> None:
         """Compare-and-set through operate() with the TTL; raises WriteConflict,
-        ValueError for ttl ≤ 0 or a record that cannot be bins."""
+        ValueError for ttl ≤ 0, RecordRejected (a ValueError) for a record that cannot
+        be bins or that the server refuses whatever the retry."""
         if ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be positive")
         client = self._started()
@@ -215,5 +327,44 @@ class AerospikeOnlineStore(OnlineStore):
                     f"{project_id}/{user_id}: generation {expected_generation!r} is stale "
                     f"({type(exc).__name__})"
                 ) from exc
+            except aerospike_errors.ServerError as exc:
+                if exc.code in _REJECTED_RESULTS:
+                    raise RecordRejected(
+                        f"{project_id}/{user_id}: the server refuses the record ({exc.msg})"
+                    ) from exc
+                raise
 
         await self._run(write)
+
+    async def put_many(
+        self, project_id: str, writes: Sequence[RecordWrite], ttl_seconds: int
+    ) -> list[WriteConflict | None]:
+        """Writes every record with one batch_write(), each with its own generation
+        check. Returns None per record written and its WriteConflict per record refused,
+        in the order of `writes`. Raises ValueError for ttl ≤ 0, RecordRejected for a
+        record that cannot be bins (before anything is sent) or that the server refuses
+        whatever the retry, AerospikeError for any other failure; after a server-side
+        failure the other records of the call may have been written."""
+        if ttl_seconds <= 0:
+            raise ValueError("ttl_seconds must be positive")
+        if not writes:
+            return []
+        client = self._started()
+        batch = []
+        for item in writes:
+            ops, meta, policy = write_arguments(item.record, ttl_seconds, item.expected_generation)
+            key = self._key(project_id, item.user_id)
+            batch.append(Write(key, ops, meta=meta, policy=policy))
+
+        def write() -> list[WriteConflict | None]:
+            done = client.batch_write(BatchRecords(batch))
+            if done.result not in (_RESULT_OK, _RESULT_BATCH_FAILED):
+                raise aerospike_errors.AerospikeError(
+                    done.result, f"batch write of {len(batch)} records failed"
+                )
+            return [
+                write_outcome(project_id, item, record.result, record.in_doubt)
+                for item, record in zip(writes, done.batch_records, strict=True)
+            ]
+
+        return await self._run(write)

@@ -1,7 +1,8 @@
 """Online store contract: Redis (real), SQLite, and Aerospike when AEROSPIKE_HOSTS is set.
 
 Every test uses its own project id, so tests never see each other's records (and
-Aerospike's records, in per-project sets, expire by their TTL).
+Aerospike's records, in the one `records` set, expire by their TTL). Aerospike-only
+behaviour (key layout, start-up, batch results) is in test_aerospike_store.py.
 """
 
 from __future__ import annotations
@@ -17,9 +18,17 @@ import aerospike
 import pytest
 import redis.asyncio as aioredis
 from aerospike import exception as aerospike_errors
+from aerospike_helpers.batch.records import BatchRecords, Write
 
 from app.core.settings import BackendSettings
-from app.db.aerospike import AerospikeOnlineStore, parse_hosts, record_to_bins, write_arguments
+from app.db.aerospike import (
+    RECORD_SET,
+    AerospikeOnlineStore,
+    parse_hosts,
+    record_to_bins,
+    write_arguments,
+)
+from app.db.aerospike import record_key as aerospike_key
 from app.db.factory import make_online_store
 from app.db.online_store import OnlineStore, RecordWrite, StoredRecord, WriteConflict
 from app.db.redis_online import record_key
@@ -64,7 +73,9 @@ class Kit:
         def read_ttl() -> float:
             client = aerospike.client({"hosts": parse_hosts(AEROSPIKE_HOSTS or "")})
             try:
-                _, meta = client.exists((self.settings.aerospike_namespace, self.project, user_id))
+                namespace = self.settings.aerospike_namespace
+                key = (namespace, RECORD_SET, aerospike_key(self.project, user_id))
+                _, meta = client.exists(key)
                 return float(meta["ttl"])
             finally:
                 client.close()
@@ -417,3 +428,14 @@ class TestAerospikeCallsAgainstTheInstalledClient:
         with pytest.raises(aerospike_errors.AerospikeError) as raised:
             offline_client.operate(key, ops, policy=policy, **extra)
         assert not isinstance(raised.value, aerospike_errors.ClientError), raised.value
+
+    @pytest.mark.parametrize("expected_generation", [None, 7], ids=["create", "update"])
+    def test_batch_write_arguments_are_well_formed(
+        self, offline_client: Any, expected_generation: int | None
+    ) -> None:
+        # A batch call with no node does not raise: it reports the failure in the
+        # batch's own result (the store raises on it), after checking every policy.
+        ops, meta, policy = write_arguments(a_record(), 60, expected_generation)
+        key = ("features", RECORD_SET, aerospike_key("proj", "u1"))
+        done = offline_client.batch_write(BatchRecords([Write(key, ops, meta=meta, policy=policy)]))
+        assert done.result != 0
