@@ -45,9 +45,9 @@ from app.db.redis_online import record_key
 from app.schemas.deployment import ConfigSnapshot
 from app.schemas.event import EventMessage
 from app.schemas.event import record_key as kafka_key
+from app.tiles.record import AppliedEvent
 from bench.common import EVENT_NAMES, feature_snapshot
 from runtime.compute.metrics import ComputeMetrics
-from runtime.compute.record import AppliedEvent
 from runtime.compute.specs import build_specs, event_key
 from runtime.compute.worker import (
     ComputeWorker,

@@ -61,6 +61,7 @@ from app.core.settings import AuthSettings, BackendSettings
 from app.db.redis_cache import RedisCache
 from app.db.redis_online import RedisOnlineStore, record_key
 from app.schemas.deployment import ConfigSnapshot
+from app.tiles.record import AppliedEvent, apply_batch
 from bench.common import (
     EVENT_NAMES,
     START_BOUND_S,
@@ -72,7 +73,6 @@ from bench.common import (
     serve,
     wait_http,
 )
-from runtime.compute.record import AppliedEvent, apply_batch
 from runtime.compute.specs import build_specs, event_key
 
 WINDOWS = ["5m", "1h", "24h", "7d", "30d"]

@@ -44,7 +44,7 @@ class EventLogProducer(ABC):
 
         Either every record is acknowledged or the call raises; a raise may still have
         stored some of them, or store them later (Kafka's producer keeps retrying what it
-        holds). Compute drops a second copy by event id (runtime/compute/record.py)."""
+        holds). Compute drops a second copy by event id (app/tiles/record.py)."""
 
 
 class EventLogConsumer(ABC):

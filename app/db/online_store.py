@@ -2,7 +2,7 @@
 
 Implementations: Aerospike (namespace `features`, set `{project_id}`, key `{user_id}`),
 Redis, and SQLite for standalone. The record is the JSON-compatible dict built by
-`runtime/compute/record.py`; stores keep it opaque. Writes are compare-and-set on a
+`app/tiles/record.py`; stores keep it opaque. Writes are compare-and-set on a
 generation so two writers can never silently overwrite each other, and always carry
 the record TTL (longest window plus one tile).
 """

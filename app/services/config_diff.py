@@ -33,7 +33,7 @@ from app.schemas.deployment import (
 from app.schemas.feature import FeatureRead
 from app.schemas.pipeline import EventDefinition, EventField, PipelineRead
 from app.services.feature_rules import event_problems, spec_of
-from runtime.compute.windows import parse_window
+from app.tiles.windows import parse_window
 
 ARROW = "→"
 

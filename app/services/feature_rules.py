@@ -15,7 +15,7 @@ from app.schemas.deployment import FeatureSnapshot
 from app.schemas.feature import NUMERIC_AGGREGATIONS, Aggregation, FeatureBase, FeatureRead
 from app.schemas.pipeline import EventDefinition
 from app.schemas.template import SuggestedFeature
-from runtime.compute.windows import parse_window
+from app.tiles.windows import parse_window
 
 
 @dataclass(frozen=True, slots=True)

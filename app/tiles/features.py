@@ -1,19 +1,14 @@
-"""Windowed aggregation by event time over partial aggregates in time tiles.
+"""A deployed feature (`FeatureSpec`) and the reference definition of its windowed
+aggregation by event time over partial aggregates in time tiles.
 
 Pure functions, no I/O. One feature's state is `FeatureState`: window label ->
 {tile index as str -> partial}. String keys let the state round-trip through JSON,
-msgpack and Aerospike maps unchanged. Partials, per aggregation:
+msgpack and Aerospike maps unchanged. What a partial holds, and the maths of each
+aggregation, are its class in `aggregations.py`.
 
-    COUNT int | SUM float | AVG [sum, count] | MIN, MAX float
-    LAST, FIRST [t_ms, value] | COUNT_DISTINCT see `sketch.py`
-
-Partials are immutable values: every update stores a new one, so a shallow copy of
-the tile maps is enough to keep an older state intact (`record.py` relies on it).
-
-`NORMALISE` and `ADD` are the per-aggregation maths of one event. `apply_value`,
-`prune` and `read` are the definition, one event and one window at a time, checked
-against a brute-force oracle; the hot paths do the same with the per-window work
-hoisted out of the loops (`record.BatchApplier` for writes, `runtime/serving/merge.py`
+`apply_value`, `prune` and `read` are the definition, one event and one window at a
+time, checked against a brute-force oracle; the hot paths do the same with the
+per-window work hoisted out of the loops (`record.BatchApplier` for writes, `merge.py`
 for reads), and their tests pin them to these functions.
 
 The tiles a query reads, and why the result may hold up to one extra tile of events
@@ -22,31 +17,12 @@ at the window's old edge, are described in `windows.py`.
 
 from __future__ import annotations
 
-import json
-import math
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from runtime.compute import sketch
-from runtime.compute.windows import Window
-
-
-class Aggregation(StrEnum):
-    COUNT = "COUNT"
-    SUM = "SUM"
-    AVG = "AVG"
-    MIN = "MIN"
-    MAX = "MAX"
-    COUNT_DISTINCT = "COUNT_DISTINCT"
-    LAST = "LAST"
-    FIRST = "FIRST"
-
-
-NUMERIC_AGGREGATIONS = frozenset(
-    {Aggregation.SUM, Aggregation.AVG, Aggregation.MIN, Aggregation.MAX}
-)
+from app.tiles.aggregations import AGGREGATORS, Aggregation, combine
+from app.tiles.windows import Window
 
 # Events stamped further ahead of compute's clock than this are refused: a tile far in
 # the future would sit in the record, unreadable, and break the memory bound (61 tiles
@@ -88,7 +64,7 @@ class FeatureSpec:
         labels = [w.label for w in self.windows]
         if len(set(labels)) != len(labels):
             raise ValueError(f"feature {self.name!r} repeats a window: {labels}")
-        if self.aggregation is not Aggregation.COUNT and not self.field:
+        if AGGREGATORS[self.aggregation].needs_field and not self.field:
             raise ValueError(f"feature {self.name!r}: {self.aggregation} needs a field")
 
     @property
@@ -98,166 +74,14 @@ class FeatureSpec:
         Windows are not part of it: a new window starts empty, a removed one is pruned,
         the others keep their tiles.
         """
-        if self.aggregation is Aggregation.COUNT:
-            return Aggregation.COUNT.value
+        if not AGGREGATORS[self.aggregation].needs_field:
+            return self.aggregation.value
         return f"{self.aggregation.value}:{self.field}"
 
     @property
     def longest(self) -> Window:
         """Returns the window with the most seconds."""
         return max(self.windows, key=lambda w: w.seconds)
-
-
-def as_number(value: Any) -> float | None:
-    """Returns `value` as a finite float, or None when SUM/AVG/MIN/MAX must skip it.
-
-    bool is not a number; NaN, infinities and ints too large for a float are skipped
-    (one NaN would poison a sum until its tile expires).
-    """
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
-
-
-def distinct_key(value: Any) -> str | None:
-    """Returns the canonical string COUNT_DISTINCT counts, or None for a missing value.
-
-    Strings are kept as is; other values are `json.dumps(value, sort_keys=True)`,
-    except that an integral float counts as its int (1.0 and 1 are one value). So
-    the string "1" and the number 1 are also one value; a field has one type in
-    practice, since ingestion checks properties against the event's schema.
-    """
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return json.dumps(value, sort_keys=True)
-
-
-def empty_value(aggregation: Aggregation) -> Any:
-    """Returns the value served when no event is in the window: 0 or None."""
-    if aggregation in (Aggregation.COUNT, Aggregation.COUNT_DISTINCT):
-        return 0
-    if aggregation is Aggregation.SUM:
-        return 0.0
-    return None
-
-
-def _always(value: Any) -> bool:
-    return True  # COUNT counts every event, whatever its field holds
-
-
-def _present(value: Any) -> Any:
-    return value
-
-
-# Per aggregation: an event's field value -> what the partial takes, None to skip it.
-NORMALISE: dict[Aggregation, Callable[[Any], Any]] = {
-    Aggregation.COUNT: _always,
-    Aggregation.SUM: as_number,
-    Aggregation.AVG: as_number,
-    Aggregation.MIN: as_number,
-    Aggregation.MAX: as_number,
-    Aggregation.COUNT_DISTINCT: distinct_key,
-    Aggregation.LAST: _present,
-    Aggregation.FIRST: _present,
-}
-
-
-def _input(aggregation: Aggregation, value: Any) -> tuple[bool, Any]:
-    """Returns (counts, normalised value) for one event's field value."""
-    normalised = NORMALISE[aggregation](value)
-    return normalised is not None, normalised
-
-
-def _add_count(partial: Any, t_ms: int, value: Any) -> Any:
-    return (partial or 0) + 1
-
-
-def _add_sum(partial: Any, t_ms: int, value: Any) -> Any:
-    return (partial or 0.0) + value
-
-
-def _add_avg(partial: Any, t_ms: int, value: Any) -> Any:
-    total, count = partial or (0.0, 0)
-    return [total + value, count + 1]
-
-
-def _add_min(partial: Any, t_ms: int, value: Any) -> Any:
-    return value if partial is None else min(partial, value)
-
-
-def _add_max(partial: Any, t_ms: int, value: Any) -> Any:
-    return value if partial is None else max(partial, value)
-
-
-def _add_last(partial: Any, t_ms: int, value: Any) -> Any:
-    # `>=`: on equal times the later-applied event wins.
-    return [t_ms, value] if partial is None or t_ms >= partial[0] else partial
-
-
-def _add_first(partial: Any, t_ms: int, value: Any) -> Any:
-    # `<`: on equal times the earlier-applied event stays.
-    return [t_ms, value] if partial is None or t_ms < partial[0] else partial
-
-
-def _add_distinct(partial: Any, t_ms: int, value: Any) -> Any:
-    return sketch.add(partial, value)
-
-
-# Per aggregation: (partial or None for an empty tile, event time, normalised value) ->
-# a NEW partial; partials are never modified in place (see the module docstring).
-ADD: dict[Aggregation, Callable[[Any, int, Any], Any]] = {
-    Aggregation.COUNT: _add_count,
-    Aggregation.SUM: _add_sum,
-    Aggregation.AVG: _add_avg,
-    Aggregation.MIN: _add_min,
-    Aggregation.MAX: _add_max,
-    Aggregation.LAST: _add_last,
-    Aggregation.FIRST: _add_first,
-    Aggregation.COUNT_DISTINCT: _add_distinct,
-}
-
-
-def _add(aggregation: Aggregation, partial: Any, t_ms: int, value: Any) -> Any:
-    """Returns a new partial: `partial` (None for an empty tile) plus one input."""
-    return ADD[aggregation](partial, t_ms, value)
-
-
-def combine(aggregation: Aggregation, partials: Sequence[Any]) -> Any:
-    """Returns the feature value of tile partials given in tile order.
-
-    Returns `empty_value(aggregation)` when `partials` is empty. Two tiles never hold
-    the same event time, so LAST/FIRST ties are settled inside a tile by `_add`.
-    """
-    if not partials:
-        return empty_value(aggregation)
-    match aggregation:
-        case Aggregation.COUNT:
-            return sum(int(p) for p in partials)
-        case Aggregation.SUM:
-            # fsum: the result does not depend on how events fell into tiles.
-            return math.fsum(partials)
-        case Aggregation.AVG:
-            count = sum(int(p[1]) for p in partials)
-            return math.fsum(p[0] for p in partials) / count if count else None
-        case Aggregation.MIN:
-            return float(min(partials))
-        case Aggregation.MAX:
-            return float(max(partials))
-        case Aggregation.LAST:
-            return max(partials, key=lambda p: p[0])[1]
-        case Aggregation.FIRST:
-            return min(partials, key=lambda p: p[0])[1]
-        case Aggregation.COUNT_DISTINCT:
-            return sketch.count_distinct(partials)
-    raise AssertionError(f"unhandled aggregation {aggregation}")
 
 
 def timing(spec: FeatureSpec, t_ms: int, now_ms: int, max_future_ms: int = MAX_FUTURE_MS) -> Timing:
@@ -289,8 +113,9 @@ def apply_value(
     None for COUNT_DISTINCT/LAST/FIRST) changes nothing but the event is ON_TIME.
     """
     verdict = timing(spec, t_ms, now_ms, max_future_ms)
-    counts, normalised = _input(spec.aggregation, value)
-    if verdict is not Timing.ON_TIME or not counts:
+    aggregator = AGGREGATORS[spec.aggregation]
+    normalised = aggregator.normalise(value)
+    if verdict is not Timing.ON_TIME or normalised is None:
         return verdict
     for window in spec.windows:
         tile = window.tile_of(t_ms)
@@ -298,7 +123,7 @@ def apply_value(
             continue  # a query at now or later can no longer read this tile
         tiles = state.setdefault(window.label, {})
         key = str(tile)
-        tiles[key] = _add(spec.aggregation, tiles.get(key), t_ms, normalised)
+        tiles[key] = aggregator.add(tiles.get(key), t_ms, normalised)
     return verdict
 
 

@@ -42,14 +42,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.compute.aggregators import (
-    ADD,
-    MAX_FUTURE_MS,
-    NORMALISE,
-    FeatureSpec,
-    FeatureState,
-    read_all,
-)
+from app.tiles.aggregations import AGGREGATORS
+from app.tiles.features import MAX_FUTURE_MS, FeatureSpec, FeatureState, read_all
 
 UserRecord = dict[str, Any]
 
@@ -135,7 +129,7 @@ class _SpecPlan:
 
     `windows` holds (label, tile ms, first readable ms): an event at `t` goes into a
     window's tile `t // tile_ms` iff `t >= first readable ms`, which is the
-    `tile_of(t) >= tile_range(now)[0]` of `aggregators.apply_value` without a division
+    `tile_of(t) >= tile_range(now)[0]` of `features.apply_value` without a division
     per window. `earliest_ms` is the least of them: older events are late for the spec.
     """
 
@@ -155,8 +149,9 @@ class _SpecPlan:
         self.name = spec.name
         self.fingerprint = spec.fingerprint
         self.field = spec.field or None
-        self.normalise = NORMALISE[spec.aggregation]
-        self.add = ADD[spec.aggregation]
+        aggregator = AGGREGATORS[spec.aggregation]
+        self.normalise = aggregator.normalise
+        self.add = aggregator.add
         # label -> first tile a query at now (or later) reads; tiles below it are pruned.
         self.lo = {w.label: w.tile_range(now_ms)[0] for w in spec.windows}
         # label -> the keys of the tiles lo..hi+1 (as `apply_value` writes them): a tile
@@ -391,8 +386,8 @@ def apply_batch(
     had) is skipped as a duplicate too; ids are remembered per `dedup`.
     An event is `late` (or `future`) when it is so for every feature it feeds.
     Every feature is pruned at `now_ms`, so the tiles per window stay bounded. The
-    result is the one of `aggregators.apply_value` per event and feature, then
-    `aggregators.prune` per feature (`tests/runtime/compute/test_record.py` checks it).
+    result is the one of `features.apply_value` per event and feature, then
+    `features.prune` per feature (`tests/tiles/test_record.py` checks it).
     Raises ValueError when two different specs share a feature name.
 
     `BatchApplier` does the same for many records without redoing the per-spec work.

@@ -22,9 +22,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from app.schemas.deployment import ConfigSnapshot
-from runtime.compute.aggregators import Aggregation, FeatureSpec
-from runtime.compute.record import record_ttl_seconds
-from runtime.compute.windows import parse_window
+from app.tiles.aggregations import Aggregation
+from app.tiles.features import FeatureSpec
+from app.tiles.record import record_ttl_seconds
+from app.tiles.windows import parse_window
 
 
 def event_key(pipeline_id: str, event: str) -> str:

@@ -56,7 +56,7 @@ from app.db.analytics import AnalyticsEvent
 from app.db.event_log import EventLogConsumer, EventLogProducer, LogRecord
 from app.schemas.deployment import ConfigSnapshot
 from app.schemas.event import EventMessage
-from runtime.compute.analytics_forwarder import AnalyticsForwarder
+from app.tiles.record import AppliedEvent, DedupPolicy
 from runtime.compute.metrics import ComputeMetrics
 from runtime.compute.record import AppliedEvent, DedupPolicy
 from runtime.compute.specs import ProjectSpecs, SpecCache, event_key

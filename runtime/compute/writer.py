@@ -36,8 +36,8 @@ from app.db.online_store import (
     StoredRecord,
     WriteConflict,
 )
+from app.tiles.record import AppliedEvent, BatchApplier, DedupPolicy
 from runtime.compute.metrics import ComputeMetrics
-from runtime.compute.record import AppliedEvent, BatchApplier, DedupPolicy
 from runtime.compute.specs import ProjectSpecs
 
 # Users read per get_many: one round trip for a whole batch of the default size, while

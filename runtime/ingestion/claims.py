@@ -22,7 +22,7 @@ Failure cases, the reason for the two phases:
 - the produce succeeded but confirming fails (cache down): the 2xx is right (the event
   is in the log), but the pending claims expire and a retry after that is produced
   again: a duplicate record in the log, which compute drops by event id (each user
-  record remembers the event ids it applied: runtime/compute/record.py). Ingestion is
+  record remembers the event ids it applied: app/tiles/record.py). Ingestion is
   at-least-once into the log, never at-most-once; these claims only spare the log.
 - the claim itself fails (cache down): 503, and nothing is released: the claim script
   is atomic, so either nothing was claimed or the reply was lost after it ran; in the

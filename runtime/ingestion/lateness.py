@@ -2,9 +2,9 @@
 
 Compute keeps each window's partial aggregates in tiles of 1/60 of the window and skips
 an event whose tile no read at now (or later) can include: one older than its longest
-window plus up to one tile, for every feature it feeds (`runtime/compute/aggregators.
-timing`). Ingestion still accepts such an event (it is valid and the archive keeps it),
-but its answer counts it as `late` so the sender learns it will show in no feature.
+window plus up to one tile, for every feature it feeds (`app/tiles/features.timing`).
+Ingestion still accepts such an event (it is valid and the archive keeps it), but its
+answer counts it as `late` so the sender learns it will show in no feature.
 
 The boundary per window is the start of the oldest tile a read at `now` merges,
 `floor((now - W) / tile) * tile`: the same arithmetic as `Window.tile_range`, so the
@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.schemas.deployment import ConfigSnapshot
-from runtime.compute.windows import Window, parse_window
+from app.tiles.windows import Window, parse_window
 
 
 @dataclass(frozen=True, slots=True)

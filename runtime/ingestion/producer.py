@@ -9,7 +9,7 @@ never be missing from the log. A failure becomes 503 `EventLogUnavailable` with
 "not stored": a produce abandoned at the deadline may still be delivered (Kafka's
 producer keeps retrying the records it holds, e.g. once a stopped broker is back), so
 the answer says to retry with the same ids, and compute counts an event id once
-(runtime/compute/record.py), whichever copies reach the log.
+(app/tiles/record.py), whichever copies reach the log.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from typing import Any
 
 from app.core.errors import OnlineStoreUnavailable
 from app.db.online_store import OnlineStore
-from runtime.serving.merge import Merger
+from app.tiles.merge import Merger
 from runtime.serving.metrics import ServingMetrics
 from runtime.serving.plan import Selection
 

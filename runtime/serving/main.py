@@ -19,7 +19,7 @@ from app.core.server import serve
 from app.core.service import Backend, Resources, StartupHook, build_app
 from app.core.settings import ServingSettings
 from app.schemas.deployment import ConfigSnapshot
-from runtime.compute.aggregators import FeatureSpec
+from app.tiles.features import FeatureSpec
 from runtime.compute.specs import build_specs
 from runtime.serving.aerospike_reader import Clock, FeatureReader, system_clock
 from runtime.serving.metrics import ServingMetrics

@@ -12,9 +12,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.compute.aggregators import FeatureSpec, empty_value
-from runtime.compute.windows import Window
-from runtime.serving.merge import Merger
+from app.tiles.aggregations import empty_value
+from app.tiles.features import FeatureSpec
+from app.tiles.merge import Merger
+from app.tiles.windows import Window
 
 # Distinct `?features=` selections remembered per version. Callers use a handful of
 # fixed selections; a client sending ever-new ones must not grow memory without bound

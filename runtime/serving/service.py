@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from app.core.errors import BatchTooLarge, FieldError, ProjectNotFound, UnknownFeature
 from app.schemas.deployment import ConfigSnapshot
-from runtime.compute.aggregators import FeatureSpec
+from app.tiles.features import FeatureSpec
 from runtime.serving.aerospike_reader import Clock, FeatureReader
 from runtime.serving.plan import Selection, ServingPlan, UnknownFeatureKeys
 

@@ -29,8 +29,8 @@ from app.core.service import Resources
 from app.core.settings import BackendSettings, ComputeSettings, IngestionSettings
 from app.schemas.pipeline import WebhookSecrets
 from app.services.webhook_secrets import generate_secret
+from app.tiles.record import AppliedEvent, apply_batch, serve
 from runtime.compute import main as compute
-from runtime.compute.record import AppliedEvent, apply_batch, serve
 from runtime.compute.specs import build_specs, event_key
 from runtime.ingestion import main as ingestion
 from runtime.ingestion.signature import sign

@@ -111,10 +111,10 @@ async def test_ferretdb_restarted_while_polled_every_request_answered_and_api_wo
         sender.stop()
         await sending
 
-        answers = {k: dict(v) for k, v in poller.answers.items()}
+        seen = {k: dict(v) for k, v in poller.answers.items()}
         slowest = {k: round(v, 2) for k, v in poller.slowest_503_s.items()}
-        print(f"\n[faults] case f answers: {answers}; slowest 503 (s): {slowest}")
-        for name, answers in poller.answers.items():
+        print(f"\n[faults] case f answers: {seen}; slowest 503 (s): {slowest}")
+        for name, answers in seen.items():
             assert set(answers) <= {"200", "503"}, (name, answers)
         assert poller.without_retry_after == [], poller.without_retry_after[:3]
 

@@ -12,20 +12,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime.compute.aggregators import (
+from app.tiles.aggregations import Aggregation, as_number, distinct_key
+from app.tiles.features import (
     MAX_FUTURE_MS,
-    Aggregation,
     FeatureSpec,
     FeatureState,
     Timing,
     apply_value,
-    as_number,
-    distinct_key,
     prune,
     read,
     read_all,
 )
-from runtime.compute.windows import MAX_WINDOW_SECONDS, Window, parse_window
+from app.tiles.windows import MAX_WINDOW_SECONDS, Window, parse_window
 
 BASE_MS = 1_700_000_000_000
 LABELS = ["1m", "5m", "7m", "1h", "3h", "24h", "7d", "30d", "90d"]

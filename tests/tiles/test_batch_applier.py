@@ -1,5 +1,5 @@
 """`apply_batch` (and `BatchApplier`, its per-interval form) equals the per-event
-reference: `aggregators.apply_value` for each event and feature, then `prune`.
+reference: `features.apply_value` for each event and feature, then `prune`.
 
 `test_aggregators.py` checks that reference against a brute-force oracle; this file
 pins the precomputed batch path to it, down to the JSON bytes (key order included).
@@ -16,15 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime.compute.aggregators import (
-    MAX_FUTURE_MS,
-    Aggregation,
-    FeatureSpec,
-    Timing,
-    apply_value,
-    prune,
-)
-from runtime.compute.record import (
+from app.tiles.aggregations import Aggregation
+from app.tiles.features import MAX_FUTURE_MS, FeatureSpec, Timing, apply_value, prune
+from app.tiles.record import (
     AppliedEvent,
     BatchApplier,
     DedupPolicy,
@@ -32,7 +26,7 @@ from runtime.compute.record import (
     empty_record,
     id_hash,
 )
-from runtime.compute.windows import parse_window
+from app.tiles.windows import parse_window
 
 NOW = 1_700_000_000_000
 MINUTE, HOUR, DAY = 60_000, 3_600_000, 86_400_000

@@ -8,10 +8,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.compute.aggregators import FeatureSpec
-from runtime.compute.record import AppliedEvent, apply_batch, serve
-from runtime.compute.windows import parse_window
-from runtime.serving.merge import Merger
+from app.tiles.features import FeatureSpec
+from app.tiles.merge import Merger
+from app.tiles.record import AppliedEvent, apply_batch, serve
+from app.tiles.windows import parse_window
 
 AGGREGATIONS = ["COUNT", "SUM", "AVG", "MIN", "MAX", "COUNT_DISTINCT", "LAST", "FIRST"]
 WINDOWS = ["1m", "5m", "1h", "24h", "7d"]

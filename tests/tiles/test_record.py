@@ -11,8 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime.compute.aggregators import MAX_FUTURE_MS, Aggregation, FeatureSpec
-from runtime.compute.record import (
+from app.tiles.aggregations import Aggregation
+from app.tiles.features import MAX_FUTURE_MS, FeatureSpec
+from app.tiles.record import (
     AppliedEvent,
     UserRecord,
     apply_batch,
@@ -20,7 +21,7 @@ from runtime.compute.record import (
     record_ttl_seconds,
     serve,
 )
-from runtime.compute.windows import parse_window
+from app.tiles.windows import parse_window
 
 NOW = 1_700_000_000_000
 FIVE_MIN, HOUR, DAY = parse_window("5m"), parse_window("1h"), parse_window("24h")

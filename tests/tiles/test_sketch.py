@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.compute import sketch
-from runtime.compute.sketch import EXACT_LIMIT, DistinctPartial
+from app.tiles import sketch
+from app.tiles.sketch import EXACT_LIMIT, DistinctPartial
 
 # HLL at lg_k=11 has a relative standard error of about 2.3%; the brief's bound.
 TOLERANCE = 0.05

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.compute.windows import MAX_WINDOW_SECONDS, Window, parse_window
+from app.tiles.windows import MAX_WINDOW_SECONDS, Window, parse_window
 
 UNIT_SECONDS = {"m": 60, "h": 3_600, "d": 86_400}
 NOW = st.integers(min_value=-(10**13), max_value=10**13)

@@ -17,7 +17,7 @@ from typing import Any
 from app.schemas.deployment import ConfigSnapshot, FeatureSnapshot, PipelineSnapshot
 from app.schemas.event import EventMessage
 from app.schemas.pipeline import EventDefinition, EventField
-from runtime.compute.windows import parse_window
+from app.tiles.windows import parse_window
 from tests.factories import new_id
 
 AGGREGATIONS = ("COUNT", "SUM", "AVG", "MIN", "MAX", "COUNT_DISTINCT", "LAST", "FIRST")

@@ -12,6 +12,7 @@ import pytest
 from app.core.settings import BackendSettings
 from app.db.analytics import AnalyticsEvent, AnalyticsSink
 from app.db.clickhouse import ChdbSink
+from app.tiles.record import serve
 from runtime.compute.analytics_forwarder import AnalyticsForwarder
 from runtime.compute.metrics import ComputeMetrics
 from runtime.compute.record import serve

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from app.core.settings import BackendSettings
-from runtime.compute.record import AppliedEvent, apply_batch, serve
+from app.tiles.record import AppliedEvent, apply_batch, serve
 from runtime.compute.specs import build_specs, event_key
 from runtime.compute.worker import wall_clock_ms
 from tests.conftest import unique

@@ -14,7 +14,7 @@ from app.core.settings import BackendSettings
 from app.db import factory
 from app.db.online_store import OnlineStore, RecordRejected, RecordWrite, WriteConflict
 from app.schemas.event import record_key
-from runtime.compute.record import serve
+from app.tiles.record import serve
 from runtime.compute.specs import build_specs
 from tests.conftest import unique
 from tests.factories import new_id

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtime.compute.record import AppliedEvent, apply_batch, serve
+from app.tiles.record import AppliedEvent, apply_batch, serve
 from runtime.compute.specs import SpecCache, build_specs, event_key
 from tests.factories import new_id
 from tests.runtime.compute.oracle import config, feature, pipeline

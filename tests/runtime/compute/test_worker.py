@@ -15,9 +15,9 @@ from app.core.settings import BackendSettings
 from app.db.event_log import LogRecord
 from app.db.kafka import DEFAULT_PARTITIONS
 from app.db.online_store import OnlineStore
-from runtime.compute.record import AppliedEvent, apply_batch, serve
+from app.tiles.record import AppliedEvent, apply_batch, serve
+from app.tiles.windows import parse_window
 from runtime.compute.specs import ProjectSpecs, build_specs, event_key
-from runtime.compute.windows import parse_window
 from runtime.compute.worker import wall_clock_ms
 from tests.conftest import unique
 from tests.factories import new_id

@@ -11,8 +11,8 @@ import pytest
 from app.core.settings import BackendSettings
 from app.db import factory
 from app.db.online_store import OnlineStore, RecordWrite, WriteConflict
+from app.tiles.record import AppliedEvent, apply_batch
 from runtime.compute.metrics import ComputeMetrics
-from runtime.compute.record import AppliedEvent, apply_batch
 from runtime.compute.specs import ProjectSpecs, build_specs, event_key
 from runtime.compute.writer import FeatureWriter
 from tests.conftest import unique

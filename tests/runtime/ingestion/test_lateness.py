@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.schemas.deployment import ConfigSnapshot, FeatureSnapshot
-from runtime.compute.aggregators import Timing, timing
+from app.tiles.features import Timing, timing
 from runtime.compute.specs import build_specs, event_key
 from runtime.ingestion.lateness import compile_lateness
 from tests.runtime.ingestion.helpers import config_snapshot, pipeline_id, pipeline_snapshot

@@ -19,7 +19,7 @@ from app.core.settings import AuthSettings, BackendSettings, ServingSettings
 from app.db.cache import Cache
 from app.db.online_store import OnlineStore
 from app.schemas.deployment import ConfigSnapshot
-from runtime.compute.record import AppliedEvent, apply_batch
+from app.tiles.record import AppliedEvent, apply_batch
 from runtime.compute.specs import build_specs, event_key
 from runtime.serving.main import create_app
 from tests.conftest import unique

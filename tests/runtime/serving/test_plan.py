@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.compute.aggregators import FeatureSpec
-from runtime.compute.record import AppliedEvent, apply_batch, serve
-from runtime.compute.windows import parse_window
+from app.tiles.features import FeatureSpec
+from app.tiles.record import AppliedEvent, apply_batch, serve
+from app.tiles.windows import parse_window
 from runtime.serving.plan import MAX_CACHED_SELECTIONS, ServingPlan, UnknownFeatureKeys
 
 

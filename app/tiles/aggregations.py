@@ -1,0 +1,326 @@
+"""One class per aggregation: everything one aggregation means, in one place.
+
+Each `Aggregator` answers, for its aggregation, in the manner of quix-streams' window
+aggregators (`initialize` / `agg` / `result`):
+
+- `normalise(value)`: an event's field value -> what a partial takes, None to skip it;
+- `add(partial, t_ms, value)`: a NEW partial holding one more input (None: empty tile);
+  partials are immutable values, never modified in place (`record.py` relies on it);
+- `combine(partials)`: the feature value of tile partials given in tile order;
+- `read(tiles, span)`: `combine` of the tiles `span` covers; the serving hot path, so
+  subclasses spell the range filter out instead of sorting when order cannot matter;
+- `empty()`: the value served when no event is in the window.
+
+Partials, JSON-compatible so a record round-trips through every store unchanged:
+
+    COUNT int | SUM float | AVG [sum, count] | MIN, MAX float
+    LAST, FIRST [t_ms, value] | COUNT_DISTINCT see `sketch.py`
+
+`AGGREGATORS` maps the `Aggregation` name to its instance. A new aggregation is one class
+here plus its brute-force oracle in the tests; compute (`record.py`), serving
+(`merge.py`) and the config API's validation all read it from `AGGREGATORS`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from enum import StrEnum
+from operator import itemgetter
+from typing import Any, ClassVar
+
+from app.tiles import sketch
+
+Tiles = Mapping[str, Any]
+
+
+class Aggregation(StrEnum):
+    COUNT = "COUNT"
+    SUM = "SUM"
+    AVG = "AVG"
+    MIN = "MIN"
+    MAX = "MAX"
+    COUNT_DISTINCT = "COUNT_DISTINCT"
+    LAST = "LAST"
+    FIRST = "FIRST"
+
+
+class TileSpan:
+    """The tiles `lo..hi` a window reads at one `now`; `keys` maps each one's key, as
+    compute writes it (`str(tile)`), to its index, so a stored key is tested with one
+    set lookup instead of an `int()` (a key written some other way is still parsed and
+    compared, so the result is the same for any key)."""
+
+    __slots__ = ("hi", "keys", "lo")
+
+    def __init__(self, lo: int, hi: int) -> None:
+        self.lo = lo
+        self.hi = hi
+        self.keys = {str(tile): tile for tile in range(lo, hi + 1)}
+
+    def partials(self, tiles: Tiles) -> list[Any]:
+        """Returns the partials of the tiles in range, in the map's order."""
+        keys, lo, hi = self.keys, self.lo, self.hi
+        return [p for k, p in tiles.items() if k in keys or lo <= int(k) <= hi]
+
+    def ordered(self, tiles: Tiles) -> list[Any]:
+        """Returns the partials of the tiles in range, in tile order."""
+        keys, lo, hi = self.keys, self.lo, self.hi
+        found: list[tuple[int, Any]] = []
+        for k, p in tiles.items():
+            tile = keys.get(k)
+            if tile is None:
+                tile = int(k)
+                if not lo <= tile <= hi:
+                    continue
+            found.append((tile, p))
+        found.sort(key=_first)
+        return [p for _, p in found]
+
+
+# LAST/FIRST partials are [event time, value], AVG partials [sum, count].
+_first = itemgetter(0)
+_second = itemgetter(1)
+
+
+def as_number(value: Any) -> float | None:
+    """Returns `value` as a finite float, or None when SUM/AVG/MIN/MAX must skip it.
+
+    bool is not a number; NaN, infinities and ints too large for a float are skipped
+    (one NaN would poison a sum until its tile expires).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def distinct_key(value: Any) -> str | None:
+    """Returns the canonical string COUNT_DISTINCT counts, or None for a missing value.
+
+    Strings are kept as is; other values are `json.dumps(value, sort_keys=True)`,
+    except that an integral float counts as its int (1.0 and 1 are one value). So
+    the string "1" and the number 1 are also one value; a field has one type in
+    practice, since ingestion checks properties against the event's schema.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return json.dumps(value, sort_keys=True)
+
+
+class Aggregator(ABC):
+    """The maths of one aggregation over time tiles (see the module docstring)."""
+
+    kind: ClassVar[Aggregation]
+    # Whether a feature of this aggregation names a field (COUNT ignores it).
+    needs_field: ClassVar[bool] = True
+    # Whether that field must be a number (checked against the event schema).
+    numeric: ClassVar[bool] = False
+
+    def empty(self) -> Any:
+        """Returns the value served when no event is in the window."""
+        return None
+
+    def normalise(self, value: Any) -> Any:
+        """Returns what a partial takes of an event's field value; None skips it."""
+        return value
+
+    @abstractmethod
+    def add(self, partial: Any, t_ms: int, value: Any) -> Any:
+        """Returns a new partial: `partial` (None for an empty tile) plus one input."""
+
+    @abstractmethod
+    def combine(self, partials: Sequence[Any]) -> Any:
+        """Returns the feature value of `partials`, given in tile order (the empty
+        value when there are none). Two tiles never hold the same event time."""
+
+    def read(self, tiles: Tiles, span: TileSpan) -> Any:
+        """Returns `combine` of the partials of `tiles` inside `span`, in tile order."""
+        return self.combine(span.ordered(tiles))
+
+
+class Count(Aggregator):
+    kind = Aggregation.COUNT
+    needs_field = False
+
+    def empty(self) -> Any:
+        return 0
+
+    def normalise(self, value: Any) -> Any:
+        return True  # COUNT counts every event, whatever its field holds
+
+    def add(self, partial: Any, t_ms: int, value: Any) -> Any:
+        return (partial or 0) + 1
+
+    def combine(self, partials: Sequence[Any]) -> Any:
+        return sum(int(p) for p in partials)
+
+    def read(self, tiles: Tiles, span: TileSpan) -> Any:
+        keys, lo, hi = span.keys, span.lo, span.hi
+        return sum([int(p) for k, p in tiles.items() if k in keys or lo <= int(k) <= hi])
+
+
+class Sum(Aggregator):
+    kind = Aggregation.SUM
+    numeric = True
+
+    def empty(self) -> Any:
+        return 0.0
+
+    def normalise(self, value: Any) -> Any:
+        return as_number(value)
+
+    def add(self, partial: Any, t_ms: int, value: Any) -> Any:
+        return (partial or 0.0) + value
+
+    def combine(self, partials: Sequence[Any]) -> Any:
+        # fsum: the result does not depend on how events fell into tiles (nor on order).
+        return math.fsum(partials)
+
+    def read(self, tiles: Tiles, span: TileSpan) -> Any:
+        keys, lo, hi = span.keys, span.lo, span.hi
+        return math.fsum([p for k, p in tiles.items() if k in keys or lo <= int(k) <= hi])
+
+
+class Avg(Aggregator):
+    kind = Aggregation.AVG
+    numeric = True
+
+    def normalise(self, value: Any) -> Any:
+        return as_number(value)
+
+    def add(self, partial: Any, t_ms: int, value: Any) -> Any:
+        total, count = partial or (0.0, 0)
+        return [total + value, count + 1]
+
+    def combine(self, partials: Sequence[Any]) -> Any:
+        count = sum(int(p[1]) for p in partials)
+        return math.fsum(p[0] for p in partials) / count if count else None
+
+    def read(self, tiles: Tiles, span: TileSpan) -> Any:
+        partials = span.partials(tiles)
+        count = sum(map(int, map(_second, partials)))
+        return math.fsum(map(_first, partials)) / count if count else None
+
+
+class Min(Aggregator):
+    kind = Aggregation.MIN
+    numeric = True
+
+    def normalise(self, value: Any) -> Any:
+        return as_number(value)
+
+    def add(self, partial: Any, t_ms: int, value: Any) -> Any:
+        return value if partial is None else min(partial, value)
+
+    def combine(self, partials: Sequence[Any]) -> Any:
+        return float(min(partials)) if partials else None
+
+    def read(self, tiles: Tiles, span: TileSpan) -> Any:
+        partials = span.partials(tiles)
+        if not partials:
+            return None
+        least = min(partials)
+        # 0.0 and -0.0 compare equal, and `combine` keeps the first in tile order.
+        return float(least if least != 0 else min(span.ordered(tiles)))
+
+
+class Max(Aggregator):
+    kind = Aggregation.MAX
+    numeric = True
+
+    def normalise(self, value: Any) -> Any:
+        return as_number(value)
+
+    def add(self, partial: Any, t_ms: int, value: Any) -> Any:
+        return value if partial is None else max(partial, value)
+
+    def combine(self, partials: Sequence[Any]) -> Any:
+        return float(max(partials)) if partials else None
+
+    def read(self, tiles: Tiles, span: TileSpan) -> Any:
+        partials = span.partials(tiles)
+        if not partials:
+            return None
+        most = max(partials)
+        return float(most if most != 0 else max(span.ordered(tiles)))
+
+
+class Last(Aggregator):
+    kind = Aggregation.LAST
+
+    def add(self, partial: Any, t_ms: int, value: Any) -> Any:
+        # `>=`: on equal times the later-applied event wins.
+        return [t_ms, value] if partial is None or t_ms >= partial[0] else partial
+
+    def combine(self, partials: Sequence[Any]) -> Any:
+        return max(partials, key=_first)[1] if partials else None
+
+    def read(self, tiles: Tiles, span: TileSpan) -> Any:
+        return self.combine(span.partials(tiles))  # event times decide, not tile order
+
+
+class First(Aggregator):
+    kind = Aggregation.FIRST
+
+    def add(self, partial: Any, t_ms: int, value: Any) -> Any:
+        # `<`: on equal times the earlier-applied event stays.
+        return [t_ms, value] if partial is None or t_ms < partial[0] else partial
+
+    def combine(self, partials: Sequence[Any]) -> Any:
+        return min(partials, key=_first)[1] if partials else None
+
+    def read(self, tiles: Tiles, span: TileSpan) -> Any:
+        return self.combine(span.partials(tiles))
+
+
+class CountDistinct(Aggregator):
+    kind = Aggregation.COUNT_DISTINCT
+
+    def empty(self) -> Any:
+        return 0
+
+    def normalise(self, value: Any) -> Any:
+        return distinct_key(value)
+
+    def add(self, partial: Any, t_ms: int, value: Any) -> Any:
+        return sketch.add(partial, value)
+
+    def combine(self, partials: Sequence[Any]) -> Any:
+        return sketch.count_distinct(partials) if partials else 0
+
+    def read(self, tiles: Tiles, span: TileSpan) -> Any:
+        keys, lo, hi = span.keys, span.lo, span.hi
+        union: set[str] = set()
+        for k, p in tiles.items():
+            if k in keys or lo <= int(k) <= hi:
+                if isinstance(p, str):
+                    # A sketch: unions are taken in tile order, as `combine` does.
+                    return sketch.count_distinct(span.ordered(tiles))
+                union.update(p)  # exact values: the union is a set, in any order
+        return len(union)
+
+
+AGGREGATORS: dict[Aggregation, Aggregator] = {
+    a.kind: a for a in (Count(), Sum(), Avg(), Min(), Max(), CountDistinct(), Last(), First())
+}
+NUMERIC_AGGREGATIONS = frozenset(k for k, a in AGGREGATORS.items() if a.numeric)
+
+
+def empty_value(aggregation: Aggregation) -> Any:
+    """Returns the value served when no event is in the window: 0 or None."""
+    return AGGREGATORS[aggregation].empty()
+
+
+def combine(aggregation: Aggregation, partials: Sequence[Any]) -> Any:
+    """Returns the feature value of tile partials given in tile order."""
+    return AGGREGATORS[aggregation].combine(partials)
