@@ -90,17 +90,19 @@ def _from_mongo(raw: Doc) -> Doc:
 # deadline - waited forever, and uvicorn's shutdown waited for them. So:
 # - every operation runs shielded from its caller's cancellation (`_guarded`): a request
 #   deadline or shutdown abandons the wait, never PyMongo's bookkeeping;
-# - every step of an operation has a deadline (pool wait, connect, each read), so a
-#   shielded operation ends by itself. Not PyMongo's `timeoutMS`: with it, server
-#   selection waits all of the remaining budget instead of `serverSelectionTimeoutMS`;
-# - a server that is down is known within a second (server selection), answered 503
-#   ConfigStoreUnavailable with Retry-After; the pool reconnects once it is back.
+# - every step of an operation has a deadline (server selection, pool wait, connect,
+#   each read), so a shielded operation ends by itself, and the caller stops waiting
+#   after `_CALL_BUDGET_S` whatever the steps add up to (a server that refuses or one that
+#   stalls: FerretDB stopping held reads ~4 s): 503 ConfigStoreUnavailable, Retry-After.
+#   Not PyMongo's own `timeoutMS`: it sends `maxTimeMS`, which FerretDB 1.x refuses on
+#   some commands (distinct), and makes server selection wait the whole budget;
+# - the pool reconnects by itself once the server is back.
+# Start-up (`initialize`, index creation) waits for its steps' limits only.
+_CALL_BUDGET_S = 2.0
 _FAIL_FAST: dict[str, Any] = {
     "serverSelectionTimeoutMS": 1000,
     "connectTimeoutMS": 1000,
     "waitQueueTimeoutMS": 2000,
-    # The slowest query (a page of features, a deployment's snapshot) takes milliseconds;
-    # a server silent this long is stalled.
     "socketTimeoutMS": 5000,
 }
 
@@ -111,11 +113,15 @@ def _is_outage(exc: PyMongoError) -> bool:
     return isinstance(exc, ConnectionFailure) or exc.timeout
 
 
-def _guarded(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+def _guarded(
+    fn: Callable[..., Awaitable[Any]], budget_s: float | None
+) -> Callable[..., Awaitable[Any]]:
     @functools.wraps(fn)
     async def call(*args: Any, **kwargs: Any) -> Any:
         try:
-            return await asyncio.shield(fn(*args, **kwargs))
+            return await asyncio.wait_for(asyncio.shield(fn(*args, **kwargs)), budget_s)
+        except TimeoutError as exc:
+            raise ConfigStoreUnavailable(f"mongodb: no answer within {budget_s:g} s") from exc
         except PyMongoError as exc:
             if _is_outage(exc):
                 raise ConfigStoreUnavailable(f"mongodb: {type(exc).__name__}: {exc}") from exc
@@ -128,7 +134,8 @@ def _outages_as_unavailable(cls: type[_S]) -> type[_S]:
     """Guards every public coroutine of the ConfigStore interface (see `_guarded`)."""
     for name, member in vars(ConfigStore).items():
         if not name.startswith("_") and name != "close" and inspect.iscoroutinefunction(member):
-            setattr(cls, name, _guarded(getattr(cls, name)))
+            budget = None if name == "initialize" else _CALL_BUDGET_S
+            setattr(cls, name, _guarded(getattr(cls, name), budget))
     return cls
 
 
