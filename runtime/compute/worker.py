@@ -57,8 +57,8 @@ from app.db.event_log import EventLogConsumer, EventLogProducer, LogRecord
 from app.schemas.deployment import ConfigSnapshot
 from app.schemas.event import EventMessage
 from app.tiles.record import AppliedEvent, DedupPolicy
+from runtime.compute.analytics_forwarder import AnalyticsForwarder
 from runtime.compute.metrics import ComputeMetrics
-from runtime.compute.record import AppliedEvent, DedupPolicy
 from runtime.compute.specs import ProjectSpecs, SpecCache, event_key
 from runtime.compute.writer import FeatureWriter, UserWrite
 

@@ -15,7 +15,6 @@ from app.db.clickhouse import ChdbSink
 from app.tiles.record import serve
 from runtime.compute.analytics_forwarder import AnalyticsForwarder
 from runtime.compute.metrics import ComputeMetrics
-from runtime.compute.record import serve
 from runtime.compute.specs import build_specs
 from tests.conftest import unique
 from tests.factories import new_id
