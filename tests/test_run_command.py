@@ -4,64 +4,20 @@ every role's endpoints, and prints a dev token that the API accepts."""
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.standalone import standalone_process
 
 
 @pytest.fixture(scope="module")
 def standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    data_dir = tmp_path_factory.mktemp("standalone")
-    log_path = data_dir / "out.log"
-    port = _free_port()
-    env = {
-        **os.environ,
-        "DATA_DIR": str(data_dir),
-        "STANDALONE_PORT": str(port),
-        "ENVIRONMENT": "development",
-    }
-    env.pop("JWT_SECRET", None)
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "standalone"], cwd=ROOT, env=env, stdout=log, stderr=log
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"standalone exited early:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        else:
-            pytest.fail(f"standalone did not answer /health:\n{log_path.read_text()[-3000:]}")
-        yield base, log_path
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with standalone_process(tmp_path_factory.mktemp("standalone")) as running:
+        yield running.base_url, running.log_path
 
 
 class TestStandaloneProcess:
