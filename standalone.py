@@ -25,7 +25,14 @@ from app.core.metrics import metrics_router
 from app.core.secrets import secret_provider_hook
 from app.core.server import serve
 from app.core.service import Backend, Resources, StartupHook, build_app
-from app.core.settings import IngestionSettings, ServingSettings, StandaloneSettings
+from app.core.settings import (
+    ArchiveSettings,
+    IngestionSettings,
+    ServingSettings,
+    StandaloneSettings,
+)
+from runtime.archive.main import archive_router, archive_startup, options_of
+from runtime.archive.metrics import ArchiveMetrics
 from runtime.compute.main import compute_router, compute_startup
 from runtime.compute.metrics import ComputeMetrics
 from runtime.compute.worker import freeze_long_lived_objects, wall_clock_ms
@@ -52,9 +59,12 @@ def _with_dev_secret(settings: StandaloneSettings) -> StandaloneSettings:
     return settings.model_copy(update={"auth": auth})
 
 
-def _role_settings(settings: StandaloneSettings) -> tuple[IngestionSettings, ServingSettings]:
-    """The ingestion and serving roles' settings (their own `INGEST_`/`SERVING_` knobs from
-    the environment) sharing the standalone process's backends and auth."""
+def _role_settings(
+    settings: StandaloneSettings,
+) -> tuple[IngestionSettings, ServingSettings, ArchiveSettings]:
+    """The ingestion, serving and archive roles' settings (their own `INGEST_`, `SERVING_`
+    and `ARCHIVE_` knobs from the environment) sharing the standalone process's backends
+    and auth."""
     shared: dict[str, Any] = {
         "ENVIRONMENT": settings.environment,
         "AUTH_DISABLED": settings.auth_disabled,
@@ -63,7 +73,7 @@ def _role_settings(settings: StandaloneSettings) -> tuple[IngestionSettings, Ser
         "host": settings.host,
         "port": settings.port,
     }
-    return IngestionSettings(**shared), ServingSettings(**shared)
+    return IngestionSettings(**shared), ServingSettings(**shared), ArchiveSettings(**shared)
 
 
 def _print_welcome(settings: StandaloneSettings) -> StartupHook:
@@ -91,12 +101,15 @@ def create_app(
     clock of compute and serving, the wall clock unless a test injects one."""
     clock = now_ms or wall_clock_ms
     settings = _with_dev_secret(settings or StandaloneSettings())
-    ingestion_settings, serving_settings = _role_settings(settings)
+    ingestion_settings, serving_settings, archive_settings = _role_settings(settings)
     ingestion_metrics, serving_metrics, compute_metrics = (
         IngestionMetrics(),
         ServingMetrics(),
         ComputeMetrics(),
     )
+    # The archive role runs when the process has an archive (ANALYTICS, chdb by default).
+    archived = settings.backends.analytics != "none"
+    archive_metrics = ArchiveMetrics()
     return build_app(
         settings=settings,
         title="Data Platform Service (standalone)",
@@ -113,8 +126,12 @@ def create_app(
             ingestion_router(),
             serving_router(serving_metrics),
             compute_router(),
+            *((archive_router(),) if archived else ()),
             metrics_router(
-                ingestion_metrics.registry, serving_metrics.registry, compute_metrics.registry
+                ingestion_metrics.registry,
+                serving_metrics.registry,
+                compute_metrics.registry,
+                *((archive_metrics.registry,) if archived else ()),
             ),
         ),
         startup=(
@@ -125,6 +142,17 @@ def create_app(
                 serving_metrics, max_batch_users=serving_settings.max_batch_users, now_ms=clock
             ),
             compute_startup(compute_metrics, now_ms=clock),
+            *(
+                (
+                    archive_startup(
+                        archive_metrics,
+                        group=archive_settings.consumer_group,
+                        options=options_of(archive_settings),
+                    ),
+                )
+                if archived
+                else ()
+            ),
             _print_welcome(settings),
         ),
         cors_origins=settings.cors_origins,

@@ -10,6 +10,7 @@ import pytest
 from pydantic_settings import BaseSettings
 
 from app.core.settings import (
+    ArchiveSettings,
     AuthSettings,
     BackendSettings,
     ComputeSettings,
@@ -47,6 +48,7 @@ def env_names(cls: type[BaseSettings]) -> list[str]:
         ConfigApiSettings,
         IngestionSettings,
         ComputeSettings,
+        ArchiveSettings,
         ServingSettings,
         StandaloneSettings,
     ],

@@ -89,6 +89,9 @@ class BackendSettings(BaseSettings):
     # How long start-up keeps retrying a cluster that does not accept requests yet.
     aerospike_startup_timeout_s: float = Field(default=30.0, ge=0)
     clickhouse_url: str = "http://127.0.0.1:8123/"
+    # Archived events are kept this long after their event time (a ClickHouse TTL).
+    # At least the longest window (90 days), or a rebuild could not refill it.
+    archive_retention_days: int = Field(default=400, ge=90)
     # Embedded backends (standalone) keep their files here.
     data_dir: Path = Path("./data")
 
@@ -235,9 +238,21 @@ class ComputeSettings(ServiceSettings):
     poll_timeout_ms: int = 200
     # User records read-applied-written at once (one batch's users share it).
     write_concurrency: int = Field(default=64, ge=1, le=1024)
-    # Analytics is best-effort: beyond this many queued events the oldest are dropped.
-    analytics_queue_max: int = Field(default=100_000, ge=1)
-    analytics_batch_size: int = Field(default=1_000, ge=1)
+
+
+class ArchiveSettings(ServiceSettings):
+    """The archive runtime (`runtime/archive/main.py`): the events topic into the event
+    archive under its own consumer group; HTTP only for health and metrics."""
+
+    model_config = SettingsConfigDict(env_prefix="ARCHIVE_", extra="ignore")
+    verifies_tokens: ClassVar[bool] = False
+
+    port: int = 9200
+    # Its own group: it reads every event whatever compute does, and commits only after
+    # the insert. Larger batches than compute's: one INSERT each, ClickHouse likes few.
+    consumer_group: str = "dps-archive"
+    max_batch_messages: int = Field(default=10_000, ge=1)
+    poll_timeout_ms: int = Field(default=500, ge=1)
 
 
 class ServingSettings(ServiceSettings):

@@ -1,4 +1,9 @@
-"""The optional analytics sink: raw events into ClickHouse (server or embedded chDB)."""
+"""The event archive interface: every accepted event, once (ClickHouse or chDB).
+
+The backend kind is still called `analytics` in settings (`ANALYTICS=none|clickhouse|
+chdb`): the table it holds is the lossless archive that rebuilds, training sets and
+ad-hoc analytics all read (see `app/db/clickhouse.py`).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class AnalyticsEvent:
+    """One archived event, and where it sat in the events topic (partition, offset)."""
+
     project_id: str
     pipeline_id: str
     user_id: str
@@ -18,6 +25,8 @@ class AnalyticsEvent:
     event_time_ms: int
     received_at_ms: int
     properties: dict[str, Any]
+    log_partition: int = 0
+    log_offset: int = 0
 
 
 class AnalyticsSink(ABC):
@@ -29,13 +38,17 @@ class AnalyticsSink(ABC):
 
     @abstractmethod
     async def ping(self) -> None:
-        """Returns when the sink answers; raises otherwise."""
+        """Returns when the archive answers; raises otherwise."""
 
     @abstractmethod
     async def insert(self, events: Sequence[AnalyticsEvent]) -> None:
-        """Inserts one batch; raises on failure (the caller retries, it never blocks
-        feature computation)."""
+        """Inserts one batch; raises on failure (the caller retries the same batch, and
+        an event inserted twice is stored once)."""
 
     @abstractmethod
     async def count_events(self, project_id: str) -> int:
-        """Returns how many events the project has stored (tests and diagnostics)."""
+        """Returns how many distinct events the project has archived."""
+
+    @abstractmethod
+    async def positions(self) -> dict[int, int]:
+        """Returns, per events-topic partition, the highest offset archived."""

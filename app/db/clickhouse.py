@@ -1,15 +1,29 @@
-"""The analytics sink: raw events into ClickHouse, on a server or embedded (chDB).
+"""The event archive: every accepted event, once, in ClickHouse (server) or chDB (embedded).
 
-Both sinks are clickhouse-connect clients running the same SQL: ClickHouseSink talks
-HTTP to `settings.clickhouse_url`; ChdbSink uses clickhouse-connect's `chdb`
-interface (`get_client(interface="chdb", path=...)`, an in-process engine whose files
-live in `settings.data_dir / "chdb"`). clickhouse-connect has no async chDB client, so
-both run the synchronous client in a single-thread executor: one INSERT per batch,
-never on the event loop.
+Both are clickhouse-connect clients running the same SQL: ClickHouseSink talks HTTP to
+`settings.clickhouse_url`; ChdbSink uses clickhouse-connect's `chdb` interface
+(`get_client(interface="chdb", path=...)`, an in-process engine whose files live in
+`settings.data_dir / "chdb"`). clickhouse-connect has no async chDB client, so both run
+the synchronous client in a single-thread executor, never on the event loop.
+
+Lossless and idempotent. The archive process (`runtime/archive`) inserts a batch, then
+commits its offsets, so a crash re-inserts rather than loses. `event_archive` is a
+ReplacingMergeTree keyed by (project_id, user_id, event_id): the key compute's event-id
+layer uses, so archive and online store agree on what a second copy is. Copies are
+merged away in the background; every read says `FINAL`, so a copy not merged yet is
+never counted. Of several copies the FIRST in the log is kept (`precedence` falls as the
+offset grows; copies of one user's event share a partition): compute applied that one,
+and a retry without a timestamp carries a later receive time. `log_partition` and
+`log_offset` say where each event sat in the events topic: a rebuild uses them to hand
+the record back to compute at the right position (`app/services/rebuild_service.py`).
+
+Retention: rows expire `settings.archive_retention_days` after their event time (a TTL
+applied by merges); `initialize` moves an existing table's TTL to the setting.
 
 chDB holds one engine per process: sinks on the same path share it, and opening a
 different path while a sink is open raises clickhouse_connect's ProgrammingError.
-Its calls go through one process-wide thread, because chDB is not thread-safe.
+Its calls go through one process-wide thread, because chDB is not thread-safe. Two
+processes cannot open one chDB path: split processes need a ClickHouse server.
 """
 
 from __future__ import annotations
@@ -17,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -31,8 +45,9 @@ from app.db.analytics import AnalyticsEvent, AnalyticsSink
 _T = TypeVar("_T")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-CREATE_EVENTS_TABLE = """
-CREATE TABLE IF NOT EXISTS events (
+ARCHIVE_TABLE = "event_archive"
+_CREATE_ARCHIVE = """
+CREATE TABLE IF NOT EXISTS event_archive (
     project_id LowCardinality(String),
     pipeline_id LowCardinality(String),
     user_id String,
@@ -40,11 +55,14 @@ CREATE TABLE IF NOT EXISTS events (
     event_id String,
     event_time DateTime64(3, 'UTC'),
     received_at DateTime64(3, 'UTC'),
-    properties String
+    properties String,
+    log_partition UInt32,
+    log_offset UInt64,
+    precedence UInt64 MATERIALIZED 18446744073709551615 - log_offset
 )
-ENGINE = MergeTree
-PARTITION BY toYYYYMM(event_time)
-ORDER BY (project_id, user_id, event_time)
+ENGINE = ReplacingMergeTree(precedence)
+ORDER BY (project_id, user_id, event_id)
+TTL {ttl}
 """
 COLUMNS = [
     "project_id",
@@ -55,13 +73,23 @@ COLUMNS = [
     "event_time",
     "received_at",
     "properties",
+    "log_partition",
+    "log_offset",
 ]
-_COUNT_EVENTS = "SELECT count() FROM events WHERE project_id = {project_id:String}"
+_COUNT_EVENTS = "SELECT count() FROM event_archive FINAL WHERE project_id = {project_id:String}"
 _RECENT_EVENTS = """
-SELECT project_id, pipeline_id, user_id, event, event_id, event_time, received_at, properties
-FROM events WHERE project_id = {project_id:String}
+SELECT project_id, pipeline_id, user_id, event, event_id, event_time, received_at, properties,
+       log_partition, log_offset
+FROM event_archive FINAL WHERE project_id = {project_id:String}
 ORDER BY event_time DESC, event_id LIMIT {limit:UInt32}
 """
+_TABLE_DDL = "SELECT create_table_query FROM system.tables WHERE name = 'event_archive'"
+_POSITIONS = "SELECT log_partition, max(log_offset) FROM event_archive GROUP BY log_partition"
+
+
+def _ttl(retention_days: int) -> str:
+    # As ClickHouse prints it back in `create_table_query`, so a match means no change.
+    return f"toDateTime(event_time) + toIntervalDay({int(retention_days)})"
 
 
 def _to_datetime(ms: int) -> datetime:
@@ -84,11 +112,13 @@ def _row(event: AnalyticsEvent) -> list[Any]:
         _to_datetime(event.event_time_ms),
         _to_datetime(event.received_at_ms),
         json.dumps(event.properties, separators=(",", ":"), ensure_ascii=False),
+        event.log_partition,
+        event.log_offset,
     ]
 
 
 def _event(row: Sequence[Any]) -> AnalyticsEvent:
-    project_id, pipeline_id, user_id, event, event_id, event_time, received_at, props = row
+    project_id, pipeline_id, user_id, event, event_id, event_time, received_at, props, p, o = row
     return AnalyticsEvent(
         project_id=project_id,
         pipeline_id=pipeline_id,
@@ -98,6 +128,8 @@ def _event(row: Sequence[Any]) -> AnalyticsEvent:
         event_time_ms=_to_ms(event_time),
         received_at_ms=_to_ms(received_at),
         properties=json.loads(props),
+        log_partition=p,
+        log_offset=o,
     )
 
 
@@ -105,8 +137,9 @@ class ClickHouseClientSink(AnalyticsSink):
     """The SQL both sinks share; subclasses say how to build the client and which
     thread runs it."""
 
-    def __init__(self) -> None:
+    def __init__(self, retention_days: int) -> None:
         self._client: Client | None = None
+        self._retention_days = retention_days
 
     def _connect(self) -> Client:
         raise NotImplementedError
@@ -123,15 +156,21 @@ class ClickHouseClientSink(AnalyticsSink):
         return self._client
 
     async def initialize(self) -> None:
-        """Connects and creates the `events` table if needed; idempotent. Raises
-        clickhouse_connect's errors when the engine or server cannot be reached."""
+        """Connects, creates `event_archive` if needed and sets its TTL to the retention
+        setting; idempotent. Raises clickhouse_connect's errors when the engine or server
+        cannot be reached."""
         if self._client is not None:
             return
+        ttl = _ttl(self._retention_days)
 
         def connect() -> Client:
             client = self._connect()
             try:
-                client.command(CREATE_EVENTS_TABLE)
+                client.command(_CREATE_ARCHIVE.format(ttl=ttl))
+                ddl = str(client.query(_TABLE_DDL).result_rows[0][0])
+                if f"TTL {ttl}" not in ddl:
+                    # A changed retention: rows past the new one go at the next merges.
+                    client.command(f"ALTER TABLE {ARCHIVE_TABLE} MODIFY TTL {ttl}")
             except BaseException:
                 client.close()
                 raise
@@ -151,15 +190,16 @@ class ClickHouseClientSink(AnalyticsSink):
         await self._run(lambda: client.command("SELECT 1"))
 
     async def insert(self, events: Sequence[AnalyticsEvent]) -> None:
-        """Inserts the batch with one INSERT; raises on failure (nothing is retried here)."""
+        """Inserts the batch with one INSERT (atomic below a million rows); raises on
+        failure (nothing is retried here). Inserting an event again is harmless."""
         if not events:
             return
         client = self._started()
         rows = [_row(event) for event in events]
-        await self._run(lambda: client.insert("events", rows, column_names=COLUMNS))
+        await self._run(lambda: client.insert(ARCHIVE_TABLE, rows, column_names=COLUMNS))
 
     async def count_events(self, project_id: str) -> int:
-        """Returns how many events the project has stored."""
+        """Returns how many distinct events the project has archived."""
         client = self._started()
         result = await self._run(
             lambda: client.query(_COUNT_EVENTS, parameters={"project_id": project_id})
@@ -173,13 +213,45 @@ class ClickHouseClientSink(AnalyticsSink):
         result = await self._run(lambda: client.query(_RECENT_EVENTS, parameters=params))
         return [_event(row) for row in result.result_rows]
 
+    async def positions(self) -> dict[int, int]:
+        """Returns, per partition of the events topic, the highest offset archived.
+
+        The archive inserts each partition's records in log order and commits only
+        after the insert, so every record of that partition up to it is archived
+        (retention aside)."""
+        client = self._started()
+        result = await self._run(lambda: client.query(_POSITIONS))
+        return {int(p): int(o) for p, o in result.result_rows}
+
+    async def query_rows(
+        self, sql: str, parameters: Mapping[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Returns the rows of one SELECT (`app/db/history.py` builds them)."""
+        client = self._started()
+        params = dict(parameters or {})
+        result = await self._run(lambda: client.query(sql, parameters=params))
+        return [tuple(row) for row in result.result_rows]
+
+    async def command(self, sql: str) -> None:
+        """Runs one statement that returns nothing (DDL)."""
+        client = self._started()
+        await self._run(lambda: client.command(sql))
+
+    async def insert_rows(
+        self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]
+    ) -> None:
+        """Inserts rows into `table` with one INSERT."""
+        client = self._started()
+        data = [list(row) for row in rows]
+        await self._run(lambda: client.insert(table, data, column_names=list(columns)))
+
 
 class ClickHouseSink(ClickHouseClientSink):
     """Events into a ClickHouse server over HTTP (`settings.clickhouse_url`, which may
     carry user, password and database: `http://user:pass@host:8123/db`)."""
 
     def __init__(self, settings: BackendSettings) -> None:
-        super().__init__()
+        super().__init__(settings.archive_retention_days)
         self._url = settings.clickhouse_url
         self._pool: ThreadPoolExecutor | None = None
 
@@ -219,7 +291,7 @@ class ChdbSink(ClickHouseClientSink):
     """Events into the embedded chDB engine under `settings.data_dir / "chdb"`."""
 
     def __init__(self, settings: BackendSettings) -> None:
-        super().__init__()
+        super().__init__(settings.archive_retention_days)
         self._path = settings.data_dir / "chdb"
 
     def _connect(self) -> Client:

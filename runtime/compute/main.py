@@ -1,9 +1,10 @@
 """The compute process: `python -m runtime.compute.main` (HTTP on port 9100).
 
 The work is the consumer loop (`worker.py`): Kafka (or the local log) → per-user
-feature records in the online store, with the optional analytics sink fed on the
-side. The HTTP port only serves `/health`, `/ready` (backends plus the consumer loop, as
-`compute_consumer`), `/consumer` (the loop's state and lag) and `/metrics`.
+feature records in the online store. Archiving events is the archive process's job
+(`runtime/archive`, its own consumer group). The HTTP port only serves `/health`,
+`/ready` (backends plus the consumer loop, as `compute_consumer`), `/consumer` (the
+loop's state and lag) and `/metrics`.
 
 `compute_startup` (the start-up hook that runs the worker) and `compute_router`
 (`/consumer`) are also what the standalone process mounts, after
@@ -17,7 +18,6 @@ import contextlib
 import logging
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -29,7 +29,6 @@ from app.core.server import serve
 from app.core.service import Backend, Resources, StartupHook, build_app, get_resources
 from app.core.settings import ComputeSettings
 from app.db import factory
-from runtime.compute.analytics_forwarder import AnalyticsForwarder
 from runtime.compute.metrics import ComputeMetrics
 from runtime.compute.worker import (
     ComputeWorker,
@@ -102,9 +101,8 @@ def compute_startup(
     """Returns the start-up hook that runs the compute worker as a background task.
 
     It builds the consumer from the process's backend settings (`factory.make_consumer`),
-    the analytics forwarder when the process has an analytics sink, and starts the loop;
-    on shutdown it lets the in-flight batch finish and commit, then leaves the group and
-    flushes analytics. Options default to the process's ComputeSettings (or the defaults
+    and starts the loop; on shutdown it lets the in-flight batch finish and commit, then
+    leaves the group. Options default to the process's ComputeSettings (or the defaults
     in another process). Runs after `config_loader_hook`; raises RuntimeError at
     start-up when the process has no online store or no config loader.
     """
@@ -114,17 +112,6 @@ def compute_startup(
         if loader is None or resources.online_store is None:
             raise RuntimeError("compute needs the online store and the config loader hook")
         opts = options or WorkerOptions.from_settings(resources.settings)
-        forwarder: AnalyticsForwarder | None = None
-        if resources.analytics is not None:
-            settings: Any = resources.settings
-            forwarder = AnalyticsForwarder(
-                resources.analytics,
-                metrics,
-                max_queue=getattr(settings, "analytics_queue_max", 100_000),
-                batch_size=getattr(settings, "analytics_batch_size", 1_000),
-            )
-            forwarder.start()
-            stack.push_async_callback(forwarder.close)
         writer = FeatureWriter(
             resources.online_store,
             now_ms=now_ms,
@@ -142,7 +129,6 @@ def compute_startup(
             loader,
             metrics=metrics,
             options=opts,
-            analytics=forwarder,
             dead_letter=dead_letter,
         )
         task = asyncio.create_task(worker.run(), name="compute-worker")
@@ -211,7 +197,7 @@ def create_app(
             "Consumes the events topic into per-user windowed features (time tiles) in the "
             "online store. HTTP is for health, readiness and Prometheus metrics only."
         ),
-        needs=(Backend.CACHE, Backend.CONFIG_STORE, Backend.ONLINE_STORE, Backend.ANALYTICS),
+        needs=(Backend.CACHE, Backend.CONFIG_STORE, Backend.ONLINE_STORE),
         startup=(
             config_loader_hook,
             compute_startup(metrics, now_ms=now_ms or wall_clock_ms),

@@ -15,7 +15,7 @@ _WRITE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 
 
 class ComputeMetrics:
-    """Every series the worker and the analytics forwarder update."""
+    """Every series the worker updates."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -111,24 +111,6 @@ class ComputeMetrics:
         self.invalid_features = Counter(
             "compute_invalid_features_total",
             "Deployed features compute could not build (per config version seen)",
-            registry=r,
-        )
-        self.analytics_queue = Gauge(
-            "analytics_queue_events",
-            "Applied events waiting for the analytics sink (its lag)",
-            registry=r,
-        )
-        self.analytics_inserted = Counter(
-            "analytics_inserted_total", "Events inserted into the analytics sink", registry=r
-        )
-        self.analytics_failures = Counter(
-            "analytics_failures_total",
-            "Failed analytics inserts (retried with backoff)",
-            registry=r,
-        )
-        self.analytics_dropped = Counter(
-            "analytics_dropped_total",
-            "Events dropped because the analytics queue was full (analytics is best-effort)",
             registry=r,
         )
         self._lag_partitions: set[str] = set()

@@ -52,12 +52,10 @@ from typing import Protocol
 from pydantic import ValidationError
 
 from app.core.settings import ComputeSettings, ServiceSettings
-from app.db.analytics import AnalyticsEvent
 from app.db.event_log import EventLogConsumer, EventLogProducer, LogRecord
 from app.schemas.deployment import ConfigSnapshot
 from app.schemas.event import EventMessage
 from app.tiles.record import AppliedEvent, DedupPolicy
-from runtime.compute.analytics_forwarder import AnalyticsForwarder
 from runtime.compute.metrics import ComputeMetrics
 from runtime.compute.specs import ProjectSpecs, SpecCache, event_key
 from runtime.compute.writer import FeatureWriter, UserWrite
@@ -186,7 +184,6 @@ class ComputeWorker:
         *,
         metrics: ComputeMetrics,
         options: WorkerOptions | None = None,
-        analytics: AnalyticsForwarder | None = None,
         dead_letter: EventLogProducer | None = None,
     ) -> None:
         self._consumer = consumer
@@ -196,7 +193,6 @@ class ComputeWorker:
         self._configs = configs
         self._metrics = metrics
         self._options = options or WorkerOptions()
-        self._analytics = analytics
         self._specs = SpecCache()
         self._stopping = asyncio.Event()
         self._last_lag_refresh = 0.0
@@ -341,7 +337,6 @@ class ComputeWorker:
             counts.forgotten_ids += write.forgotten_ids
             counts.late += write.late
             counts.future += write.future
-            self._forward(by_project[project_id][user_id], write)
         return counts
 
     async def _project_specs(
@@ -398,23 +393,6 @@ class ComputeWorker:
         finally:
             for user_id, write in written.items():
                 done[(project_id, user_id)] = write
-
-    def _forward(self, items: Sequence[_Decoded], write: UserWrite) -> None:
-        if self._analytics is None or not write.fresh:
-            return
-        self._analytics.offer(
-            AnalyticsEvent(
-                project_id=m.project_id,
-                pipeline_id=m.pipeline_id,
-                user_id=m.user_id,
-                event=m.event,
-                event_id=m.event_id,
-                event_time_ms=m.event_time_ms,
-                received_at_ms=m.received_at_ms,
-                properties=m.properties,
-            )
-            for m in (items[i].message for i in write.fresh)
-        )
 
     def _count(self, counts: _BatchCounts) -> None:
         m = self._metrics

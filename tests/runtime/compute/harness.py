@@ -13,12 +13,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from app.core.config_loader import ConfigLoader, publish_config
 from app.core.settings import BackendSettings
 from app.db import factory
-from app.db.analytics import AnalyticsSink
 from app.db.event_log import EventLogConsumer, EventLogProducer
 from app.db.online_store import OnlineStore
 from app.schemas.deployment import ConfigSnapshot
 from app.schemas.event import record_key
-from runtime.compute.analytics_forwarder import AnalyticsForwarder
 from runtime.compute.metrics import ComputeMetrics
 from runtime.compute.worker import ComputeWorker, WorkerOptions
 from runtime.compute.writer import FeatureWriter
@@ -65,11 +63,9 @@ class Running:
         self,
         worker: ComputeWorker,
         metrics: ComputeMetrics,
-        forwarder: AnalyticsForwarder | None = None,
     ) -> None:
         self.worker = worker
         self.metrics = metrics
-        self.forwarder = forwarder
         self.task = asyncio.create_task(worker.run())
 
     async def wait_processed(self, count: int) -> None:
@@ -93,12 +89,8 @@ class Running:
 
     async def stop(self) -> None:
         self.worker.stop()
-        try:
-            async with asyncio.timeout(CATCH_UP_BOUND_S):
-                await self.task
-        finally:
-            if self.forwarder is not None:
-                await self.forwarder.close(timeout_s=1.0)
+        async with asyncio.timeout(CATCH_UP_BOUND_S):
+            await self.task
 
 
 class ComputeKit:
@@ -156,15 +148,10 @@ class ComputeKit:
         *,
         consumer: EventLogConsumer | None = None,
         store: OnlineStore | None = None,
-        analytics: AnalyticsSink | None = None,
         options: WorkerOptions | None = None,
         dead_letter: EventLogProducer | None = None,
     ) -> Running:
         metrics = ComputeMetrics()
-        forwarder = None
-        if analytics is not None:
-            forwarder = AnalyticsForwarder(analytics, metrics, batch_size=100)
-            forwarder.start()
         writer = FeatureWriter(store or self.store, now_ms=self.clock, metrics=metrics)
         worker = ComputeWorker(
             consumer or self.consumer(),
@@ -172,10 +159,9 @@ class ComputeKit:
             self.loader,
             metrics=metrics,
             options=options or WorkerOptions(max_batch_messages=500, retry_first_s=0.05),
-            analytics=forwarder,
             dead_letter=dead_letter,
         )
-        running = Running(worker, metrics, forwarder)
+        running = Running(worker, metrics)
         self._running.append(running)
         return running
 

@@ -1,0 +1,182 @@
+"""The archive process: `python -m runtime.archive.main` (HTTP on port 9200).
+
+The work is the consumer loop (`worker.py`): the events topic, under its own consumer
+group, into the event archive (ClickHouse, or chDB when one process runs everything).
+The HTTP port serves `/health`, `/ready` (the archive plus the loop, as
+`archive_consumer`), `/archive` (the loop's state and lag) and `/metrics`.
+
+`archive_startup` and `archive_router` are also what the standalone process mounts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from app.core.metrics import metrics_router
+from app.core.server import serve
+from app.core.service import Backend, Resources, StartupHook, build_app, get_resources
+from app.core.settings import ArchiveSettings
+from app.db import factory
+from runtime.archive.metrics import ArchiveMetrics
+from runtime.archive.worker import ArchiveOptions, ArchiveWorker
+
+logger = logging.getLogger(__name__)
+
+ARCHIVE_CHECK = "archive_consumer"
+_STOP_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunningArchive:
+    """What the start-up hook leaves in `Resources.extras[ARCHIVE]`."""
+
+    worker: ArchiveWorker
+    task: asyncio.Task[None]
+
+
+ARCHIVE = "archive"
+
+
+class ArchiveStatus(BaseModel):
+    """The archive loop as /archive reports it."""
+
+    running: bool
+    consumer_started: bool
+    retrying: bool
+    last_error: str | None
+    batches_committed: int
+    last_commit_ms: int | None
+    lag: dict[str, int]
+
+
+class ArchiveNotRunning(Exception):
+    """The archive loop has stopped: accepted events are not being archived."""
+
+
+class ArchiveRetrying(Exception):
+    """A batch cannot be inserted (the archive store is down) and is being retried."""
+
+
+def archive_status(resources: Resources) -> ArchiveStatus | None:
+    """Returns the loop's state, or None when this process runs no archive worker."""
+    running = resources.extras.get(ARCHIVE)
+    if not isinstance(running, RunningArchive):
+        return None
+    s = running.worker.state
+    return ArchiveStatus(
+        running=not running.task.done(),
+        consumer_started=s.consumer_started,
+        retrying=s.retrying,
+        last_error=s.last_error,
+        batches_committed=s.batches_committed,
+        last_commit_ms=s.last_commit_ms,
+        lag={str(p): v for p, v in sorted(s.lag.items())},
+    )
+
+
+def archive_startup(
+    metrics: ArchiveMetrics, *, group: str, options: ArchiveOptions | None = None
+) -> StartupHook:
+    """Returns the start-up hook that runs the archive worker as a background task in
+    consumer group `group`. Raises RuntimeError at start-up when the process has no
+    archive backend (`ANALYTICS=none`)."""
+
+    async def start(resources: Resources, stack: AsyncExitStack) -> None:
+        if resources.analytics is None:
+            raise RuntimeError("the archive needs ANALYTICS=clickhouse (or chdb)")
+        consumer = factory.make_consumer(resources.settings.backends, group)
+        worker = ArchiveWorker(consumer, resources.analytics, metrics=metrics, options=options)
+        task = asyncio.create_task(worker.run(), name="archive-worker")
+        resources.extras[ARCHIVE] = RunningArchive(worker, task)
+
+        async def check() -> None:
+            if task.done():
+                raise ArchiveNotRunning("the archive loop is not running")
+            if worker.state.retrying:
+                raise ArchiveRetrying(f"batch retrying after {worker.state.last_error}")
+
+        resources.checks[ARCHIVE_CHECK] = check
+
+        async def stop() -> None:
+            worker.stop()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), _STOP_TIMEOUT_S)
+            except TimeoutError:
+                logger.warning("archive worker did not stop in time; cancelling it")
+            except Exception:
+                logger.exception("archive worker had failed")
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+        stack.push_async_callback(stop)
+
+    return start
+
+
+def archive_router() -> APIRouter:
+    """Returns `GET /archive` (the loop's state: running, retrying, lag)."""
+    router = APIRouter(tags=["health"])
+
+    @router.get(
+        "/archive",
+        summary="The archive loop: running, retrying, lag per partition",
+        response_model=ArchiveStatus,
+        responses={503: {"model": ArchiveStatus}},
+    )
+    async def archive(request: Request) -> JSONResponse:
+        status = archive_status(get_resources(request))
+        if status is None:
+            return JSONResponse(
+                {"error": "NotRunning", "detail": "no archive worker", "fields": None},
+                status_code=503,
+            )
+        return JSONResponse(status.model_dump(), status_code=200 if status.running else 503)
+
+    return router
+
+
+def options_of(settings: ArchiveSettings) -> ArchiveOptions:
+    """Returns the loop's tuning from the process settings."""
+    return ArchiveOptions(
+        max_batch_messages=settings.max_batch_messages, poll_timeout_ms=settings.poll_timeout_ms
+    )
+
+
+def create_app(settings: ArchiveSettings | None = None) -> FastAPI:
+    """Returns the archive app."""
+    settings = settings or ArchiveSettings()
+    metrics = ArchiveMetrics()
+    app = build_app(
+        settings=settings,
+        title="Data Platform Service: event archive",
+        description=(
+            "Consumes the events topic, under its own consumer group, into the event "
+            "archive (ClickHouse). HTTP is for health, readiness and metrics only."
+        ),
+        needs=(Backend.ANALYTICS,),
+        startup=(
+            archive_startup(metrics, group=settings.consumer_group, options=options_of(settings)),
+        ),
+    )
+    app.include_router(archive_router())
+    app.include_router(metrics_router(metrics.registry))
+    return app
+
+
+def main() -> None:
+    """Runs the process with uvicorn on ARCHIVE_HOST:ARCHIVE_PORT."""
+    settings = ArchiveSettings()
+    serve(create_app(settings), settings)
+
+
+if __name__ == "__main__":
+    main()
