@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from enum import StrEnum
 from operator import itemgetter
 from typing import Any, ClassVar
@@ -60,9 +60,15 @@ class TileSpan:
         self.hi = hi
         self.keys = {str(tile): tile for tile in range(lo, hi + 1)}
 
-    def partials(self, tiles: Tiles) -> list[Any]:
+    def partials(self, tiles: Tiles) -> Collection[Any]:
         """Returns the partials of the tiles in range, in the map's order."""
-        keys, lo, hi = self.keys, self.lo, self.hi
+        keys = self.keys
+        # Usually every stored tile is in range (compute prunes the others on write):
+        # one subset test in C then hands the map's values over as they are. Reads of
+        # a 100-user batch spent a third of their merge time building these lists.
+        if tiles.keys() <= keys.keys():
+            return tiles.values()
+        lo, hi = self.lo, self.hi
         return [p for k, p in tiles.items() if k in keys or lo <= int(k) <= hi]
 
     def ordered(self, tiles: Tiles) -> list[Any]:
@@ -165,8 +171,7 @@ class Count(Aggregator):
         return sum(int(p) for p in partials)
 
     def read(self, tiles: Tiles, span: TileSpan) -> Any:
-        keys, lo, hi = span.keys, span.lo, span.hi
-        return sum([int(p) for k, p in tiles.items() if k in keys or lo <= int(k) <= hi])
+        return sum(map(int, span.partials(tiles)))
 
 
 class Sum(Aggregator):
@@ -187,8 +192,7 @@ class Sum(Aggregator):
         return math.fsum(partials)
 
     def read(self, tiles: Tiles, span: TileSpan) -> Any:
-        keys, lo, hi = span.keys, span.lo, span.hi
-        return math.fsum([p for k, p in tiles.items() if k in keys or lo <= int(k) <= hi])
+        return math.fsum(span.partials(tiles))
 
 
 class Avg(Aggregator):
@@ -266,7 +270,8 @@ class Last(Aggregator):
         return max(partials, key=_first)[1] if partials else None
 
     def read(self, tiles: Tiles, span: TileSpan) -> Any:
-        return self.combine(span.partials(tiles))  # event times decide, not tile order
+        partials = span.partials(tiles)  # event times decide, not tile order
+        return max(partials, key=_first)[1] if partials else None
 
 
 class First(Aggregator):
@@ -280,7 +285,8 @@ class First(Aggregator):
         return min(partials, key=_first)[1] if partials else None
 
     def read(self, tiles: Tiles, span: TileSpan) -> Any:
-        return self.combine(span.partials(tiles))
+        partials = span.partials(tiles)
+        return min(partials, key=_first)[1] if partials else None
 
 
 class CountDistinct(Aggregator):
@@ -299,14 +305,12 @@ class CountDistinct(Aggregator):
         return sketch.count_distinct(partials) if partials else 0
 
     def read(self, tiles: Tiles, span: TileSpan) -> Any:
-        keys, lo, hi = span.keys, span.lo, span.hi
         union: set[str] = set()
-        for k, p in tiles.items():
-            if k in keys or lo <= int(k) <= hi:
-                if isinstance(p, str):
-                    # A sketch: unions are taken in tile order, as `combine` does.
-                    return sketch.count_distinct(span.ordered(tiles))
-                union.update(p)  # exact values: the union is a set, in any order
+        for p in span.partials(tiles):
+            if isinstance(p, str):
+                # A sketch: unions are taken in tile order, as `combine` does.
+                return sketch.count_distinct(span.ordered(tiles))
+            union.update(p)  # exact values: the union is a set, in any order
         return len(union)
 
 
