@@ -1,9 +1,11 @@
 """The shared cache on Redis (redis.asyncio with hiredis).
 
-Failure policy: every call either answers or raises CacheUnavailable within a few
-seconds (1 s connect timeout, 2 s read timeout, one quick retry so a pooled
-connection left stale by a Redis restart heals transparently). Nothing waits on a
-dead Redis: callers (the config loader, dedup, rate limits) decide what to do.
+Failure policy: every call either answers or raises CacheUnavailable within about a
+second (1 s connect timeout, 1 s read timeout; one immediate retry on a fresh
+connection after a connection error, so a pooled connection left stale by a Redis
+restart heals transparently, but no retry after a timeout: a frozen Redis was 4 s per
+call with it, and the 503 it causes must come within about a second). Nothing waits on
+a dead Redis: callers (the config loader, dedup, rate limits) decide what to do.
 
 Subscriptions do NOT reconnect by themselves: when the pub/sub connection breaks
 (Redis restarted, killed, or stopped answering pings), the generator raises
@@ -30,7 +32,9 @@ from app.core.settings import BackendSettings
 from app.db.cache import DONE, PENDING, Cache, CacheUnavailable, ClaimState
 
 _CONNECT_TIMEOUT_S = 1.0
-_SOCKET_TIMEOUT_S = 2.0
+# Every command here takes well under a millisecond on a healthy Redis (a 2,500-key claim
+# script a few ms).
+_SOCKET_TIMEOUT_S = 1.0
 _MAX_CONNECTIONS = 64
 # How long a caller waits for a free pooled connection before giving up.
 _POOL_WAIT_S = 2.0
@@ -111,7 +115,11 @@ class RedisCache(Cache):
         does not stop the process (calls raise CacheUnavailable until it is back)."""
         if self._client is not None:
             return
-        quick_retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.2), retries=1)
+        quick_retry = Retry(
+            ExponentialWithJitterBackoff(base=0.05, cap=0.2),
+            retries=1,
+            supported_errors=(RedisConnectionError,),
+        )
         self._client = aioredis.Redis(connection_pool=self._pool(quick_retry))
         # Pub/sub connections never retry: redis-py would reconnect and resubscribe
         # behind our back, hiding the messages lost meanwhile (see module docstring).

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any, cast
@@ -36,6 +38,9 @@ PROBE = b"__probe__"
 # Upper bound for anything that must "fail fast": a hang fails the test instead of
 # blocking the suite. Not a timing assertion.
 FAIL_FAST_BOUND_S = 15.0
+# A frozen Redis costs one read timeout (1 s); this bound tells it from the retried
+# timeout it replaced (4 s).
+FROZEN_BOUND_S = 3.0
 
 
 @pytest.fixture(
@@ -350,6 +355,24 @@ class TestRedisOutage:
             async with asyncio.timeout(FAIL_FAST_BOUND_S):
                 with pytest.raises(CacheUnavailable):
                     await call
+
+    async def test_a_frozen_redis_is_unavailable_after_one_read_timeout_and_heals(
+        self, own_redis: OwnRedis, own_cache: RedisCache
+    ) -> None:
+        await own_cache.set("k", b"v")
+        assert own_redis.proc is not None
+        own_redis.proc.send_signal(signal.SIGSTOP)  # connections open, nothing answered
+        try:
+            for call in (own_cache.get("k"), own_cache.claim_many(["d"], 10)):
+                started = time.monotonic()
+                with pytest.raises(CacheUnavailable):
+                    await call
+                # One 1 s read timeout, not retried (was 4 s): the caller's 503 comes
+                # within about a second.
+                assert time.monotonic() - started < FROZEN_BOUND_S
+        finally:
+            own_redis.proc.send_signal(signal.SIGCONT)
+        assert await own_cache.get("k") == b"v"
 
     async def test_subscribing_to_a_dead_redis_raises_cache_unavailable(
         self, own_redis: OwnRedis, own_cache: RedisCache
