@@ -1,0 +1,270 @@
+"""Rebuild: every record of a project recomputed from the event archive, safely beside
+a running compute.
+
+What is done where. ClickHouse does the aggregation: per feature and window, one query
+per chunk of users returns the partial of every (user, tile) the window can still read
+at `now` (`app/db/history.py`: COUNT/SUM/AVG/MIN/MAX/LAST/FIRST partials by GROUP BY
+user, tile; COUNT_DISTINCT as the tile's distinct values). Python only turns those rows
+into the record layout compute writes (`app/tiles/record.py`; a COUNT_DISTINCT tile
+becomes the same exact list or HLL sketch `sketch.add` builds) under the fingerprints
+compute uses (`runtime/compute/specs.build_specs`), so serving merges the rebuilt tiles
+with the same code, and the features equal the oracle's. Users go in keyset-paged
+chunks of `chunk_users` (each query a range of the sorting key), so memory is bounded
+by a chunk's tiles whatever the archive holds.
+
+Safe against live compute writes, without stopping it. The archive stores where each
+event sat in the log (partition, offset), and a partition's events are archived in
+log order, so the archive holds every event of a partition up to its highest archived
+offset A_p. For each user, with C the record compute wrote (C_p its last applied
+offset in partition p) and X_p the user's highest archived offset:
+
+- C_p <= A_p: every event C holds is archived, so the rebuilt record R has all of
+  them, and maybe newer ones compute has not applied yet. R takes offsets X_p (>= C_p):
+  when compute reaches those events it skips them by offset (record.py's first layer),
+  and the ids of events received within the dedup horizon are added to R's event-id
+  memory, so a later second copy in the log is dropped too (the second layer).
+- C_p > A_p: compute is ahead of the archive for this partition; R would lose what
+  only C has. The user is deferred (counted; run the rebuild again once the archive
+  caught up: its lag is on `/archive`).
+- R is written with a compare-and-set on C's generation: a compute write in between
+  makes the put fail, and the user is re-read and merged again (`MAX_ATTEMPTS`).
+
+Events older than the retention are gone from the archive; a rebuild then serves less
+than compute had for windows longer than it (retention is at least the longest window).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.db.clickhouse import ClickHouseClientSink
+from app.db.history import ArchiveHistory, Source, WindowTiles
+from app.db.online_store import OnlineStore, RecordWrite, StoredRecord
+from app.schemas.deployment import ConfigSnapshot
+from app.tiles import sketch
+from app.tiles.features import MAX_FUTURE_MS, FeatureSpec
+from app.tiles.record import DedupPolicy, id_hash
+from runtime.compute.specs import ProjectSpecs, build_specs
+
+logger = logging.getLogger(__name__)
+
+# Users per chunk: one query per feature and window covers them all.
+CHUNK_USERS = 2_000
+# Compare-and-set attempts per user before it counts as deferred.
+MAX_ATTEMPTS = 5
+
+
+@dataclass(slots=True)
+class RebuildReport:
+    """What one project's rebuild did."""
+
+    project_id: str
+    version: int
+    users: int = 0
+    written: int = 0
+    deferred: int = 0
+    deferred_users: list[str] = field(default_factory=list)
+
+
+def source_of(spec: FeatureSpec) -> Source:
+    """Returns the archive's view of a deployed spec (its `source` is
+    `event_key(pipeline_id, event)`; pipeline ids hold no '/')."""
+    pipeline_id, _, event = str(getattr(spec, "source", "")).partition("/")
+    return Source(pipeline_id, event, spec.aggregation.value, spec.field or None)
+
+
+def partial_of(aggregation: str, columns: Sequence[Any], field_name: str | None) -> Any:
+    """Returns the tile partial compute would hold for these per-tile columns, or None
+    when no event of the tile gave the aggregation a value (compute writes no tile)."""
+    match aggregation:
+        case "COUNT":
+            return int(columns[0])
+        case "SUM":
+            return float(columns[0]) if columns[1] else None
+        case "AVG":
+            return [float(columns[0]), int(columns[1])] if columns[1] else None
+        case "MIN" | "MAX":
+            return float(columns[0]) if columns[1] else None
+        case "LAST" | "FIRST":
+            if not columns[2]:
+                return None
+            return [int(columns[1]), json.loads(columns[0]).get(field_name or "")]
+        case "COUNT_DISTINCT":
+            partial: Any = None
+            for item in sorted(columns[0]):
+                partial = sketch.add(partial, item)
+            return partial
+    raise ValueError(f"unknown aggregation {aggregation}")
+
+
+def merge_ids(
+    stored: Mapping[str, list[int]] | None, recent: Sequence[str], now_ms: int, dedup: DedupPolicy
+) -> dict[str, list[int]]:
+    """Returns the record's event-id memory: the stored buckets still inside the horizon,
+    plus the hashes of `recent` archived ids not yet remembered, in the bucket of
+    `now_ms`; the oldest are dropped beyond `dedup.max_ids` (as compute does)."""
+    oldest = (now_ms - dedup.horizon_ms) // dedup.bucket_ms
+    ids = {k: list(v) for k, v in (stored or {}).items() if int(k) >= oldest}
+    seen = {h for bucket in ids.values() for h in bucket}
+    new = [h for h in (id_hash(i) for i in recent) if h not in seen]
+    if new:
+        key = str(now_ms // dedup.bucket_ms)
+        ids[key] = [*ids.get(key, ()), *new]
+    excess = sum(len(b) for b in ids.values()) - dedup.max_ids
+    for key in sorted(ids, key=int):
+        if excess <= 0:
+            break
+        drop = min(excess, len(ids[key]))
+        ids[key] = ids[key][drop:]
+        excess -= drop
+        if not ids[key]:
+            del ids[key]
+    return ids
+
+
+class RebuildService:
+    """Rebuilds records from the archive into an online store."""
+
+    def __init__(
+        self,
+        archive: ClickHouseClientSink,
+        store: OnlineStore,
+        *,
+        now_ms: Callable[[], int],
+        dedup: DedupPolicy | None = None,
+        chunk_users: int = CHUNK_USERS,
+    ) -> None:
+        self._history = ArchiveHistory(archive)
+        self._archive = archive
+        self._store = store
+        self._now_ms = now_ms
+        self._dedup = dedup or DedupPolicy()
+        self._chunk_users = chunk_users
+
+    async def projects(self) -> list[str]:
+        """Returns every project the archive holds events of."""
+        return await self._history.projects()
+
+    async def rebuild(self, snapshot: ConfigSnapshot) -> RebuildReport:
+        """Rebuilds every archived user of `snapshot`'s project under that config.
+
+        Returns the report (users seen, records written, users deferred because compute
+        is ahead of the archive or kept winning the compare-and-set). Raises what the
+        archive or the store raise; a rebuild stopped half-way leaves every record it
+        wrote consistent, and running it again is harmless.
+        """
+        specs = build_specs(snapshot)
+        report = RebuildReport(snapshot.project_id, snapshot.version)
+        if specs.ttl_seconds is None:
+            return report  # no feature: nothing is stored per user
+        after: str | None = None
+        while True:
+            users = await self._history.user_page(snapshot.project_id, after, self._chunk_users)
+            if not users:
+                return report
+            after = users[-1]
+            report.users += len(users)
+            await self._rebuild_chunk(specs, users, report)
+            logger.info(
+                "rebuild progress",
+                extra={"project_id": snapshot.project_id, "users": report.users},
+            )
+
+    async def _rebuild_chunk(
+        self, specs: ProjectSpecs, users: Sequence[str], report: RebuildReport
+    ) -> None:
+        project_id, first, last = specs.project_id, users[0], users[-1]
+        now_ms = self._now_ms()
+        features = await self._features(specs, first, last, now_ms)
+        offsets = await self._history.user_offsets(project_id, first, last)
+        recent = await self._history.recent_ids(
+            project_id, first, last, now_ms - self._dedup.horizon_ms, self._dedup.max_ids
+        )
+        earliest = min(w.tile_range(now_ms)[0] * w.tile_ms for s in specs.specs for w in s.windows)
+        last_event = await self._history.last_event_ms(
+            project_id, [source_of(s) for s in specs.specs], first, last, earliest
+        )
+        pending = list(users)
+        ttl = specs.ttl_seconds
+        assert ttl is not None
+        for _attempt in range(MAX_ATTEMPTS):
+            if not pending:
+                return
+            positions = await self._archive.positions()
+            current = await self._store.get_many(project_id, pending)
+            writes: list[RecordWrite] = []
+            for user, stored in zip(pending, current, strict=True):
+                record = self._record(
+                    stored,
+                    features.get(user, {}),
+                    offsets.get(user, {}),
+                    recent.get(user, []),
+                    last_event.get(user, 0),
+                    positions,
+                    now_ms,
+                )
+                if record is None:
+                    report.deferred += 1
+                    report.deferred_users.append(user)
+                    continue
+                generation = stored.generation if stored is not None else None
+                writes.append(RecordWrite(user, record, generation))
+            outcomes = await self._store.put_many(project_id, writes, ttl) if writes else []
+            report.written += sum(1 for o in outcomes if o is None)
+            pending = [w.user_id for w, o in zip(writes, outcomes, strict=True) if o is not None]
+        report.deferred += len(pending)
+        report.deferred_users.extend(pending)
+
+    def _record(
+        self,
+        stored: StoredRecord | None,
+        features: dict[str, Any],
+        archived_offsets: Mapping[int, int],
+        recent: Sequence[str],
+        last_event_ms: int,
+        positions: Mapping[int, int],
+        now_ms: int,
+    ) -> dict[str, Any] | None:
+        """Returns the rebuilt record, or None when compute is ahead of the archive."""
+        current = stored.record if stored is not None else {}
+        offsets: dict[str, int] = {}
+        for partition, applied in current.get("offsets", {}).items():
+            if applied > positions.get(int(partition), -1):
+                return None  # events only compute has: wait for the archive
+            offsets[partition] = applied
+        for partition, offset in archived_offsets.items():
+            offsets[str(partition)] = max(offsets.get(str(partition), -1), offset)
+        return {
+            "features": features,
+            "offsets": offsets,
+            "ids": merge_ids(current.get("ids"), recent, now_ms, self._dedup),
+            "updated_ms": now_ms,
+            "last_event_ms": max(last_event_ms, 0),
+        }
+
+    async def _features(
+        self, specs: ProjectSpecs, first: str, last: str, now_ms: int
+    ) -> dict[str, dict[str, Any]]:
+        """Returns {user: {feature: {"fp", "w": {label: {tile: partial}}}}} for the users
+        in `[first, last]` from the archive, one query per feature and window."""
+        out: dict[str, dict[str, Any]] = {}
+        for spec in specs.specs:
+            source = source_of(spec)
+            for window in spec.windows:
+                tiles = WindowTiles(window.tile_ms, window.tile_range(now_ms)[0])
+                rows = await self._history.tile_partials(
+                    specs.project_id, source, tiles, first, last, now_ms + MAX_FUTURE_MS
+                )
+                for user, tile, *columns in rows:
+                    partial = partial_of(source.aggregation, columns, spec.field)
+                    if partial is None:
+                        continue
+                    entry = out.setdefault(str(user), {}).setdefault(
+                        spec.name, {"fp": spec.fingerprint, "w": {}}
+                    )
+                    entry["w"].setdefault(window.label, {})[str(tile)] = partial
+        return out
