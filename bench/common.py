@@ -40,11 +40,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Runs a child process with its output in `log`; yields it, and on exit stops it by
-    its own handle (terminate, kill after 15 s)."""
+def process(
+    args: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Runs a child process in `cwd` (the repository) with its output in `log`; yields
+    it, and on exit stops it by its own handle (terminate, kill after 15 s)."""
     with log.open("wb") as out:
-        child = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        child = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
         try:
             yield child
         finally:

@@ -21,8 +21,11 @@ Load: wrk (Debian's `wrk`) with `--connections` keep-alive connections, random u
 request, or, where wrk is missing, this script's own asyncio client in a child process.
 Servers are pinned to CPU 1 and the load generator to CPU 0 when `taskset` exists and the
 machine has two cores. Runs alternate ours / Feast / bare for each scenario, `--rounds`
-times; printed: RPS and p50/p99 of each (the median over rounds), ours/Feast RPS and
-ours/bare p99.
+times; printed: RPS, p50/p99 and the server's CPU time per request (its process and
+children, from /proc: steadier than RPS when other work shares the cores) of each, the
+median over rounds, then ours/Feast for RPS and CPU, and ours/bare for p99.
+`--before DIR` adds the serving process of another checkout (`git archive` of an older
+commit) to the same rounds, to measure a change against the same Feast in one sitting.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from app.core.settings import AuthSettings, BackendSettings
 from app.db.online_store import RecordWrite
 from app.db.redis_cache import RedisCache
 from app.db.redis_online import RedisOnlineStore
-from bench.common import Connection, free_port, percentile, process, wait_http
+from bench.common import ROOT, Connection, free_port, percentile, process, wait_http
 from bench.serving_bench import VARIANTS, own_redis, prebuilt_records, snapshot
 from runtime.compute.specs import build_specs
 
@@ -144,6 +147,28 @@ class Target:
         # body, `{user}` one id in a path.
         self.name, self.port, self.headers = name, port, headers
         self.shapes = {"single": single, "batch": batch}
+        self.pid = 0  # the server process, once started
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """Returns the CPU time (user + system) of `pid` and its descendants (Feast's
+    server may fork workers). Per request it is a steadier figure than requests/s on a
+    machine whose cores other work shares."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / _TICKS
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(c) for c in (task / "children").read_text().split()]
+        except FileNotFoundError:  # it exited meanwhile
+            continue
+    return total
 
 
 def wrk_script(target: Target, scenario: str, users: int) -> str:
@@ -186,11 +211,13 @@ def parse_wrk(text: str) -> dict[str, float]:
     )
     errors = int(non_2xx[1]) if non_2xx else 0
     errors += sum(int(n) for n in sockets.groups()) if sockets else 0
+    done = re.search(r"(\d+) requests in", text)
     return {
         "rps": float(rps[1]) if rps else 0.0,
         "p50": ms("50"),
         "p99": ms("99"),
         "errors": errors,
+        "requests": int(done[1]) if done else 0,
     }
 
 
@@ -209,13 +236,17 @@ def run_load(
         base = ["wrk", "-t1", f"-c{args.connections}", "-s", str(script), "--latency"]
         warm = [*base, "-d2s", url]
         subprocess.run(pinned(cpu, warm), check=True, capture_output=True)
+        cpu_before = cpu_seconds(target.pid)
         out = subprocess.run(
             pinned(cpu, [*base, f"-d{args.seconds}s", "--timeout", "10s", url]),
             check=True,
             capture_output=True,
             text=True,
         )
-        return parse_wrk(out.stdout)
+        result = parse_wrk(out.stdout)
+        cpu_s = cpu_seconds(target.pid) - cpu_before
+        result["cpu_ms"] = cpu_s * 1000 / max(1, result["requests"])
+        return result
     spec = LoadSpec(
         port=target.port,
         headers=target.headers,
@@ -226,8 +257,11 @@ def run_load(
         seconds=args.seconds,
     )
     command = [sys.executable, __file__, "--python-load", json.dumps(dataclasses.asdict(spec))]
+    cpu_before = cpu_seconds(target.pid)  # includes its 2 s warm-up: a slight over-count
     out = subprocess.run(pinned(cpu, command), check=True, capture_output=True, text=True)
-    result: dict[str, float] = json.loads(out.stdout)
+    result = json.loads(out.stdout)
+    cpu_s = cpu_seconds(target.pid) - cpu_before
+    result["cpu_ms"] = cpu_s * 1000 / max(1, result["requests"])
     return result
 
 
@@ -277,6 +311,7 @@ async def python_load(spec: LoadSpec) -> dict[str, float]:
         "p50": percentile(latencies, 0.5) * 1000,
         "p99": percentile(latencies, 0.99) * 1000,
         "errors": errors,
+        "requests": len(latencies),
     }
 
 
@@ -290,7 +325,7 @@ def servers(
     server_cpu = 1 if two_cores and not args.no_pin else None
     python = sys.executable
     jwt_secret = secrets.token_urlsafe(32)
-    ports = {name: free_port() for name in ("ours", "feast", "bare")}
+    ports = {name: free_port() for name in ("ours", "before", "feast", "bare")}
     env = {
         **os.environ,
         "ENVIRONMENT": "production",
@@ -300,7 +335,6 @@ def servers(
         "ONLINE_STORE": "redis",
         "REDIS_URL": redis_url,
         "DATA_DIR": str(tmp),
-        "SERVING_PORT": str(ports["ours"]),
     }
     for inherited in ("LOG_LEVEL", "SERVING_ACCESS_LOG"):  # shipped defaults unless asked
         if inherited not in os.environ:
@@ -309,6 +343,7 @@ def servers(
     feast_bin = str(FEAST_VENV / "bin" / "feast")
     commands = {
         "ours": [python, "-m", "runtime.serving.main"],
+        "before": [python, "-m", "runtime.serving.main"],
         "feast": [
             *[feast_bin, "-c", str(feast_repo), "serve", "-h", "127.0.0.1"],
             *["-p", str(ports["feast"]), "--no-access-log", "--max-requests", "0", "-w", "1"],
@@ -318,17 +353,22 @@ def servers(
             *["--redis-url", redis_url],
         ],
     }
-    health = {"ours": "/health", "feast": "/health", "bare": "/health"}
+    cwd = {"before": args.before} if args.before else {}
     refs = json.dumps(args.feast_features)
     feast_body = '{"features": ' + refs + ', "entities": {"user_id": [{users}]}}'
-    targets = [
+    ours = [
         Target(
-            "ours",
-            ports["ours"],
+            name,
+            ports[name],
             {"Authorization": f"Bearer {token}"},
             ("GET", f"/features/{project_id}/users/{{user}}", ""),
             ("POST", f"/features/{project_id}/users/batch", '{"user_ids": [{users}]}'),
-        ),
+        )
+        for name in ("ours", "before")
+        if name in cwd or name == "ours"
+    ]
+    targets = [
+        *ours,
         Target(
             "feast",
             ports["feast"],
@@ -345,10 +385,13 @@ def servers(
         ),
     ]
     with ExitStack() as stack:
-        for name, command in commands.items():
-            log = tmp / f"{name}.log"
-            child = stack.enter_context(process(pinned(server_cpu, command), env, log))
-            wait_http(f"http://127.0.0.1:{ports[name]}{health[name]}", child, log)
+        for target in targets:
+            log = tmp / f"{target.name}.log"
+            command = pinned(server_cpu, commands[target.name])
+            own_env = {**env, "SERVING_PORT": str(target.port)}
+            child = stack.enter_context(process(command, own_env, log, cwd.get(target.name, ROOT)))
+            wait_http(f"http://127.0.0.1:{target.port}/health", child, log)
+            target.pid = child.pid  # taskset execs the server: same pid
         yield targets
 
 
@@ -365,19 +408,29 @@ def report(results: Results, args: argparse.Namespace) -> None:
         f"{args.seconds:g} s runs x {args.rounds} rounds (median shown)"
         + ("" if args.users >= 100_000 else f"  ** quick run: {args.users} users, not 100,000 **")
     )
-    print(f"{'read':<10}{'server':<7}{'RPS':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    print(
+        f"{'read':<10}{'server':<7}{'RPS':>9}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'CPU ms/req':>12}{'errors':>8}"
+    )
+    names = [name for name in ("ours", "before", "feast", "bare") if (name, "single") in results]
     for scenario in ("single", "batch"):
-        for name in ("ours", "feast", "bare"):
+        for name in names:
             errors = sum(r["errors"] for r in results[(name, scenario)])
             print(
                 f"{scenario:<10}{name:<7}{med(name, scenario, 'rps'):>9.1f}"
-                f"{med(name, scenario, 'p50'):>9.2f}{med(name, scenario, 'p99'):>9.2f}{errors:>8}"
+                f"{med(name, scenario, 'p50'):>9.2f}{med(name, scenario, 'p99'):>9.2f}"
+                f"{med(name, scenario, 'cpu_ms'):>12.2f}{errors:>8}"
             )
     print()
-    for scenario, label in (("single", "one user"), ("batch", f"{BATCH}-user batch")):
-        rps = med("ours", scenario, "rps") / med("feast", scenario, "rps")
-        p99 = med("ours", scenario, "p99") / med("bare", scenario, "p99")
-        print(f"{label:<16} RPS ours/Feast {rps:5.1f}x   p99 ours/bare {p99:4.2f}x")
+    for name in (n for n in names if n in ("ours", "before")):
+        for scenario, label in (("single", "one user"), ("batch", f"{BATCH}-user batch")):
+            rps = med(name, scenario, "rps") / med("feast", scenario, "rps")
+            cpu = med("feast", scenario, "cpu_ms") / med(name, scenario, "cpu_ms")
+            p99 = med(name, scenario, "p99") / med("bare", scenario, "p99")
+            print(
+                f"{name:<7}{label:<16} vs Feast: RPS {rps:5.1f}x, {cpu:5.1f}x less server "
+                f"CPU per request   p99 vs bare {p99:4.2f}x"
+            )
 
 
 def main() -> None:
@@ -387,6 +440,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--no-pin", action="store_true", help="do not pin to CPUs")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="also run the serving process of this checkout (e.g. `git archive` of an "
+        "older commit), as `before`, in the same rounds",
+    )
     parser.add_argument("--python-load", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.python_load:
@@ -411,7 +470,8 @@ def main() -> None:
                             results.setdefault((target.name, scenario), []).append(run)
                             print(
                                 f"  {scenario:<7}{target.name:<6} {run['rps']:8.1f} req/s  "
-                                f"p50 {run['p50']:.2f} ms  p99 {run['p99']:.2f} ms",
+                                f"p50 {run['p50']:.2f} ms  p99 {run['p99']:.2f} ms  "
+                                f"CPU {run['cpu_ms']:.2f} ms/req",
                                 flush=True,
                             )
             report(results, args)
