@@ -151,6 +151,8 @@ def committing(
     """A check: this compute process committed at least `batches` since it started."""
 
     async def check() -> bool:
+        if not compute.running:  # a crash at start-up fails at once, with its log
+            raise AssertionError(f"{compute.name} exited: {compute.log_tail()}")
         return await committed_batches(platform.http, compute) >= batches
 
     return check
