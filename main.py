@@ -19,7 +19,8 @@ def create_app(settings: ConfigApiSettings | None = None) -> FastAPI:
         settings=settings,
         title="Data Platform Service: config API",
         description="Pipelines, event schemas, feature definitions and deployments.",
-        needs=(Backend.CONFIG_STORE, Backend.CACHE),
+        # The online store and the archive serve rebuilds and training sets only.
+        needs=(Backend.CONFIG_STORE, Backend.CACHE, Backend.ONLINE_STORE, Backend.ANALYTICS),
         routers=api_router(),
         cors_origins=settings.cors_origins,
     )

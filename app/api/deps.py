@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -11,13 +12,22 @@ from app.core.errors import ServiceUnavailable
 from app.core.service import Resources, get_resources
 from app.core.settings import ConfigApiSettings
 from app.db.cache import Cache
+from app.db.clickhouse import ClickHouseClientSink
 from app.db.config_store import ConfigStore
 from app.services.deployment_service import DeploymentService
 from app.services.feature_service import FeatureService
+from app.services.history_common import ArchiveNotConfigured
 from app.services.pipeline_service import PipelineService
+from app.services.rebuild_service import RebuildService
 from app.services.secret_publisher import SecretPublisher
+from app.services.training_set_service import TrainingSetService
 
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
+
+
+def wall_clock_ms() -> int:
+    """Returns the current wall-clock time in epoch milliseconds."""
+    return time.time_ns() // 1_000_000
 
 
 def get_config_store(resources: ResourcesDep) -> ConfigStore:
@@ -66,7 +76,31 @@ def get_deployment_service(store: ConfigStoreDep, cache: CacheDep) -> Deployment
 
 DeploymentServiceDep = Annotated[DeploymentService, Depends(get_deployment_service)]
 
+
+def get_archive(resources: ResourcesDep) -> ClickHouseClientSink:
+    if not isinstance(resources.analytics, ClickHouseClientSink):
+        raise ArchiveNotConfigured("This deployment keeps no event archive (ANALYTICS=none)")
+    return resources.analytics
+
+
+ArchiveDep = Annotated[ClickHouseClientSink, Depends(get_archive)]
+
+
+def get_rebuild_service(archive: ArchiveDep, resources: ResourcesDep) -> RebuildService:
+    if resources.online_store is None:
+        raise ServiceUnavailable("The online store is not configured in this process")
+    return RebuildService(archive, resources.online_store, now_ms=wall_clock_ms)
+
+
+def get_training_set_service(archive: ArchiveDep) -> TrainingSetService:
+    return TrainingSetService(archive)
+
+
+RebuildServiceDep = Annotated[RebuildService, Depends(get_rebuild_service)]
+TrainingSetServiceDep = Annotated[TrainingSetService, Depends(get_training_set_service)]
+
 __all__ = [
+    "ArchiveDep",
     "CacheDep",
     "ConfigStoreDep",
     "DeploymentServiceDep",
@@ -74,6 +108,8 @@ __all__ = [
     "PipelineServiceDep",
     "PrincipalDep",
     "ProjectDep",
+    "RebuildServiceDep",
     "Request",
     "ResourcesDep",
+    "TrainingSetServiceDep",
 ]

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.v1 import deployments, features, pipelines, templates
+from app.api.v1 import deployments, features, history, pipelines, templates
 
 
 def api_router() -> list[APIRouter]:
-    return [pipelines.router, features.router, deployments.router, templates.router]
+    return [
+        pipelines.router,
+        features.router,
+        deployments.router,
+        history.router,
+        templates.router,
+    ]
