@@ -1,10 +1,9 @@
-"""Processes killed with SIGKILL mid-stream, on the shared FerretDB and a Kafka and Redis
-of the module's own (none is stopped; case b freezes them for a moment): ingestion in the
-middle of batches, one compute three times, one of two computes in a group. Each case
-ends with every served feature equal to the oracle over the events ingestion acknowledged,
-one per event id.
+"""Processes killed with SIGKILL mid-stream (the servers stay up; case b freezes them for
+a moment): ingestion in the middle of batches, one compute three times, one of two
+computes in a group. Each case ends with every served feature equal to the oracle over
+the events ingestion acknowledged, one per event id.
 
-The four processes are started once for the module; each case has its own project.
+On the package's platform (conftest.py); each case has its own project.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
@@ -22,7 +21,7 @@ from redis.asyncio import Redis
 
 from app.db.cache import PENDING
 from runtime.ingestion.claims import dedup_key
-from tests.faults.conftest import shared_servers, until
+from tests.faults.conftest import until
 from tests.faults.platform import ProcessPlatform
 from tests.faults.scenario import make_events
 from tests.faults.sender import RetryingSender
@@ -38,47 +37,6 @@ pytestmark = [
     pytest.mark.redis,
     pytest.mark.mongodb,
 ]
-
-
-@pytest.fixture(scope="module")
-def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnRedis]:
-    """A Redis of the module's own (cache and online store): case b freezes it."""
-    server = OwnRedis(tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
-@pytest.fixture(scope="module")
-async def module_kafka(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[OwnKafka]:
-    """A broker of the module's own: case b freezes it."""
-    kafka = OwnKafka(tmp_path_factory.mktemp("kafka"))
-    await asyncio.to_thread(kafka.start)
-    try:
-        yield kafka
-    finally:
-        await asyncio.to_thread(kafka.stop)
-
-
-@pytest.fixture(scope="module")
-async def platform(
-    tmp_path_factory: pytest.TempPathFactory, module_kafka: OwnKafka, module_redis: OwnRedis
-) -> AsyncIterator[ProcessPlatform]:
-    running = ProcessPlatform(
-        tmp_path_factory.mktemp("crashes"),
-        shared_servers(kafka_bootstrap=module_kafka.bootstrap, redis_url=module_redis.url),
-        # A claim left pending by a killed ingestion blocks its retries (409 EventInFlight)
-        # this long at most: the shortest the settings allow (produce timeout + 10 s).
-        INGEST_PRODUCE_TIMEOUT_SECONDS="2",
-        INGEST_CLAIM_TTL_SECONDS="12",
-    )
-    try:
-        await running.start()
-        yield running
-    finally:
-        await running.stop()
 
 
 # Each freeze stays under both the produce timeout and the cache's read timeout (2 s), so
@@ -174,7 +132,7 @@ async def copies_on_topic(platform: ProcessPlatform, bootstrap: str, project_id:
 
 
 async def test_ingestion_killed_between_ack_and_confirm_counts_each_resent_event_once(
-    platform: ProcessPlatform, module_kafka: OwnKafka, module_redis: OwnRedis
+    platform: ProcessPlatform, fault_kafka: OwnKafka, fault_redis: OwnRedis
 ) -> None:
     tenant = await platform.tenant()
     await platform.wait_until_ready(tenant)
@@ -186,17 +144,19 @@ async def test_ingestion_killed_between_ack_and_confirm_counts_each_resent_event
     stranded = 0
     for _ in range(MAX_KILLS):  # until a kill has left events stranded
         await until(acknowledged(sender, len(sender.acknowledged) + 75), "progress")
-        await kill_between_ack_and_confirm(platform, module_kafka, module_redis)
-        stranded = await stranded_events(
-            module_kafka, module_redis, platform.topic, tenant.project_id
-        )
-        platform.ingest.start()
+        await kill_between_ack_and_confirm(platform, fault_kafka, fault_redis)
+        try:
+            stranded = await stranded_events(
+                fault_kafka, fault_redis, platform.topic, tenant.project_id
+            )
+        finally:
+            platform.ingest.start()
         if stranded:
             break
     assert stranded, f"no kill in {MAX_KILLS} landed between a Kafka ack and its confirm"
     await sending
 
-    copies = await copies_on_topic(platform, module_kafka.bootstrap, tenant.project_id)
+    copies = await copies_on_topic(platform, fault_kafka.bootstrap, tenant.project_id)
     print(
         f"\n[faults] case b answers: {dict(sender.answers)}; stranded by the kill: {stranded}; "
         f"second copies on topic: {copies}"
