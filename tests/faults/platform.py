@@ -1,4 +1,4 @@
-"""The four processes as an operator runs them (`uvicorn main:app`, `python -m
+"""The four processes as an operator runs them (`python -m main`, `python -m
 runtime.ingestion.main`, `runtime.compute.main`, `runtime.serving.main`), wired to servers
 the case chooses, configured through the config API, read back through serving.
 
@@ -12,13 +12,14 @@ import asyncio
 import os
 import secrets
 import time
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 from pydantic import SecretStr
+from pymongo import AsyncMongoClient
+from pymongo.errors import PyMongoError
 
 from app.core.settings import AuthSettings
 from tests.conftest import unique
@@ -43,7 +44,7 @@ class Servers:
 
 @dataclass
 class Tenant:
-    """A configured project: its pipeline, its secret, the users its events go to."""
+    """A configured project: its pipeline, its webhook secret, a token for its features."""
 
     project_id: str
     pipeline_id: str
@@ -93,7 +94,6 @@ class ProcessPlatform:
             "serving", "runtime.serving.main", "SERVING_", self.env, workdir
         )
         self.computes: list[ServiceProcess] = []
-        self._stack = AsyncExitStack()
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=2.0))
 
     @property
@@ -121,10 +121,20 @@ class ProcessPlatform:
         await asyncio.gather(*(p.wait_healthy(self.http, START_BOUND_S) for p in everything))
 
     async def stop(self) -> None:
-        """SIGTERM to every process still running (each by its own pid)."""
+        """SIGTERM to every process still running (each by its own pid), then drops the
+        platform's config database (best effort: a case may have left its server down)."""
         for process in [self.ingest, *self.computes, self.serving, self.api]:
             await asyncio.to_thread(process.terminate)
         await self.http.aclose()
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            self.env["MONGODB_URL"], serverSelectionTimeoutMS=3000
+        )
+        try:
+            await client.drop_database(self.env["MONGODB_DATABASE"])
+        except PyMongoError:
+            pass
+        finally:
+            await client.close()
 
     def log_tails(self) -> str:
         return "\n".join(

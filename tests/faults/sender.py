@@ -3,8 +3,8 @@ and resends every event with the SAME event id until ingestion answers 2xx for i
 
 What it was told is kept per answer (202, 200 duplicate, 503 EventLogUnavailable, 409
 EventInFlight, connection refused...), so a case can show that its fault was really hit.
-An answer that retrying cannot fix (a 4xx other than 409/429) fails the case: the events
-are valid, so such an answer is a bug.
+Any other answer (a 4xx other than 409/429, a 500) fails the case: the events are valid
+and every outage must be a 503, so such an answer is a bug.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from tests.faults.scenario import Event
 
 # A storefront backs off between tries; short, so that a case ends soon after its fault.
 RETRY_PAUSE_S = 0.2
-# Transient answers: the event was not acknowledged, the same id is sent again.
-_TRANSIENT = {409, 429, 500, 502, 503, 504}
+# Transient answers: the event was not acknowledged, the same id is sent again. A 500 is
+# not among them: an outage must be a 503, so a 500 fails the case.
+_TRANSIENT = {409, 429, 503}
 
 
 class RetryingSender:
