@@ -49,6 +49,9 @@ _DISTINCT = (
     f"toString(toInt64({_NUM})), JSONExtractRaw(properties, {{field:String}}))"
 )
 _ORDER = "(t, log_partition, log_offset)"
+# Per event, computed once in the inner query (JSON is parsed there, not per window or
+# per joined training row): the aggregates below use these names.
+_EXTRACTED = f", {_NUM} AS num, {_IS_NUM} AS is_num, {_PRESENT} AS present, {_DISTINCT} AS dkey"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +64,12 @@ class Source:
     field: str | None
 
 
-def _events(source: Source, where: str, extra_columns: str = "") -> str:
-    """The source's events (one row each), with `t` and `received` in epoch ms."""
+def _events(source: Source, where: str) -> str:
+    """The source's events (one row each), with `t` and `received` in epoch ms and the
+    field's value extracted (`_EXTRACTED`)."""
     return (
         f"SELECT user_id, {_T} AS t, {_R} AS received, properties, log_partition, "
-        f"log_offset{extra_columns} FROM event_archive FINAL "
+        f"log_offset{_EXTRACTED} FROM event_archive FINAL "
         "WHERE project_id = {project:String} AND pipeline_id = {pipeline:String} "
         f"AND event = {{event:String}} AND {where}"
     )
@@ -87,23 +91,17 @@ def _tile_partial(aggregation: str) -> str:
         case "COUNT":
             return "count()"
         case "SUM" | "AVG":
-            return f"sumIf({_NUM}, {_IS_NUM}), countIf({_IS_NUM})"
+            return "sumIf(num, is_num), countIf(is_num)"
         case "MIN":
-            return f"minIf({_NUM}, {_IS_NUM}), countIf({_IS_NUM})"
+            return "minIf(num, is_num), countIf(is_num)"
         case "MAX":
-            return f"maxIf({_NUM}, {_IS_NUM}), countIf({_IS_NUM})"
+            return "maxIf(num, is_num), countIf(is_num)"
         case "LAST":
-            return (
-                f"argMaxIf(properties, {_ORDER}, {_PRESENT}), maxIf(t, {_PRESENT}), "
-                f"countIf({_PRESENT})"
-            )
+            return f"argMaxIf(properties, {_ORDER}, present), maxIf(t, present), countIf(present)"
         case "FIRST":
-            return (
-                f"argMinIf(properties, {_ORDER}, {_PRESENT}), minIf(t, {_PRESENT}), "
-                f"countIf({_PRESENT})"
-            )
+            return f"argMinIf(properties, {_ORDER}, present), minIf(t, present), countIf(present)"
         case "COUNT_DISTINCT":
-            return f"groupUniqArrayIf({_DISTINCT}, {_PRESENT}), countIf({_PRESENT})"
+            return "groupUniqArrayIf(dkey, present), countIf(present)"
     raise ValueError(f"unknown aggregation {aggregation}")
 
 
@@ -114,19 +112,19 @@ def _window_value(aggregation: str, cond: str) -> str:
         case "COUNT":
             return f"countIf({cond}), countIf({cond})"
         case "SUM" | "AVG":
-            return f"sumIf({_NUM}, {cond} AND {_IS_NUM}), countIf({cond} AND {_IS_NUM})"
+            return f"sumIf(num, {cond} AND is_num), countIf({cond} AND is_num)"
         case "MIN":
-            return f"minIf({_NUM}, {cond} AND {_IS_NUM}), countIf({cond} AND {_IS_NUM})"
+            return f"minIf(num, {cond} AND is_num), countIf({cond} AND is_num)"
         case "MAX":
-            return f"maxIf({_NUM}, {cond} AND {_IS_NUM}), countIf({cond} AND {_IS_NUM})"
+            return f"maxIf(num, {cond} AND is_num), countIf({cond} AND is_num)"
         case "LAST":
-            p = f"{cond} AND {_PRESENT}"
+            p = f"{cond} AND present"
             return f"argMaxIf(properties, {_ORDER}, {p}), countIf({p})"
         case "FIRST":
-            p = f"{cond} AND {_PRESENT}"
+            p = f"{cond} AND present"
             return f"argMinIf(properties, {_ORDER}, {p}), countIf({p})"
         case "COUNT_DISTINCT":
-            return f"uniqExactIf({_DISTINCT}, {cond} AND {_PRESENT}), toUInt64(0)"
+            return f"uniqExactIf(dkey, {cond} AND present), toUInt64(0)"
     raise ValueError(f"unknown aggregation {aggregation}")
 
 
@@ -213,31 +211,25 @@ class ArchiveHistory:
         self,
         project_id: str,
         source: Source,
-        window: WindowTiles,
+        windows: Sequence[WindowTiles],
         first: str,
         last: str,
         until_ms: int,
     ) -> list[tuple[Any, ...]]:
-        """Returns `(user_id, tile, *partial columns)` for every tile of `window` from
-        `window.lo` on holding events of `source` stamped at most `until_ms`, for the
-        users in `[first, last]`."""
+        """Returns `(user_id, window index, tile, *partial columns)` for every tile of
+        each of `windows` from its `lo` on holding events of `source` stamped at most
+        `until_ms`, for the users in `[first, last]`: one scan for all the windows (each
+        event is repeated once per window by ARRAY JOIN, after its field was parsed)."""
         partial = _tile_partial(source.aggregation)
         users = "user_id >= {first:String} AND user_id <= {last:String}"
+        spans = ", ".join(f"({i}, {w.tile_ms}, {w.lo * w.tile_ms})" for i, w in enumerate(windows))
         sql = (
-            f"SELECT user_id, intDiv(t, {{tile:Int64}}) AS tile, {partial} "
-            f"FROM ({_events(source, users)}) "
-            "WHERE t >= {lo:Int64} * {tile:Int64} AND t <= {until:Int64} "
-            "GROUP BY user_id, tile ORDER BY user_id, tile"
+            f"SELECT user_id, win.1 AS w, intDiv(t, win.2) AS tile, {partial} "
+            f"FROM ({_events(source, users)}) ARRAY JOIN [{spans}] AS win "
+            "WHERE t >= win.3 AND t <= {until:Int64} "
+            "GROUP BY user_id, w, tile ORDER BY user_id, w, tile"
         )
-        params = _params(
-            project_id,
-            source,
-            first=first,
-            last=last,
-            tile=window.tile_ms,
-            lo=window.lo,
-            until=until_ms,
-        )
+        params = _params(project_id, source, first=first, last=last, until=until_ms)
         return await self._archive.query_rows(sql, params)
 
     async def last_event_ms(

@@ -1,0 +1,138 @@
+"""Event archive benchmark (not a test): a rebuild and a training set over N synthetic
+archived events in chDB, against a plain `SELECT count()` over the same rows.
+
+    .venv/bin/python bench/archive_bench.py [--events 2000000] [--users 20000]
+        [--rows 10000] [--rounds 3]
+
+The events are generated inside chDB (`INSERT ... SELECT FROM numbers(N)`, 1% of them
+inserted twice as second copies), spread over 8 days, of `--users` users, three event
+kinds, a product id and a price each; the config has one feature per aggregation (8)
+over 1h, 24h and 7d. Printed, as medians of `--rounds`:
+
+- `count()` over the project's rows (no dedup), and `count()` with `FINAL` (deduped);
+- a training set of `--rows` random (user, timestamp) rows, every feature;
+- a rebuild of every user into a SQLite online store (SQL partials per tile, Python
+  assembly, one put_many per chunk of users);
+and each as a ratio to the plain count: how many full scans of the archive it costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from app.core.settings import BackendSettings
+from app.db import factory
+from app.db.clickhouse import ChdbSink
+from app.services.rebuild_service import RebuildService
+from app.services.training_set_service import TrainingRow, TrainingSetService
+from bench.common import feature_snapshot
+
+PROJECT = "bench"
+PIPELINE = "0" * 24
+DAY_MS = 86_400_000
+
+_INSERT = """
+INSERT INTO event_archive (project_id, pipeline_id, user_id, event, event_id, event_time,
+                           received_at, properties, log_partition, log_offset)
+SELECT '{project}', '{pipeline}', concat('u', toString(number % {users})),
+       ['add_to_cart', 'page_view', 'purchase'][number % 3 + 1],
+       concat('e', toString(number)),
+       fromUnixTimestamp64Milli(toInt64({now} - cityHash64(number) % {span})),
+       fromUnixTimestamp64Milli(toInt64({now} - cityHash64(number) % {span})),
+       concat('{{"product_id":"sku-', toString(cityHash64(number, 1) % 50),
+              '","price":', toString((cityHash64(number, 2) % 10000) / 100), '}}'),
+       number % 12, intDiv(number, 12) + {offset}
+FROM numbers({events}) WHERE {where}
+"""
+
+
+async def median_s(rounds: int, work: Callable[[], Awaitable[object]]) -> float:
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        await work()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+async def run(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="archive-bench-") as tmp:
+        settings = BackendSettings(
+            data_dir=Path(tmp), analytics="chdb", online_store="sqlite", archive_retention_days=400
+        )
+        archive = ChdbSink(settings)
+        await archive.initialize()
+        store = factory.make_online_store(settings)
+        await store.initialize()
+        try:
+            now = time.time_ns() // 1_000_000 // 60_000 * 60_000
+            fill = {"project": PROJECT, "pipeline": PIPELINE, "users": args.users, "now": now}
+            fill |= {"span": 8 * DAY_MS, "events": args.events}
+            started = time.perf_counter()
+            await archive.command(_INSERT.format(**fill, offset=0, where="1"))
+            # Second copies of 1% of the events, later in the log (a producer retry).
+            await archive.command(
+                _INSERT.format(**fill, offset=args.events, where="number % 100 = 0")
+            )
+            print(
+                f"inserted {args.events:,} events (+1% copies) in "
+                f"{time.perf_counter() - started:.1f} s"
+            )
+
+            def count(final: str) -> Callable[[], Awaitable[object]]:
+                sql = f"SELECT count() FROM event_archive {final} WHERE project_id = 'bench'"  # noqa: S608
+                return lambda: archive.query_rows(sql)
+
+            plain = await median_s(args.rounds, count(""))
+            final = await median_s(args.rounds, count("FINAL"))
+            rows_total = (
+                await archive.query_rows(
+                    "SELECT count() FROM event_archive FINAL WHERE project_id = 'bench'"
+                )
+            )[0][0]
+
+            snapshot = feature_snapshot(
+                PROJECT, PIPELINE, 8, ["1h", "24h", "7d"], pipeline_name="bench"
+            )
+            rng = random.Random(1)
+            rows = [
+                TrainingRow(f"u{rng.randrange(args.users)}", now - rng.randrange(7 * DAY_MS))
+                for _ in range(args.rows)
+            ]
+            training = TrainingSetService(archive)
+            train = await median_s(args.rounds, lambda: training.build(snapshot, rows))
+
+            rebuild_service = RebuildService(archive, store, now_ms=lambda: now)
+            rebuilt = await median_s(args.rounds, lambda: rebuild_service.rebuild(snapshot))
+        finally:
+            await store.close()
+            await archive.close()
+
+    print(f"events (deduped): {rows_total:,}; users: {args.users:,}; median of {args.rounds}")
+    print(f"count() plain          {plain * 1000:9.1f} ms   1.0x")
+    print(f"count() FINAL          {final * 1000:9.1f} ms   {final / plain:6.1f}x")
+    print(f"training set {args.rows:>6,} rows {train * 1000:9.1f} ms   {train / plain:6.1f}x")
+    print(f"rebuild {args.users:>6,} users    {rebuilt * 1000:9.1f} ms   {rebuilt / plain:6.1f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=2_000_000)
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
