@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from app.schemas.common import ObjectIdStr, RequestModel, ResponseModel
-from app.schemas.feature import Aggregation
+from app.schemas.feature import Aggregation, FeatureFilter
 from app.schemas.pipeline import Category, EventDefinition, PipelineStatus
 
 DeploymentStatus = Literal["pending", "deploying", "success", "failed", "rolled_back"]
@@ -45,6 +45,8 @@ class FeatureSnapshot(ResponseModel):
     aggregation: Aggregation
     field: str | None
     time_windows: list[str]
+    size: int | None = None
+    filter: FeatureFilter | None = None
     enabled: bool
 
 

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, StringConstraints
+from pydantic import (
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    model_validator,
+)
 
 from app.schemas.common import (
     Description,
@@ -16,8 +24,64 @@ from app.schemas.common import (
     ResponseModel,
 )
 
-Aggregation = Literal["COUNT", "SUM", "AVG", "MIN", "MAX", "COUNT_DISTINCT", "LAST", "FIRST"]
+Aggregation = Literal[
+    "COUNT",
+    "SUM",
+    "AVG",
+    "MIN",
+    "MAX",
+    "COUNT_DISTINCT",
+    "LAST",
+    "FIRST",
+    "LAST_N",
+    "TOP_K",
+    "RECENCY",
+]
 NUMERIC_AGGREGATIONS: frozenset[str] = frozenset({"SUM", "AVG", "MIN", "MAX"})
+# Aggregations that count events and take no field.
+FIELDLESS_AGGREGATIONS: frozenset[str] = frozenset({"COUNT", "RECENCY"})
+# Aggregations that take a `size` (LAST_N's N, TOP_K's K), between 1 and MAX_SIZE.
+SIZED_AGGREGATIONS: frozenset[str] = frozenset({"LAST_N", "TOP_K"})
+MAX_SIZE = 50
+MAX_CONDITIONS = 10
+MAX_IN_VALUES = 100
+FilterOp = Literal["eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "exists"]
+Scalar = StrictStr | StrictInt | StrictFloat | StrictBool
+
+
+class FilterCondition(RequestModel):
+    """`field op value` on the source event's properties (see the README's filters)."""
+
+    field: PropertyName
+    op: FilterOp
+    value: Scalar | list[Scalar] | None = Field(
+        default=None,
+        description="A value of the field's type; a list for in/not_in (up to 100); "
+        "for exists, true (default) or false",
+    )
+
+
+class FeatureFilter(RequestModel):
+    """Conditions on the event's properties, combined with AND (`all`) or OR (`any`)."""
+
+    all: list[FilterCondition] | None = Field(default=None, max_length=MAX_CONDITIONS)
+    any: list[FilterCondition] | None = Field(default=None, max_length=MAX_CONDITIONS)
+
+    @model_validator(mode="after")
+    def _one_non_empty_list(self) -> Self:
+        if bool(self.all) == bool(self.any):
+            raise ValueError("a filter has exactly one of `all` and `any`, not empty")
+        return self
+
+    @property
+    def mode(self) -> Literal["all", "any"]:
+        return "all" if self.all else "any"
+
+    @property
+    def conditions(self) -> list[FilterCondition]:
+        return self.all or self.any or []
+
+
 MAX_WINDOWS = 10
 WINDOW_PATTERN = r"^[1-9][0-9]{0,4}[mhd]$"
 
@@ -29,13 +93,19 @@ class FeatureBase(RequestModel):
     source_event: Identifier = Field(examples=["add_to_cart"])
     aggregation: Aggregation
     field: PropertyName | None = Field(
-        default=None, description="Property aggregated; required for all but COUNT"
+        default=None, description="Property aggregated; required for all but COUNT and RECENCY"
     )
     time_windows: list[Annotated[str, StringConstraints(max_length=16)]] = Field(
         min_length=1,
         max_length=MAX_WINDOWS,
         examples=[["5m", "1h", "24h", "7d", "30d"]],
         description="`<n><m|h|d>` between 1m and 90d; deduplicated and sorted on save",
+    )
+    size: int | None = Field(
+        default=None, description="N of LAST_N, K of TOP_K (1..50); only for those two"
+    )
+    filter: FeatureFilter | None = Field(
+        default=None, description="Only events whose properties pass it count"
     )
     enabled: bool = True
 
@@ -60,6 +130,8 @@ class FeatureRead(ResponseModel):
     aggregation: Aggregation
     field: str | None
     time_windows: list[str]
+    size: int | None = None
+    filter: FeatureFilter | None = None
     enabled: bool
     revision: int
     created_at: datetime

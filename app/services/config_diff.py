@@ -19,6 +19,7 @@ id, each followed by its events by name; then features by name then id).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 
 from app.core.errors import FieldError
@@ -30,7 +31,7 @@ from app.schemas.deployment import (
     PipelineSnapshot,
     ResourceType,
 )
-from app.schemas.feature import FeatureRead
+from app.schemas.feature import FeatureFilter, FeatureRead
 from app.schemas.pipeline import EventDefinition, EventField, PipelineRead
 from app.services.feature_rules import event_problems, spec_of
 from app.tiles.windows import parse_window
@@ -62,6 +63,8 @@ def feature_snapshot(feature: FeatureRead) -> FeatureSnapshot:
         aggregation=feature.aggregation,
         field=feature.field,
         time_windows=list(feature.time_windows),
+        size=feature.size,
+        filter=feature.filter.model_copy(deep=True) if feature.filter else None,
         enabled=feature.enabled,
     )
 
@@ -165,6 +168,10 @@ def _feature_changes(
         parts.append(f"field {_text(old.field)} {ARROW} {_text(new.field)}")
     if set(old.time_windows) != set(new.time_windows):
         parts.append(f"windows {_windows(old.time_windows)} {ARROW} {_windows(new.time_windows)}")
+    if old.size != new.size:
+        parts.append(f"size {_text(old.size)} {ARROW} {_text(new.size)}")
+    if old.filter != new.filter:
+        parts.append(f"filter {_filter_text(old.filter)} {ARROW} {_filter_text(new.filter)}")
     if old.description != new.description:
         parts.append("description changed")
     return parts
@@ -179,8 +186,23 @@ def _change(kind: ChangeType, resource: ResourceType, rid: str, label: str, what
     )
 
 
+def _filter_text(f: FeatureFilter | None) -> str:
+    """e.g. `category eq "shoes" and price gte 50`; `none` without a filter."""
+    if f is None:
+        return "none"
+    joiner = " and " if f.mode == "all" else " or "
+    return joiner.join(
+        f"{c.field} {c.op}" + ("" if c.value is None else f" {json.dumps(c.value)}")
+        for c in f.conditions
+    )
+
+
 def _feature_summary(f: FeatureSnapshot, pipeline_names: dict[str, str]) -> str:
     of = f" of {f.field}" if f.field else ""
+    if f.size is not None:
+        of = f" {f.size}{of}"
+    if f.filter is not None:
+        of = f"{of} where {_filter_text(f.filter)}"
     pipeline = pipeline_names.get(f.pipeline_id, f.pipeline_id)
     state = "" if f.enabled else ", disabled"
     return (
@@ -294,7 +316,8 @@ def _check_feature(
         # The field rules are the ones the feature API applies on write; only the
         # location moves from the request body to the snapshot.
         for p in event_problems(spec_of(f), [event]):
-            problems.append(_problem(f, str(p.loc[-1]), p.type, p.msg))
+            # ["body", "filter", "all", 0, "value"] -> "filter.all.0.value"
+            problems.append(_problem(f, ".".join(map(str, p.loc[1:])), p.type, p.msg))
     for window in f.time_windows:
         try:
             label = parse_window(window).label

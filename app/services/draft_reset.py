@@ -85,6 +85,8 @@ def _feature_values(f: FeatureSnapshot) -> dict[str, object]:
         "aggregation": f.aggregation,
         "field": f.field,
         "time_windows": list(f.time_windows),
+        "size": f.size,
+        "filter": f.filter.model_copy(deep=True) if f.filter else None,
         "enabled": f.enabled,
     }
 

@@ -12,8 +12,19 @@ from dataclasses import dataclass
 
 from app.core.errors import FieldError
 from app.schemas.deployment import FeatureSnapshot
-from app.schemas.feature import NUMERIC_AGGREGATIONS, Aggregation, FeatureBase, FeatureRead
-from app.schemas.pipeline import EventDefinition
+from app.schemas.feature import (
+    FIELDLESS_AGGREGATIONS,
+    MAX_IN_VALUES,
+    MAX_SIZE,
+    NUMERIC_AGGREGATIONS,
+    SIZED_AGGREGATIONS,
+    Aggregation,
+    FeatureBase,
+    FeatureFilter,
+    FeatureRead,
+    FilterCondition,
+)
+from app.schemas.pipeline import EventDefinition, EventField
 from app.schemas.template import SuggestedFeature
 from app.tiles.windows import parse_window
 
@@ -27,6 +38,8 @@ class FeatureSpec:
     aggregation: Aggregation
     field: str | None
     time_windows: list[str]
+    size: int | None = None
+    filter: FeatureFilter | None = None
 
 
 def spec_of(
@@ -40,6 +53,8 @@ def spec_of(
         aggregation=feature.aggregation,
         field=feature.field,
         time_windows=list(feature.time_windows),
+        size=getattr(feature, "size", None),
+        filter=getattr(feature, "filter", None),
     )
 
 
@@ -66,16 +81,40 @@ def normalize_windows(windows: Iterable[str]) -> tuple[list[str], list[FieldErro
 def event_problems(spec: FeatureSpec, events: Iterable[EventDefinition]) -> list[FieldError]:
     """Returns why `spec` does not fit the pipeline's `events` (empty if it does).
 
-    The source event must exist; COUNT takes no field; every other aggregation needs a
-    field of the source event, of type `number` for SUM/AVG/MIN/MAX.
+    The source event must exist; COUNT and RECENCY take no field; every other
+    aggregation needs a field of the source event, of type `number` for SUM/AVG/MIN/MAX;
+    LAST_N and TOP_K need a `size` (1..50) and no other aggregation takes one; a filter's
+    conditions name fields of the event, with values of their types (`filter_problems`).
     """
     event = next((e for e in events if e.name == spec.source_event), None)
     if event is None:
         msg = f"event {spec.source_event!r} does not exist in the pipeline"
         return [FieldError(loc=["body", "source_event"], msg=msg, type="event_missing")]
-    if spec.aggregation == "COUNT":
+    problems = _size_problems(spec)
+    if spec.filter is not None:
+        problems += filter_problems(spec.filter, event)
+    return problems + _field_problems(spec, event)
+
+
+def _size_problems(spec: FeatureSpec) -> list[FieldError]:
+    loc: list[str | int] = ["body", "size"]
+    if spec.aggregation in SIZED_AGGREGATIONS:
+        if spec.size is None or not 1 <= spec.size <= MAX_SIZE:
+            msg = f"{spec.aggregation} needs a size between 1 and {MAX_SIZE}"
+            return [FieldError(loc=loc, msg=msg, type="size_required")]
+    elif spec.size is not None:
+        msg = f"{spec.aggregation} takes no size (only LAST_N and TOP_K do)"
+        return [FieldError(loc=loc, msg=msg, type="size_not_allowed")]
+    return []
+
+
+def _field_problems(spec: FeatureSpec, event: EventDefinition) -> list[FieldError]:
+    if spec.aggregation in FIELDLESS_AGGREGATIONS:
         if spec.field is not None:
-            msg = "COUNT counts events and takes no field; omit `field` or use another aggregation"
+            msg = (
+                f"{spec.aggregation} counts events and takes no field; omit `field` "
+                "or use another aggregation"
+            )
             return [FieldError(loc=["body", "field"], msg=msg, type="field_not_allowed")]
         return []
     if spec.field is None:
@@ -89,6 +128,57 @@ def event_problems(spec: FeatureSpec, events: Iterable[EventDefinition]) -> list
         msg = f"{spec.aggregation} needs a number field; {spec.field!r} is {field.type}"
         return [FieldError(loc=["body", "field"], msg=msg, type="field_not_numeric")]
     return []
+
+
+def _fits(value: object, field: EventField) -> bool:
+    """Whether `value` is of the field's type (a timestamp compares as RFC 3339 text)."""
+    match field.type:
+        case "string" | "timestamp":
+            return isinstance(value, str)
+        case "number":
+            return isinstance(value, int | float) and not isinstance(value, bool)
+        case "boolean":
+            return isinstance(value, bool)
+    return False  # objects are not comparable
+
+
+def filter_problems(f: FeatureFilter, event: EventDefinition) -> list[FieldError]:
+    """Returns why the filter does not fit `event`'s schema: each condition names a field
+    of the event, and its value has the field's type (a list of them for in/not_in, a
+    boolean or nothing for exists); gt/gte/lt/lte need a number or timestamp field."""
+    fields = {x.name: x for x in event.fields}
+    problems: list[FieldError] = []
+    for i, c in enumerate(f.conditions):
+        where: list[str | int] = ["body", "filter", f.mode, i]
+        field = fields.get(c.field)
+        if field is None:
+            msg = f"field {c.field!r} does not exist in event {event.name!r}"
+            problems.append(FieldError(loc=[*where, "field"], msg=msg, type="field_missing"))
+            continue
+        wrong = _condition_problem(c, field)
+        if wrong is not None:
+            problems.append(FieldError(loc=[*where, "value"], msg=wrong, type="filter_value"))
+    return problems
+
+
+def _condition_problem(c: FilterCondition, field: EventField) -> str | None:
+    if c.op == "exists":
+        return (
+            None if c.value is None or isinstance(c.value, bool) else "exists takes true or false"
+        )
+    if field.type == "object":
+        return f"{c.field!r} is an object: only exists applies to it"
+    if c.op in ("in", "not_in"):
+        if not isinstance(c.value, list) or not 1 <= len(c.value) <= MAX_IN_VALUES:
+            return f"{c.op} takes a list of 1 to {MAX_IN_VALUES} values"
+        if not all(_fits(v, field) for v in c.value):
+            return f"every value of {c.op} must be a {field.type}, as {c.field!r} is"
+        return None
+    if c.op in ("gt", "gte", "lt", "lte") and field.type not in ("number", "timestamp"):
+        return f"{c.op} compares numbers or timestamps; {c.field!r} is {field.type}"
+    if not _fits(c.value, field):
+        return f"{c.op} needs a {field.type} value, as {c.field!r} is"
+    return None
 
 
 def served_keys(name: str, windows: Iterable[str]) -> list[str]:

@@ -15,14 +15,22 @@ Partials, JSON-compatible so a record round-trips through every store unchanged:
 
     COUNT int | SUM float | AVG [sum, count] | MIN, MAX float
     LAST, FIRST [t_ms, value] | COUNT_DISTINCT see `sketch.py`
+    LAST_N [[t_ms, value], ...] newest first, distinct values, at most N
+    TOP_K {value key: count}, at most TOP_K_COUNTERS keys | RECENCY t_ms (the latest)
 
-`AGGREGATORS` maps the `Aggregation` name to its instance. A new aggregation is one class
-here plus its brute-force oracle in the tests; compute (`record.py`), serving
-(`merge.py`) and the config API's validation all read it from `AGGREGATORS`.
+`finish(value, now_ms)` turns what `combine` gives into the served value where it
+depends on the exact read time (RECENCY: seconds since the latest event).
+
+`aggregator(kind, size)` returns the instance for an aggregation (`size` is LAST_N's N
+and TOP_K's K). A new aggregation is one class here plus its brute-force oracle in the
+tests; compute (`record.py`), serving (`merge.py`) and the config API's validation all
+read it from here.
 """
 
 from __future__ import annotations
 
+import functools
+import heapq
 import json
 import math
 from abc import ABC, abstractmethod
@@ -45,6 +53,9 @@ class Aggregation(StrEnum):
     COUNT_DISTINCT = "COUNT_DISTINCT"
     LAST = "LAST"
     FIRST = "FIRST"
+    LAST_N = "LAST_N"
+    TOP_K = "TOP_K"
+    RECENCY = "RECENCY"
 
 
 class TileSpan:
@@ -131,6 +142,16 @@ class Aggregator(ABC):
     needs_field: ClassVar[bool] = True
     # Whether that field must be a number (checked against the event schema).
     numeric: ClassVar[bool] = False
+    # Whether the feature takes a `size` (LAST_N's N, TOP_K's K), and its bounds.
+    sized: ClassVar[bool] = False
+    MAX_SIZE: ClassVar[int] = 50
+
+    def __init__(self, size: int | None = None) -> None:
+        if self.sized and (size is None or not 1 <= size <= self.MAX_SIZE):
+            raise ValueError(f"{self.kind} needs a size between 1 and {self.MAX_SIZE}")
+        if not self.sized and size is not None:
+            raise ValueError(f"{self.kind} takes no size")
+        self.size = size
 
     def empty(self) -> Any:
         """Returns the value served when no event is in the window."""
@@ -152,6 +173,13 @@ class Aggregator(ABC):
     def read(self, tiles: Tiles, span: TileSpan) -> Any:
         """Returns `combine` of the partials of `tiles` inside `span`, in tile order."""
         return self.combine(span.ordered(tiles))
+
+    # Whether `finish` does anything: readers skip the call when it does not.
+    finishes: ClassVar[bool] = False
+
+    def finish(self, value: Any, now_ms: int) -> Any:
+        """Returns the served value of what `combine`/`read` gave, read at `now_ms`."""
+        return value
 
 
 class Count(Aggregator):
@@ -314,17 +342,159 @@ class CountDistinct(Aggregator):
         return len(union)
 
 
-AGGREGATORS: dict[Aggregation, Aggregator] = {
-    a.kind: a for a in (Count(), Sum(), Avg(), Min(), Max(), CountDistinct(), Last(), First())
+class LastN(Aggregator):
+    """The last N distinct values, newest first (a list; empty when none).
+
+    A tile keeps its newest N distinct values with their times, so the window's newest
+    N distinct values are always among its tiles' lists. Values are told apart as
+    COUNT_DISTINCT does (`distinct_key`); on equal times the later-applied event wins,
+    as with LAST.
+    """
+
+    kind = Aggregation.LAST_N
+    sized = True
+
+    def empty(self) -> Any:
+        return []
+
+    def add(self, partial: Any, t_ms: int, value: Any) -> Any:
+        key = distinct_key(value)
+        entries = partial or ()
+        for t, seen in entries:
+            if t > t_ms and distinct_key(seen) == key:
+                return partial  # the value is already there, seen later
+        kept = [e for e in entries if distinct_key(e[1]) != key]
+        # Newest first; put first so that, of equal times, the one applied later leads.
+        kept.insert(0, [t_ms, value])
+        kept.sort(key=_newest_first)
+        return kept[: self.size]
+
+    def combine(self, partials: Collection[Any]) -> Any:  # any order: times decide
+        entries = [e for p in partials for e in p]
+        # Stable: tiles never share a time, and inside a tile `add` ordered equal times.
+        entries.sort(key=_newest_first)
+        seen: set[str | None] = set()
+        out: list[Any] = []
+        for _, value in entries:
+            key = distinct_key(value)
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append(value)
+            if len(out) == self.size:
+                break
+        return out
+
+    def read(self, tiles: Tiles, span: TileSpan) -> Any:
+        return self.combine(span.partials(tiles))
+
+
+def _newest_first(entry: Sequence[Any]) -> int:
+    return -int(entry[0])
+
+
+# Counters a TOP_K tile keeps: exact while a tile sees at most this many distinct values.
+TOP_K_COUNTERS = 256
+
+
+class TopK(Aggregator):
+    """The K most frequent values with their counts: [{"value", "count"}], most frequent
+    first (ties by value), empty when no event is in the window.
+
+    Exact while every tile of the window sees at most `TOP_K_COUNTERS` distinct values.
+    Beyond, a tile is a Misra-Gries summary of that many counters (a new value with no
+    free counter decrements them all), which is mergeable by adding counts: every count
+    served is then under by at most n / (TOP_K_COUNTERS + 1), n the window's events, and
+    a value more frequent than that bound is never missed. Values are reported by their
+    `distinct_key` (text).
+    """
+
+    kind = Aggregation.TOP_K
+    sized = True
+
+    def empty(self) -> Any:
+        return []
+
+    def normalise(self, value: Any) -> Any:
+        return distinct_key(value)
+
+    def add(self, partial: Any, t_ms: int, value: Any) -> Any:
+        counts = dict(partial or {})
+        if value in counts:
+            counts[value] += 1
+        elif len(counts) < TOP_K_COUNTERS:
+            counts[value] = 1
+        else:
+            counts = {k: c - 1 for k, c in counts.items() if c > 1}
+        return counts
+
+    def combine(self, partials: Collection[Any]) -> Any:  # any order: sums
+        total: dict[str, int] = {}
+        for p in partials:
+            for k, c in p.items():
+                total[k] = total.get(k, 0) + c
+        best = heapq.nsmallest(self.size or 0, total.items(), key=_most_frequent)
+        return [{"value": k, "count": c} for k, c in best]
+
+    def read(self, tiles: Tiles, span: TileSpan) -> Any:
+        return self.combine(span.partials(tiles))  # sums: tile order cannot matter
+
+
+def _most_frequent(item: tuple[str, int]) -> tuple[int, str]:
+    return -item[1], item[0]
+
+
+class Recency(Aggregator):
+    """Seconds from the latest event in the window to the read time (None when none).
+
+    The tiles keep the latest event time; the value slides at read time like a
+    window's: it grows by one every second without a write, and goes back to None
+    once the latest event left the window. An event stamped ahead of the read time
+    (accepted up to MAX_FUTURE_MS ahead) reads as 0.
+    """
+
+    kind = Aggregation.RECENCY
+    needs_field = False
+    finishes = True
+
+    def normalise(self, value: Any) -> Any:
+        return True  # every event is an occurrence, whatever its field holds
+
+    def add(self, partial: Any, t_ms: int, value: Any) -> Any:
+        return t_ms if partial is None or t_ms > partial else partial
+
+    def combine(self, partials: Sequence[Any]) -> Any:
+        return max(partials) if partials else None
+
+    def read(self, tiles: Tiles, span: TileSpan) -> Any:
+        partials = span.partials(tiles)
+        return max(partials) if partials else None
+
+    def finish(self, value: Any, now_ms: int) -> Any:
+        return None if value is None else max(now_ms - value, 0) / 1000
+
+
+_CLASSES: dict[Aggregation, type[Aggregator]] = {
+    c.kind: c for c in (Count, Sum, Avg, Min, Max, CountDistinct, Last, First, LastN, TopK, Recency)
 }
-NUMERIC_AGGREGATIONS = frozenset(k for k, a in AGGREGATORS.items() if a.numeric)
+NUMERIC_AGGREGATIONS = frozenset(k for k, c in _CLASSES.items() if c.numeric)
+SIZED_AGGREGATIONS = frozenset(k for k, c in _CLASSES.items() if c.sized)
+FIELDLESS_AGGREGATIONS = frozenset(k for k, c in _CLASSES.items() if not c.needs_field)
 
 
-def empty_value(aggregation: Aggregation) -> Any:
-    """Returns the value served when no event is in the window: 0 or None."""
-    return AGGREGATORS[aggregation].empty()
+@functools.cache  # at most one per kind and size: 11 kinds, sizes 1..50
+def aggregator(kind: Aggregation | str, size: int | None = None) -> Aggregator:
+    """Returns the (shared, stateless) aggregator of `kind` with `size`.
+
+    Raises ValueError for an unknown kind, or a size the aggregation does not take."""
+    return _CLASSES[Aggregation(kind)](size)
 
 
-def combine(aggregation: Aggregation, partials: Sequence[Any]) -> Any:
+def empty_value(aggregation: Aggregation, size: int | None = None) -> Any:
+    """Returns the value served when no event is in the window: 0, [] or None."""
+    return aggregator(aggregation, size).empty()
+
+
+def combine(aggregation: Aggregation, partials: Sequence[Any], size: int | None = None) -> Any:
     """Returns the feature value of tile partials given in tile order."""
-    return AGGREGATORS[aggregation].combine(partials)
+    return aggregator(aggregation, size).combine(partials)

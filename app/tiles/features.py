@@ -17,11 +17,13 @@ at the window's old edge, are described in `windows.py`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from app.tiles.aggregations import AGGREGATORS, Aggregation, combine
+from app.tiles.aggregations import Aggregation, Aggregator, aggregator
+from app.tiles.filters import FeatureFilter
 from app.tiles.windows import Window
 
 # Events stamped further ahead of compute's clock than this are refused: a tile far in
@@ -43,20 +45,26 @@ class Timing(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class FeatureSpec:
-    """One deployed feature: `aggregation` of `field` over each of `windows`.
+    """One deployed feature: `aggregation` of `field` over each of `windows`, counting
+    only the events `filter` accepts (every event when None); `size` is LAST_N's N and
+    TOP_K's K.
 
     Raises ValueError when the name is empty, there is no window, two windows share a
-    label, or an aggregation other than COUNT has no field (COUNT ignores the field).
+    label, an aggregation that needs a field has none (COUNT and RECENCY ignore it), or
+    the size does not fit the aggregation.
     """
 
     name: str
     aggregation: Aggregation
     field: str | None
     windows: tuple[Window, ...]
+    size: int | None = None
+    filter: FeatureFilter | None = None
 
     def __post_init__(self) -> None:
         # Accept the schema's plain strings ("SUM") as well as the enum.
         object.__setattr__(self, "aggregation", Aggregation(self.aggregation))
+        aggregator(self.aggregation, self.size)  # raises ValueError for a wrong size
         if not self.name:
             raise ValueError("feature name must not be empty")
         if not self.windows:
@@ -64,19 +72,34 @@ class FeatureSpec:
         labels = [w.label for w in self.windows]
         if len(set(labels)) != len(labels):
             raise ValueError(f"feature {self.name!r} repeats a window: {labels}")
-        if AGGREGATORS[self.aggregation].needs_field and not self.field:
+        if self.aggregator.needs_field and not self.field:
             raise ValueError(f"feature {self.name!r}: {self.aggregation} needs a field")
+
+    @property
+    def aggregator(self) -> Aggregator:
+        """Returns the maths of this feature's aggregation (with its size)."""
+        return aggregator(self.aggregation, self.size)
 
     @property
     def fingerprint(self) -> str:
         """Returns what the stored tiles mean; when it changes the state must be reset.
 
         Windows are not part of it: a new window starts empty, a removed one is pruned,
-        the others keep their tiles.
+        the others keep their tiles. The size and the filter are: a TOP_K's tiles keep
+        counters for K, and a new filter counts other events.
         """
-        if not AGGREGATORS[self.aggregation].needs_field:
-            return self.aggregation.value
-        return f"{self.aggregation.value}:{self.field}"
+        base = self.aggregation.value
+        if self.aggregator.needs_field:
+            base = f"{base}:{self.field}"
+        if self.size is not None:
+            base = f"{base}#{self.size}"
+        if self.filter is not None:
+            base = f"{base}?{self.filter.canonical}"
+        return base
+
+    def accepts(self, properties: Mapping[str, Any]) -> bool:
+        """Returns whether the feature counts an event with these properties."""
+        return self.filter is None or self.filter.compile()(properties)
 
     @property
     def longest(self) -> Window:
@@ -113,8 +136,8 @@ def apply_value(
     None for COUNT_DISTINCT/LAST/FIRST) changes nothing but the event is ON_TIME.
     """
     verdict = timing(spec, t_ms, now_ms, max_future_ms)
-    aggregator = AGGREGATORS[spec.aggregation]
-    normalised = aggregator.normalise(value)
+    maths = spec.aggregator
+    normalised = maths.normalise(value)
     if verdict is not Timing.ON_TIME or normalised is None:
         return verdict
     for window in spec.windows:
@@ -123,8 +146,24 @@ def apply_value(
             continue  # a query at now or later can no longer read this tile
         tiles = state.setdefault(window.label, {})
         key = str(tile)
-        tiles[key] = aggregator.add(tiles.get(key), t_ms, normalised)
+        tiles[key] = maths.add(tiles.get(key), t_ms, normalised)
     return verdict
+
+
+def apply_event(
+    state: FeatureState,
+    spec: FeatureSpec,
+    t_ms: int,
+    properties: Mapping[str, Any],
+    now_ms: int,
+    max_future_ms: int = MAX_FUTURE_MS,
+) -> Timing:
+    """`apply_value` of one event's properties: the field's value when the feature's
+    filter accepts them; an event it refuses changes nothing (but keeps its timing)."""
+    if not spec.accepts(properties):
+        return timing(spec, t_ms, now_ms, max_future_ms)
+    value = properties.get(spec.field) if spec.field else None
+    return apply_value(state, spec, t_ms, value, now_ms, max_future_ms)
 
 
 def prune(state: FeatureState, spec: FeatureSpec, now_ms: int) -> None:
@@ -153,7 +192,8 @@ def read(state: FeatureState, spec: FeatureSpec, window: Window, now_ms: int) ->
 
     Counts the events in `window.span_ms(now_ms)`; the empty value when there are
     none. int for COUNT/COUNT_DISTINCT, float for SUM/AVG/MIN/MAX, the stored value
-    for LAST/FIRST (None when empty). Events stamped after `now_ms` but inside its
+    for LAST/FIRST (None when empty), a list for LAST_N/TOP_K, seconds for RECENCY
+    (None when empty). Events stamped after `now_ms` but inside its
     tile count (see `windows.py`). Tiles below the range of the latest `prune` are
     gone, so a reader whose clock is d behind the writer's can miss up to d of events
     at the window's old edge.
@@ -162,7 +202,8 @@ def read(state: FeatureState, spec: FeatureSpec, window: Window, now_ms: int) ->
     tiles = state.get(window.label, {})
     in_range = [(int(k), p) for k, p in tiles.items() if lo <= int(k) <= hi]
     in_range.sort(key=lambda item: item[0])
-    return combine(spec.aggregation, [p for _, p in in_range])
+    maths = spec.aggregator
+    return maths.finish(maths.combine([p for _, p in in_range]), now_ms)
 
 
 def read_all(state: FeatureState, spec: FeatureSpec, now_ms: int) -> dict[str, Any]:

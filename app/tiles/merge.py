@@ -20,10 +20,11 @@ instead of once per user and window:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from app.tiles.aggregations import AGGREGATORS, Tiles, TileSpan
+from app.tiles.aggregations import Tiles, TileSpan
 from app.tiles.features import FeatureSpec
 
 # (window label, served key, its range)
@@ -40,7 +41,7 @@ class Merger:
     (up to one smallest tile: 5 s with a 5m window) and is reused across requests.
     """
 
-    __slots__ = ("_empty", "_features", "valid_from", "valid_until")
+    __slots__ = ("_empty", "_features", "_finishing", "valid_from", "valid_until")
 
     def __init__(self, specs: Iterable[FeatureSpec], now_ms: int) -> None:
         features: list[_Feature] = []
@@ -50,8 +51,9 @@ class Merger:
         self.valid_until = now_ms + 1
         starts: list[int] = []
         ends: list[int] = []
+        finishing: list[tuple[str, Callable[[Any, int], Any]]] = []
         for spec in specs:
-            aggregator = AGGREGATORS[spec.aggregation]
+            aggregator = spec.aggregator
             windows: list[_Window] = []
             for w in spec.windows:
                 bounds = w.tile_range(now_ms)
@@ -61,11 +63,14 @@ class Merger:
                 key = f"{spec.name}_{w.label}"
                 windows.append((w.label, key, window))
                 empty[key] = aggregator.empty()
+                if aggregator.finishes:
+                    finishing.append((key, aggregator.finish))
                 start = now_ms - now_ms % w.tile_ms
                 starts.append(start)
                 ends.append(start + w.tile_ms)
             features.append((spec.name, spec.fingerprint, aggregator.read, tuple(windows)))
         self._features = tuple(features)
+        self._finishing = tuple(finishing)
         self._empty = empty
         if starts:
             self.valid_from, self.valid_until = max(starts), min(ends)
@@ -74,8 +79,23 @@ class Merger:
         """Returns whether this merger's tile ranges are those of `now_ms`."""
         return self.valid_from <= now_ms < self.valid_until
 
+    def at(self, now_ms: int) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+        """Returns the merge of a record read at `now_ms` (inside `valid_from` ..
+        `valid_until`): this merger itself when no value depends on the exact time,
+        else one that also finishes those (RECENCY) at `now_ms`."""
+        if not self._finishing:
+            return self
+        return functools.partial(self._finished, now_ms=now_ms)
+
+    def _finished(self, record: Mapping[str, Any], now_ms: int) -> dict[str, Any]:
+        values = self(record)
+        for key, finish in self._finishing:
+            values[key] = finish(values[key], now_ms)
+        return values
+
     def __call__(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        """Returns {"<feature>_<window>": value}, equal to `serve(record, specs, now_ms)`."""
+        """Returns {"<feature>_<window>": value}, equal to `serve(record, specs, now_ms)`
+        for every value that does not depend on the exact read time (see `at`)."""
         stored: Mapping[str, Any] = record.get("features", {})
         # Every key at its empty value; a feature missing, or stored under another
         # fingerprint (before a redeploy changed its meaning), stays so, as in `serve`.

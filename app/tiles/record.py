@@ -42,7 +42,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from app.tiles.aggregations import AGGREGATORS
 from app.tiles.features import MAX_FUTURE_MS, FeatureSpec, FeatureState, read_all
 
 UserRecord = dict[str, Any]
@@ -134,6 +133,7 @@ class _SpecPlan:
     """
 
     __slots__ = (
+        "accepts",
         "add",
         "earliest_ms",
         "field",
@@ -149,9 +149,11 @@ class _SpecPlan:
         self.name = spec.name
         self.fingerprint = spec.fingerprint
         self.field = spec.field or None
-        aggregator = AGGREGATORS[spec.aggregation]
-        self.normalise = aggregator.normalise
-        self.add = aggregator.add
+        maths = spec.aggregator
+        self.normalise = maths.normalise
+        self.add = maths.add
+        # None: every event counts (the common case costs one test, not a call).
+        self.accepts = spec.filter.compile() if spec.filter is not None else None
         # label -> first tile a query at now (or later) reads; tiles below it are pruned.
         self.lo = {w.label: w.tile_range(now_ms)[0] for w in spec.windows}
         # label -> the keys of the tiles lo..hi+1 (as `apply_value` writes them): a tile
@@ -267,6 +269,8 @@ class BatchApplier:
                 if t_ms > future_limit or t_ms < plan.earliest_ms:
                     continue
                 on_time = True
+                if plan.accepts is not None and not plan.accepts(event.properties):
+                    continue  # the feature's filter refuses it: still on time
                 value = plan.normalise(event.properties.get(plan.field) if plan.field else None)
                 if value is None:
                     continue  # a value this aggregation skips: the event is still on time

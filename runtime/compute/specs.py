@@ -22,8 +22,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from app.schemas.deployment import ConfigSnapshot
+from app.schemas.feature import FeatureFilter as FilterBody
 from app.tiles.aggregations import Aggregation
 from app.tiles.features import FeatureSpec
+from app.tiles.filters import Condition, FeatureFilter
 from app.tiles.record import record_ttl_seconds
 from app.tiles.windows import parse_window
 
@@ -33,7 +35,7 @@ def event_key(pipeline_id: str, event: str) -> str:
     return f"{pipeline_id}/{event}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DeployedFeatureSpec(FeatureSpec):
     """A FeatureSpec that knows which pipeline event feeds it (`source`, an `event_key`)."""
 
@@ -45,6 +47,14 @@ class DeployedFeatureSpec(FeatureSpec):
         event (or pipeline) restarts empty instead of mixing two meanings."""
         base: str = FeatureSpec.fingerprint.fget(self)  # type: ignore[attr-defined]
         return f"{base}@{self.source}"
+
+
+def tile_filter(body: FilterBody | None) -> FeatureFilter | None:
+    """Returns the filter compute runs for a feature's deployed filter (None: none)."""
+    if body is None:
+        return None
+    conditions = tuple(Condition(c.field, c.op, c.value) for c in body.conditions)
+    return FeatureFilter(conditions, body.mode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +108,8 @@ def build_specs(snapshot: ConfigSnapshot) -> ProjectSpecs:
                 aggregation=Aggregation(feature.aggregation),
                 field=feature.field,
                 windows=tuple(parse_window(w) for w in feature.time_windows),
+                size=feature.size,
+                filter=tile_filter(feature.filter),
                 source=source,
             )
         except ValueError as exc:

@@ -330,7 +330,7 @@ class ComputeWorker:
             oldest = min(i.message.received_at_ms for items in users.values() for i in items)
             delay = max(stored_ms - oldest, 0) / 1000
             self._metrics.project_delay.labels(project_id=project_id).set(delay)
-        for (project_id, user_id), write in done.items():
+        for write in done.values():
             counts.applied += write.applied
             counts.duplicates += write.duplicates
             counts.duplicate_ids += write.duplicate_ids

@@ -18,7 +18,6 @@ from typing import Any
 
 from app.core.errors import OnlineStoreUnavailable
 from app.db.online_store import OnlineStore
-from app.tiles.merge import Merger
 from runtime.serving.metrics import ServingMetrics
 from runtime.serving.plan import Selection
 
@@ -98,7 +97,7 @@ class _Merge:
 
     __slots__ = ("_merger", "seconds")
 
-    def __init__(self, merger: Merger) -> None:
+    def __init__(self, merger: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
         self._merger = merger
         self.seconds = 0.0
 

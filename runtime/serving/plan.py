@@ -8,11 +8,10 @@ model construction and no per-key work beyond the tile merge itself.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.tiles.aggregations import empty_value
 from app.tiles.features import FeatureSpec
 from app.tiles.merge import Merger
 from app.tiles.windows import Window
@@ -47,18 +46,19 @@ class Selection:
     def keys(self) -> list[str]:
         return list(self.empty)
 
-    def merger(self, now_ms: int) -> Merger:
-        """Returns the Merger of these specs at `now_ms` (reused while it covers it)."""
+    def merger(self, now_ms: int) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+        """Returns the merge of a record at `now_ms` (the Merger of these specs is
+        reused while it covers `now_ms`)."""
         merger = self._merger
         if merger is None or not merger.covers(now_ms):
             merger = self._merger = Merger(self.specs, now_ms)
-        return merger
+        return merger.at(now_ms)
 
 
 def _selection(specs: Iterable[FeatureSpec]) -> Selection:
     specs = tuple(specs)
     empty = {
-        f"{spec.name}_{w.label}": empty_value(spec.aggregation)
+        f"{spec.name}_{w.label}": spec.aggregator.empty()
         for spec in specs
         for w in spec.windows
     }

@@ -52,9 +52,14 @@ WINDOW_SETS = st.lists(labels(), min_size=1, max_size=3, unique=True).map(
 )
 
 
+# N of LAST_N, K of TOP_K in these tests: small, so steps of up to 8 events truncate.
+SIZE = 3
+
+
 def spec_for(aggregation: Aggregation, windows: tuple[Window, ...]) -> FeatureSpec:
-    field = None if aggregation is Aggregation.COUNT else "x"
-    return FeatureSpec("f", aggregation, field, windows)
+    field = None if aggregation in (Aggregation.COUNT, Aggregation.RECENCY) else "x"
+    size = SIZE if aggregation in (Aggregation.LAST_N, Aggregation.TOP_K) else None
+    return FeatureSpec("f", aggregation, field, windows, size=size)
 
 
 # --- the oracle: no tiles, just the raw events and the definition -------------------
@@ -112,6 +117,25 @@ def oracle(aggregation: Aggregation, raws: list[Raw], window: Window, now_ms: in
             return max(present, key=lambda r: (r.t_ms, r.order)).value if present else None
         case Aggregation.FIRST:
             return min(present, key=lambda r: (r.t_ms, r.order)).value if present else None
+        case Aggregation.LAST_N:
+            newest: dict[str | None, Raw] = {}
+            for r in present:
+                key = oracle_key(r.value)
+                if key not in newest or (r.t_ms, r.order) > (newest[key].t_ms, newest[key].order):
+                    newest[key] = r
+            ranked = sorted(newest.values(), key=lambda r: (r.t_ms, r.order), reverse=True)
+            return [r.value for r in ranked[:SIZE]]
+        case Aggregation.TOP_K:
+            counts: dict[str, int] = {}
+            for r in present:
+                k = oracle_key(r.value)
+                assert k is not None
+                counts[k] = counts.get(k, 0) + 1
+            ranked_counts = sorted(counts.items(), key=lambda kc: (-kc[1], kc[0]))
+            return [{"value": k, "count": c} for k, c in ranked_counts[:SIZE]]
+        case Aggregation.RECENCY:
+            latest = max((r.t_ms for r in events), default=None)
+            return None if latest is None else max(now_ms - latest, 0) / 1000
     raise AssertionError(aggregation)
 
 

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.tiles.aggregations import Aggregation
-from app.tiles.features import MAX_FUTURE_MS, FeatureSpec, Timing, apply_value, prune
+from app.tiles.features import MAX_FUTURE_MS, FeatureSpec, Timing, apply_event, prune
+from app.tiles.filters import Condition, FeatureFilter
 from app.tiles.record import (
     AppliedEvent,
     BatchApplier,
@@ -80,8 +81,7 @@ def reference(
         verdicts = []
         for spec in specs_by_event.get(event.event, ()):
             entry = features.setdefault(spec.name, {"fp": spec.fingerprint, "w": {}})
-            value = event.properties.get(spec.field) if spec.field else None
-            verdicts.append(apply_value(entry["w"], spec, event.t_ms, value, now_ms))
+            verdicts.append(apply_event(entry["w"], spec, event.t_ms, event.properties, now_ms))
         if verdicts and all(v is Timing.FUTURE for v in verdicts):
             future += 1
         elif verdicts and Timing.ON_TIME not in verdicts:
@@ -105,15 +105,50 @@ def reference(
     return out, applied, duplicates, late, future
 
 
+# Filters on the properties the batches carry ("a", "b"), of every operator, with
+# values of the kinds the batches draw (numbers, short text, booleans).
+FILTER_VALUES = st.one_of(st.integers(-5, 5), st.text("abc", max_size=2), st.booleans())
+CONDITIONS = st.one_of(
+    st.builds(
+        Condition,
+        st.sampled_from(["a", "b"]),
+        st.sampled_from(["eq", "ne", "gt", "gte", "lt", "lte"]),
+        FILTER_VALUES,
+    ),
+    st.builds(
+        Condition,
+        st.sampled_from(["a", "b"]),
+        st.sampled_from(["in", "not_in"]),
+        st.lists(FILTER_VALUES, min_size=1, max_size=3),
+    ),
+    st.builds(Condition, st.sampled_from(["a", "b"]), st.just("exists"), st.booleans()),
+)
+FILTERS = st.builds(
+    FeatureFilter,
+    st.lists(CONDITIONS, min_size=1, max_size=2).map(tuple),
+    st.sampled_from(["all", "any"]),
+)
+
+
 @st.composite
 def spec_sets(draw: st.DrawFn) -> dict[str, list[FeatureSpec]]:
     """Up to 4 features over 2 events, any aggregation, field and windows."""
     by_event: dict[str, list[FeatureSpec]] = {"view": [], "cart": []}
     for n in range(draw(st.integers(1, 4))):
         aggregation = draw(st.sampled_from(Aggregation))
-        field = None if aggregation is Aggregation.COUNT else draw(st.sampled_from(["a", "b"]))
+        fieldless = aggregation in (Aggregation.COUNT, Aggregation.RECENCY)
+        field = None if fieldless else draw(st.sampled_from(["a", "b"]))
+        sized = aggregation in (Aggregation.LAST_N, Aggregation.TOP_K)
+        size = draw(st.integers(1, 4)) if sized else None
         labels = draw(st.lists(st.sampled_from(LABELS), min_size=1, max_size=3, unique=True))
-        spec = FeatureSpec(f"f{n}", aggregation, field, tuple(parse_window(w) for w in labels))
+        spec = FeatureSpec(
+            f"f{n}",
+            aggregation,
+            field,
+            tuple(parse_window(w) for w in labels),
+            size=size,
+            filter=draw(st.one_of(st.none(), FILTERS)),
+        )
         for event in draw(st.lists(st.sampled_from(["view", "cart"]), min_size=1, unique=True)):
             by_event[event].append(spec)
     return by_event

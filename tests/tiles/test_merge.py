@@ -8,12 +8,13 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.tiles.aggregations import Aggregation
 from app.tiles.features import FeatureSpec
 from app.tiles.merge import Merger
 from app.tiles.record import AppliedEvent, apply_batch, serve
 from app.tiles.windows import parse_window
 
-AGGREGATIONS = ["COUNT", "SUM", "AVG", "MIN", "MAX", "COUNT_DISTINCT", "LAST", "FIRST"]
+AGGREGATIONS = [a.value for a in Aggregation]
 WINDOWS = ["1m", "5m", "1h", "24h", "7d"]
 EVENTS = ["view", "cart"]
 NOW = 1_746_100_800_000
@@ -41,10 +42,11 @@ def specs(draw: st.DrawFn) -> list[FeatureSpec]:
     for n in range(count):
         aggregation = draw(st.sampled_from(AGGREGATIONS))
         labels = draw(st.lists(st.sampled_from(WINDOWS), min_size=1, max_size=3, unique=True))
-        field = None if aggregation == "COUNT" else draw(st.sampled_from(["a", "b"]))
-        out.append(
-            FeatureSpec(f"f{n}", aggregation, field, tuple(parse_window(w) for w in labels))  # type: ignore[arg-type]
-        )
+        fieldless = aggregation in ("COUNT", "RECENCY")
+        field = None if fieldless else draw(st.sampled_from(["a", "b"]))
+        size = draw(st.integers(1, 4)) if aggregation in ("LAST_N", "TOP_K") else None
+        windows = tuple(parse_window(w) for w in labels)
+        out.append(FeatureSpec(f"f{n}", aggregation, field, windows, size=size))  # type: ignore[arg-type]
     return out
 
 
@@ -75,7 +77,7 @@ def test_merge_equals_serve_at_any_later_time(
 ) -> None:
     record = record_of(feature_specs, applied)
     now = NOW + later
-    same(Merger(feature_specs, now)(record), serve(record, feature_specs, now))
+    same(Merger(feature_specs, now).at(now)(record), serve(record, feature_specs, now))
 
 
 @settings(max_examples=300, deadline=None)
@@ -92,7 +94,7 @@ def test_merge_equals_serve_at_window_edges(
     window = data.draw(st.sampled_from([w for s in feature_specs for w in s.windows]))
     now = event.t_ms + window.window_ms + data.draw(st.integers(-window.tile_ms, window.tile_ms))
     now = max(now, NOW)
-    same(Merger(feature_specs, now)(record), serve(record, feature_specs, now))
+    same(Merger(feature_specs, now).at(now)(record), serve(record, feature_specs, now))
 
 
 @settings(max_examples=200, deadline=None)
@@ -104,7 +106,7 @@ def test_a_merger_stays_right_for_every_time_it_covers(
     merger = Merger(feature_specs, NOW + later)
     inside = merger.valid_from + int(where * (merger.valid_until - merger.valid_from - 1))
     assert merger.covers(inside)
-    same(merger(record), serve(record, feature_specs, inside))
+    same(merger.at(inside)(record), serve(record, feature_specs, inside))
     assert not merger.covers(merger.valid_until)
     assert not merger.covers(merger.valid_from - 1)
 
@@ -131,7 +133,7 @@ def test_tile_keys_written_in_another_form_are_read_as_serve_reads_them(
         for label, tiles in entry["w"].items():
             entry["w"][label] = {data.draw(spell).format(k): p for k, p in tiles.items()}
     now = NOW + later
-    same(Merger(feature_specs, now)(record), serve(record, feature_specs, now))
+    same(Merger(feature_specs, now).at(now)(record), serve(record, feature_specs, now))
 
 
 def test_count_distinct_over_sketch_tiles_equals_serve() -> None:
@@ -145,4 +147,6 @@ def test_count_distinct_over_sketch_tiles_equals_serve() -> None:
     record = record_of([spec], applied)
     assert any(isinstance(p, str) for p in record["features"]["skus"]["w"]["1h"].values())
     for later in (0, 60_000, 3_600_000):
-        same(Merger([spec], NOW + later)(record), serve(record, [spec], NOW + later))
+        same(
+            Merger([spec], NOW + later).at(NOW + later)(record), serve(record, [spec], NOW + later)
+        )
