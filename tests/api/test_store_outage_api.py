@@ -30,9 +30,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 JWT_SECRET = "outage-tests-" + "s" * 40
 PROJECT = "shop_outage"
-# Not a performance figure: a request during the outage is answered (1-2 s: server
-# selection gives up after 1 s) instead of hanging until the client's 30 s timeout.
-ANSWER_WITHIN_S = 5.0
+# Not a performance figure: during the outage each request is answered (the store call
+# gives up after 2 s; 2-5 s end to end with 16 pollers on a loaded 2-core machine) instead
+# of hanging until the client's 30 s timeout, as every request did before the fix.
+ANSWER_WITHIN_S = 10.0
 
 
 @dataclass
@@ -70,6 +71,10 @@ def api_process(
         "MONGODB_URL": ferretdb.url,
         "MONGODB_DATABASE": "outage",
         "CACHE": "memory",
+        # The API's other backends embedded: only the config store goes away here.
+        "ONLINE_STORE": "sqlite",
+        "ANALYTICS": "none",
+        "DATA_DIR": str(tmp_path / "data"),
         "JWT_SECRET": JWT_SECRET,
         "API_PORT": str(port),
         "LOG_LEVEL": "CRITICAL",
@@ -96,7 +101,7 @@ async def api(api_process: tuple[subprocess.Popen[bytes], int]) -> AsyncIterator
         headers={"Authorization": f"Bearer {token}"},
         timeout=30,
     ) as client:
-        for _ in range(300):
+        for _ in range(900):  # a loaded machine takes a while to start a process
             try:
                 if (await client.get("/ready")).status_code == 200:
                     break
@@ -152,7 +157,10 @@ async def test_store_restart_under_polling_is_503_then_heals_and_sigterm_stops(
     assert outage, "no request saw the outage"
     assert {a[1] for a in outage} == {503}
     assert {a[3] for a in outage} == {"ConfigStoreUnavailable"}
-    print("slowest answer during the outage:", round(max(a[2] for a in down.answers), 2))
+    times = sorted(a[2] for a in down.answers)
+    print(
+        f"answers during the outage: median {times[len(times) // 2]:.2f} s, max {times[-1]:.2f} s"
+    )
     assert max(a[2] for a in down.answers) < ANSWER_WITHIN_S
     # Healed without a restart of the API: the last answers all succeed.
     assert back.answers
