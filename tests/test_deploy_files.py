@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from app.core.settings import (
+    ArchiveSettings,
     ComputeSettings,
     ConfigApiSettings,
     IngestionSettings,
@@ -26,6 +27,7 @@ APP_SERVICES: dict[str, type[ServiceSettings]] = {
     "config-api": ConfigApiSettings,
     "ingestion": IngestionSettings,
     "compute": ComputeSettings,
+    "archive": ArchiveSettings,
     "serving": ServingSettings,
 }
 BACKEND_VARS = (
