@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     Field,
+    SerializerFunctionWrapHandler,
     StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
     StringConstraints,
+    model_serializer,
     model_validator,
 )
 
@@ -72,6 +74,12 @@ class FeatureFilter(RequestModel):
         if bool(self.all) == bool(self.any):
             raise ValueError("a filter has exactly one of `all` and `any`, not empty")
         return self
+
+    @model_serializer(mode="wrap")
+    def _only_the_list_given(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # {"all": [...]} reads back as written, without an "any": null beside it.
+        data: dict[str, Any] = handler(self)
+        return {k: v for k, v in data.items() if v is not None}
 
     @property
     def mode(self) -> Literal["all", "any"]:

@@ -93,8 +93,10 @@ class FeatureService:
         current = await self._require(project_id, feature_id)
         _check_revision(current, body.revision)
         windows = await self.check(project_id, body, exclude_id=feature_id)
-        doc = current.model_copy(
-            update={
+        # Validated, not model_copy(update=...): nested models (the filter) stay models.
+        doc = FeatureDocument.model_validate(
+            {
+                **current.model_dump(),
                 **body.model_dump(exclude={"revision", "time_windows"}),
                 "time_windows": windows,
                 "revision": current.revision + 1,
