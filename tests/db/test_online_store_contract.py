@@ -33,6 +33,11 @@ from app.db.factory import make_online_store
 from app.db.online_store import OnlineStore, RecordWrite, StoredRecord, WriteConflict
 from app.db.redis_online import record_key
 from app.db.sqlite_online import store_path
+from app.tiles.aggregations import NUMERIC_AGGREGATIONS, Aggregation
+from app.tiles.features import FeatureSpec
+from app.tiles.filters import Condition, FeatureFilter
+from app.tiles.record import AppliedEvent, apply_batch, serve
+from app.tiles.windows import parse_window
 from tests.conftest import AEROSPIKE_HOSTS, REDIS_URL, requires_aerospike, unique
 from tests.support.online import DelegatingStore
 
@@ -126,6 +131,34 @@ def a_large_record() -> dict[str, Any]:
     }
 
 
+NOW = 1_767_225_600_000
+
+
+def compute_record() -> tuple[list[FeatureSpec], dict[str, Any]]:
+    """A record as compute writes it: one feature per aggregation over two windows, a
+    filter on one of them, events with ids, values of every JSON kind."""
+    windows = (parse_window("1h"), parse_window("7d"))
+    specs: list[FeatureSpec] = []
+    for n, kind in enumerate(Aggregation):
+        fieldless = kind in (Aggregation.COUNT, Aggregation.RECENCY)
+        size = 3 if kind in (Aggregation.LAST_N, Aggregation.TOP_K) else None
+        only_eur = FeatureFilter((Condition("currency", "eq", "EUR"),)) if n % 2 else None
+        field = None if fieldless else ("price" if kind in NUMERIC_AGGREGATIONS else "sku")
+        specs.append(FeatureSpec(f"f{n}", kind, field, windows, size=size, filter=only_eur))
+    events = [
+        AppliedEvent(
+            0,
+            i,
+            "cart",
+            NOW - i * 97_000,
+            {"price": i * 1.25, "sku": f"sku-{i % 7}", "currency": ["EUR", "USD"][i % 2]},
+            f"evt-{i}",
+        )
+        for i in range(80)
+    ]
+    return specs, apply_batch(None, {"cart": specs}, events, NOW).record
+
+
 async def created(kit: Kit, user_id: str, record: dict[str, Any], ttl: int = TTL) -> StoredRecord:
     await kit.store.put(kit.project, user_id, record, ttl, expected_generation=None)
     stored = await kit.store.get(kit.project, user_id)
@@ -161,6 +194,16 @@ class TestReadWrite:
     async def test_a_large_record_round_trips(self, kit: Kit) -> None:
         stored = await created(kit, "busy", a_large_record())
         assert stored.record == a_large_record()
+
+    async def test_every_aggregation_filter_and_event_id_state_round_trips_and_serves_the_same(
+        self, kit: Kit
+    ) -> None:
+        # The record compute writes for every aggregation (sized, filtered, fieldless),
+        # with remembered event ids: each store must hand back what serving merges.
+        specs, record = compute_record()
+        stored = await created(kit, "every-kind", record)
+        assert stored.record == record
+        assert serve(stored.record, specs, NOW) == serve(record, specs, NOW)
 
     async def test_ping_answers(self, kit: Kit) -> None:
         await kit.store.ping()
