@@ -64,12 +64,12 @@ class Source:
     field: str | None
 
 
-def _events(source: Source, where: str) -> str:
+def _events(source: Source, where: str, extra: str = _EXTRACTED) -> str:
     """The source's events (one row each), with `t` and `received` in epoch ms and the
-    field's value extracted (`_EXTRACTED`)."""
+    field's value extracted (`_EXTRACTED`), or other `extra` columns."""
     return (
         f"SELECT user_id, {_T} AS t, {_R} AS received, properties, log_partition, "
-        f"log_offset{_EXTRACTED} FROM event_archive FINAL "
+        f"log_offset{extra} FROM event_archive FINAL "
         "WHERE project_id = {project:String} AND pipeline_id = {pipeline:String} "
         f"AND event = {{event:String}} AND {where}"
     )
@@ -227,9 +227,44 @@ class ArchiveHistory:
             f"SELECT user_id, win.1 AS w, intDiv(t, win.2) AS tile, {partial} "
             f"FROM ({_events(source, users)}) ARRAY JOIN [{spans}] AS win "
             "WHERE t >= win.3 AND t <= {until:Int64} "
-            "GROUP BY user_id, w, tile ORDER BY user_id, w, tile"
+            "GROUP BY user_id, w, tile"
         )
         params = _params(project_id, source, first=first, last=last, until=until_ms)
+        return await self._archive.query_rows(sql, params)
+
+    async def range_events(
+        self, project_id: str, source: Source, first: str, last: str, since_ms: int
+    ) -> list[tuple[Any, ...]]:
+        """Returns `(user_id, t, received, properties, partition, offset, event_id)` of
+        the source's events stamped at or after `since_ms` of the users in
+        `[first, last]`, in log order per user: for the features SQL does not aggregate
+        (filters, LAST_N, TOP_K, RECENCY), which the pure tile code applies in Python."""
+        users = "user_id >= {first:String} AND user_id <= {last:String}"
+        return await self._source_events(
+            project_id, source, users, {"first": first, "last": last}, since_ms
+        )
+
+    async def training_events(
+        self, project_id: str, source: Source, rows_table: str, since_ms: int
+    ) -> list[tuple[Any, ...]]:
+        """As `range_events`, for the users of a `training_rows` table."""
+        users = f"user_id IN (SELECT user_id FROM {rows_table})"
+        return await self._source_events(project_id, source, users, {}, since_ms)
+
+    async def _source_events(
+        self,
+        project_id: str,
+        source: Source,
+        users: str,
+        parameters: dict[str, Any],
+        since_ms: int,
+    ) -> list[tuple[Any, ...]]:
+        sql = (
+            f"SELECT user_id, t, received, properties, log_partition, log_offset, event_id "
+            f"FROM ({_events(source, users, ', event_id')}) WHERE t >= {{since:Int64}} "
+            "ORDER BY user_id, log_partition, log_offset"
+        )
+        params = _params(project_id, source, since=since_ms, **parameters)
         return await self._archive.query_rows(sql, params)
 
     async def last_event_ms(

@@ -5,7 +5,9 @@ What is done where. ClickHouse does the aggregation: per feature, one query (one
 for all its windows) per chunk of users returns the partial of every (user, window,
 tile) the window can still read at `now` (`app/db/history.py`: COUNT/SUM/AVG/MIN/MAX/
 LAST/FIRST partials by GROUP BY user, window, tile; COUNT_DISTINCT as the tile's
-distinct values). Python only turns those rows
+distinct values). A feature SQL does not aggregate (a filter, LAST_N, TOP_K, RECENCY)
+is applied in Python instead, by compute's own `apply_batch` over the chunk's events of
+its source. Python otherwise only turns the rows
 into the record layout compute writes (`app/tiles/record.py`; a COUNT_DISTINCT tile
 becomes the same exact list or HLL sketch `sketch.add` builds) under the fingerprints
 compute uses (`runtime/compute/specs.build_specs`), so serving merges the rebuilt tiles
@@ -48,7 +50,7 @@ from app.db.online_store import OnlineStore, RecordWrite, StoredRecord
 from app.schemas.deployment import ConfigSnapshot
 from app.tiles import sketch
 from app.tiles.features import MAX_FUTURE_MS, FeatureSpec
-from app.tiles.record import DedupPolicy, id_hash
+from app.tiles.record import AppliedEvent, DedupPolicy, apply_batch, id_hash
 from runtime.compute.specs import ProjectSpecs, build_specs
 
 logger = logging.getLogger(__name__)
@@ -69,6 +71,31 @@ class RebuildReport:
     written: int = 0
     deferred: int = 0
     deferred_users: list[str] = field(default_factory=list)
+
+
+# What SQL aggregates (`app/db/history.py`); a feature with a filter or another
+# aggregation is applied in Python by the pure tile code (`apply_batch`) instead.
+SQL_AGGREGATIONS = frozenset(
+    {"COUNT", "SUM", "AVG", "MIN", "MAX", "COUNT_DISTINCT", "LAST", "FIRST"}
+)
+
+
+def in_sql(spec: FeatureSpec) -> bool:
+    """Returns whether the archive's SQL aggregates `spec` (no filter, one of
+    SQL_AGGREGATIONS)."""
+    return spec.filter is None and spec.aggregation.value in SQL_AGGREGATIONS
+
+
+def applied_events(rows: Sequence[tuple[Any, ...]], event: str) -> dict[str, list[AppliedEvent]]:
+    """Returns `source_events` rows as AppliedEvents per user, in log order."""
+    out: dict[str, list[AppliedEvent]] = {}
+    for user, t, _received, properties, partition, offset, event_id in rows:
+        out.setdefault(str(user), []).append(
+            AppliedEvent(
+                int(partition), int(offset), event, int(t), json.loads(properties), str(event_id)
+            )
+        )
+    return out
 
 
 def source_of(spec: FeatureSpec) -> Source:
@@ -255,6 +282,9 @@ class RebuildService:
         out: dict[str, dict[str, Any]] = {}
         for spec in specs.specs:
             source = source_of(spec)
+            if not in_sql(spec):
+                await self._apply_in_python(specs.project_id, spec, first, last, now_ms, out)
+                continue
             windows = [WindowTiles(w.tile_ms, w.tile_range(now_ms)[0]) for w in spec.windows]
             rows = await self._history.tile_partials(
                 specs.project_id, source, windows, first, last, now_ms + MAX_FUTURE_MS
@@ -271,3 +301,25 @@ class RebuildService:
                     entry = features[name] = {"fp": fingerprint, "w": {}}
                 entry["w"].setdefault(labels[w], {})[str(tile)] = partial
         return out
+
+    async def _apply_in_python(
+        self,
+        project_id: str,
+        spec: FeatureSpec,
+        first: str,
+        last: str,
+        now_ms: int,
+        out: dict[str, dict[str, Any]],
+    ) -> None:
+        """Adds `spec`'s state for the users in `[first, last]` to `out`, applying their
+        archived events in log order with compute's own `apply_batch` (the events it can
+        still read at `now_ms` only)."""
+        source = source_of(spec)
+        since = min(w.tile_range(now_ms)[0] * w.tile_ms for w in spec.windows)
+        rows = await self._history.range_events(project_id, source, first, last, since)
+        key = str(getattr(spec, "source", ""))
+        for user, events in applied_events(rows, key).items():
+            record = apply_batch(None, {key: (spec,)}, events, now_ms).record
+            entry = record["features"].get(spec.name)
+            if entry is not None:
+                out.setdefault(user, {})[spec.name] = entry

@@ -30,7 +30,9 @@ from app.core.errors import PayloadTooLarge, UnprocessableEntity
 from app.db.clickhouse import ClickHouseClientSink
 from app.db.history import ArchiveHistory, TrainingWindow
 from app.schemas.deployment import ConfigSnapshot
-from app.services.rebuild_service import source_of
+from app.services.rebuild_service import applied_events, in_sql, source_of
+from app.tiles.features import FeatureSpec
+from app.tiles.record import apply_batch, serve
 from runtime.compute.specs import build_specs
 
 MAX_ROWS = 10_000
@@ -150,6 +152,9 @@ class TrainingSetService:
                 for spec in dict.fromkeys(s for s, _ in served):
                     windows = [w for s, w in served if s is spec]
                     source = source_of(spec)
+                    if not in_sql(spec):
+                        await self._apply_in_python(snapshot, spec, rows, rows_table, values)
+                        continue
                     found = await self._history.window_values(
                         snapshot.project_id,
                         source,
@@ -172,3 +177,32 @@ class TrainingSetService:
                 for r, v in zip(rows, values, strict=True)
             ],
         )
+
+    async def _apply_in_python(
+        self,
+        snapshot: ConfigSnapshot,
+        spec: FeatureSpec,
+        rows: Sequence[TrainingRow],
+        rows_table: str,
+        values: list[dict[str, Any]],
+    ) -> None:
+        """Fills `spec`'s keys for every row with compute's own code: the row user's
+        events received by its timestamp, applied in log order at that moment
+        (`apply_batch`), then served at it (`serve`). For the features SQL does not
+        aggregate (filters, LAST_N, TOP_K, RECENCY)."""
+        widest = max(w.window_ms + w.tile_ms for w in spec.windows)
+        since = min(r.ts_ms for r in rows) - widest
+        key = str(getattr(spec, "source", ""))
+        found = await self._history.training_events(
+            snapshot.project_id, source_of(spec), rows_table, since
+        )
+        received = {(str(r[0]), int(r[4]), int(r[5])): int(r[2]) for r in found}
+        by_user = applied_events(found, key)
+        for row, row_values in zip(rows, values, strict=True):
+            events = [
+                e
+                for e in by_user.get(row.user_id, ())
+                if received[(row.user_id, e.partition, e.offset)] <= row.ts_ms
+            ]
+            record = apply_batch(None, {key: (spec,)}, events, row.ts_ms).record
+            row_values.update(serve(record, (spec,), row.ts_ms))

@@ -15,6 +15,8 @@ from app.core.settings import BackendSettings
 from app.db import factory
 from app.db.clickhouse import ChdbSink
 from app.db.online_store import OnlineStore
+from app.schemas.deployment import FeatureSnapshot
+from app.schemas.feature import FeatureFilter, FilterCondition
 from app.services.rebuild_service import RebuildService
 from app.tiles.record import serve
 from runtime.archive.metrics import ArchiveMetrics
@@ -29,6 +31,7 @@ from tests.runtime.compute.oracle import (
     all_aggregations,
     assert_same_values,
     config,
+    feature,
     oracle_values,
     pipeline,
 )
@@ -55,6 +58,23 @@ def random_events(rng: random.Random, pipeline_id: str, count: int) -> list[RawE
             RawEvent(f"u{rng.randrange(30)}", pipeline_id, "add_to_cart", NOW - age, properties)
         )
     return out
+
+
+def python_applied(pipeline_id: str, windows: list[str]) -> list[FeatureSnapshot]:
+    """Features SQL does not aggregate: a filter, LAST_N, TOP_K, RECENCY."""
+    pricey = FeatureFilter(all=[FilterCondition(field="price", op="gt", value=50)])
+    return [
+        feature("pricey", pipeline_id, "COUNT", windows).model_copy(update={"filter": pricey}),
+        feature("recent", pipeline_id, "LAST", windows).model_copy(
+            update={"aggregation": "LAST_N", "size": 3}
+        ),
+        feature("top", pipeline_id, "LAST", windows).model_copy(
+            update={"aggregation": "TOP_K", "size": 2}
+        ),
+        feature("since", pipeline_id, "COUNT", windows).model_copy(
+            update={"aggregation": "RECENCY"}
+        ),
+    ]
 
 
 @pytest.fixture
@@ -193,3 +213,34 @@ class TestRebuild:
         await compute.wait_processed(2 * len(events))
         await compute.stop()
         await assert_oracle(kit.store, project, features, events, build_specs(snapshot).specs)
+
+    async def test_features_sql_cannot_aggregate_are_rebuilt_by_the_tile_code(
+        self, kit: ComputeKit, archive: ChdbSink, tmp_path: Path
+    ) -> None:
+        rng = random.Random(9)
+        project, pl = unique("proj"), new_id()
+        features = [*all_aggregations(pl, ["1h", "24h"]), *python_applied(pl, ["1h", "24h"])]
+        snapshot = config(project, 1, [pipeline(pl, "add_to_cart")], features)
+        specs = build_specs(snapshot).specs
+        await kit.publish(snapshot)
+        events = random_events(rng, pl, 300)
+        await kit.produce(project, events, 1)
+        compute = kit.run()
+        await compute.wait_processed(len(events))
+        await compute.stop()
+        await archive_all(kit, archive, unique("archive"), len(events))
+        lost = factory.make_online_store(
+            kit.settings.model_copy(update={"data_dir": tmp_path / "empty"})
+        )
+        await lost.initialize()
+        try:
+            await RebuildService(archive, lost, now_ms=kit.clock).rebuild(snapshot)
+            for user in sorted({e.user_id for e in events}):
+                live, rebuilt = await kit.store.get(project, user), await lost.get(project, user)
+                assert live is not None
+                assert rebuilt is not None
+                assert_same_values(
+                    serve(rebuilt.record, specs, NOW), serve(live.record, specs, NOW)
+                )
+        finally:
+            await lost.close()

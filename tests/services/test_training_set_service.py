@@ -26,7 +26,7 @@ from tests.conftest import unique
 from tests.factories import new_id
 from tests.runtime.compute.harness import ComputeKit
 from tests.runtime.compute.oracle import all_aggregations, assert_same_values, config, pipeline
-from tests.services.test_rebuild_service import NOW, archive_all
+from tests.services.test_rebuild_service import NOW, archive_all, python_applied
 from tests.services.test_rebuild_service import archive as archive
 from tests.services.test_rebuild_service import kit as kit
 
@@ -72,7 +72,8 @@ class TestPointInTime:
     ) -> None:
         rng = random.Random(7)
         project, pl = unique("proj"), new_id()
-        features = all_aggregations(pl, ["5m", "1h", "24h"])
+        windows = ["5m", "1h", "24h"]
+        features = [*all_aggregations(pl, windows), *python_applied(pl, windows)]
         snapshot = config(project, 1, [pipeline(pl, "add_to_cart")], features)
         specs = build_specs(snapshot).specs
         await kit.publish(snapshot)
