@@ -39,6 +39,20 @@ class TestProjectAccess:
         for response in (foreign, foreign_batch, unknown):
             assert (response.status_code, response.json()["error"]) == (404, "ProjectNotFound")
 
+    @pytest.mark.parametrize("authorization", ["Basic dXNlcjpwdw==", "Bearer", "Bearer  ", ""])
+    async def test_anything_but_a_bearer_token_is_401(
+        self, kit: ServingKit, project_id: str, authorization: str
+    ):
+        await deployed(kit, project_id)
+        async with kit.client() as client:
+            client.headers["authorization"] = authorization
+            single = await client.get(f"/features/{project_id}/users/u-1")
+            batch = await client.post(
+                f"/features/{project_id}/users/batch", json={"user_ids": ["u-1"]}
+            )
+        for response in (single, batch):
+            assert (response.status_code, response.json()["error"]) == (401, "Unauthorized")
+
     async def test_project_without_deployment_is_404(self, kit: ServingKit, project_id: str):
         async with kit.client(project_id) as client:
             response = await client.get(f"/features/{project_id}/users/u-1")
@@ -71,6 +85,15 @@ class TestUserIds:
         async with kit.client(project_id) as client:
             response = await client.get(f"/features/{project_id}/users/{user_id}")
         assert (response.status_code, response.json()["error"]) == (422, "ValidationError")
+
+    async def test_a_refused_id_is_named_as_the_path_parameter(
+        self, kit: ServingKit, project_id: str
+    ):
+        await deployed(kit, project_id)
+        async with kit.client(project_id) as client:
+            response = await client.get(f"/features/{project_id}/users/$where")
+        [field] = response.json()["fields"]
+        assert (field["loc"], field["type"]) == (["path", "user_id"], "string_pattern_mismatch")
 
     @pytest.mark.parametrize("path", ["../x", "..%2Fx", "a/b"])
     async def test_ids_with_a_slash_match_no_route(self, kit: ServingKit, project_id: str, path):

@@ -178,6 +178,18 @@ class TestSingleUser:
         assert "switched_off_5m" in body["detail"]
         assert "cart_adds_5m" not in body["detail"]
 
+    async def test_a_selection_longer_than_16384_characters_is_422(
+        self, kit: ServingKit, project_id: str
+    ):
+        await deployed(kit, project_id)
+        async with kit.client(project_id) as client:
+            response = await client.get(
+                f"/features/{project_id}/users/u-1", params={"features": "a," * 8193}
+            )
+        assert (response.status_code, response.json()["error"]) == (422, "ValidationError")
+        [field] = response.json()["fields"]
+        assert (field["loc"], field["type"]) == (["query", "features"], "string_too_long")
+
     async def test_a_new_deployment_is_served_under_its_version(
         self, kit: ServingKit, project_id: str
     ):
