@@ -105,27 +105,40 @@ def _tile_partial(aggregation: str) -> str:
     raise ValueError(f"unknown aggregation {aggregation}")
 
 
-def _window_value(aggregation: str, cond: str) -> str:
+def _window_value(aggregation: str, cond: str, i: int) -> str:
     """The two columns (value, how many events gave one) of one window's value for a
-    training row, events filtered by `cond`."""
+    training row, events filtered by `cond`, the field's values extracted as field `i`
+    (`_fields_extracted`)."""
+    num, is_num, present, dkey = f"num{i}", f"is_num{i}", f"present{i}", f"dkey{i}"
     match aggregation:
         case "COUNT":
             return f"countIf({cond}), countIf({cond})"
         case "SUM" | "AVG":
-            return f"sumIf(num, {cond} AND is_num), countIf({cond} AND is_num)"
+            return f"sumIf({num}, {cond} AND {is_num}), countIf({cond} AND {is_num})"
         case "MIN":
-            return f"minIf(num, {cond} AND is_num), countIf({cond} AND is_num)"
+            return f"minIf({num}, {cond} AND {is_num}), countIf({cond} AND {is_num})"
         case "MAX":
-            return f"maxIf(num, {cond} AND is_num), countIf({cond} AND is_num)"
+            return f"maxIf({num}, {cond} AND {is_num}), countIf({cond} AND {is_num})"
         case "LAST":
-            p = f"{cond} AND present"
+            p = f"{cond} AND {present}"
             return f"argMaxIf(properties, {_ORDER}, {p}), countIf({p})"
         case "FIRST":
-            p = f"{cond} AND present"
+            p = f"{cond} AND {present}"
             return f"argMinIf(properties, {_ORDER}, {p}), countIf({p})"
         case "COUNT_DISTINCT":
-            return f"uniqExactIf(dkey, {cond} AND present), toUInt64(0)"
+            return f"uniqExactIf({dkey}, {cond} AND {present}), toUInt64(0)"
     raise ValueError(f"unknown aggregation {aggregation}")
+
+
+def _fields_extracted(count: int) -> str:
+    """`_EXTRACTED` for fields 0..count-1 (parameters `field0`...), suffixed by index."""
+    out = []
+    for i in range(count):
+        one = _EXTRACTED.replace("{field:String}", f"{{field{i}:String}}")
+        for name in ("is_num", "present", "dkey"):
+            one = one.replace(f" AS {name}", f" AS {name}{i}")
+        out.append(one.replace(" AS num,", f" AS num{i},"))
+    return "".join(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,28 +323,36 @@ class ArchiveHistory:
     async def window_values(
         self,
         project_id: str,
-        source: Source,
-        windows: Sequence[TrainingWindow],
+        pipeline_id: str,
+        event: str,
+        parts: Sequence[tuple[str, str | None, Sequence[TrainingWindow]]],
         rows_table: str,
     ) -> dict[int, tuple[Any, ...]]:
-        """Returns, per training row with at least one candidate event, two columns per
-        window in `windows` order (value, count; see `_window_value`), over the events
-        of `source` received at or before the row's ts and stamped in the window's span
-        at ts. Rows without any candidate event are absent (every value empty)."""
+        """Returns, per training row with at least one candidate event, two columns
+        (value, count; see `_window_value`) per window of each part (aggregation, field,
+        windows), in order, over the events of (pipeline, event) received at or before
+        the row's ts and stamped in the window's span at ts. One scan for every feature
+        of that source. Rows without any candidate event are absent (values empty)."""
+        fields = list(dict.fromkeys(field or "" for _, field, _ in parts))
+        windows = [w for _, _, ws in parts for w in ws]
         widest = max(w.window_ms + w.tile_ms for w in windows)
         longest_tile = max(w.tile_ms for w in windows)
         columns = []
-        for w in windows:
-            start = f"intDiv(r.ts - {w.window_ms}, {w.tile_ms}) * {w.tile_ms}"
-            end = f"(intDiv(r.ts, {w.tile_ms}) + 1) * {w.tile_ms}"
-            cond = f"(t >= {start} AND t < {end})"
-            columns.append(_window_value(source.aggregation, cond))
+        for aggregation, field, part_windows in parts:
+            for w in part_windows:
+                start = f"intDiv(r.ts - {w.window_ms}, {w.tile_ms}) * {w.tile_ms}"
+                end = f"(intDiv(r.ts, {w.tile_ms}) + 1) * {w.tile_ms}"
+                cond = f"(t >= {start} AND t < {end})"
+                columns.append(_window_value(aggregation, cond, fields.index(field or "")))
         where = f"user_id IN (SELECT user_id FROM {rows_table})"
+        source = Source(pipeline_id, event, "", None)
         sql = (
-            f"SELECT r.row, {', '.join(columns)} FROM ({_events(source, where)}) AS e "
+            f"SELECT r.row, {', '.join(columns)} "
+            f"FROM ({_events(source, where, _fields_extracted(len(fields)))}) AS e "
             f"INNER JOIN {rows_table} AS r ON e.user_id = r.user_id "
             f"WHERE e.received <= r.ts AND e.t >= r.ts - {widest} "
             f"AND e.t < r.ts + {longest_tile} GROUP BY r.row"
         )
-        result = await self._archive.query_rows(sql, _params(project_id, source))
+        params = _params(project_id, source) | {f"field{i}": f for i, f in enumerate(fields)}
+        result = await self._archive.query_rows(sql, params)
         return {int(row[0]): tuple(row[1:]) for row in result}

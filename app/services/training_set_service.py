@@ -33,6 +33,7 @@ from app.schemas.deployment import ConfigSnapshot
 from app.services.rebuild_service import applied_events, in_sql, source_of
 from app.tiles.features import FeatureSpec
 from app.tiles.record import apply_batch, serve
+from app.tiles.windows import Window
 from runtime.compute.specs import build_specs
 
 MAX_ROWS = 10_000
@@ -149,27 +150,28 @@ class TrainingSetService:
         if rows and served:
             table = [(i, r.user_id, r.ts_ms) for i, r in enumerate(rows)]
             async with self._history.training_rows(table) as rows_table:
+                # One query per source event, for all its features that SQL aggregates.
+                by_source: dict[tuple[str, str], list[FeatureSpec]] = {}
                 for spec in dict.fromkeys(s for s, _ in served):
-                    windows = [w for s, w in served if s is spec]
-                    source = source_of(spec)
                     if not in_sql(spec):
                         await self._apply_in_python(snapshot, spec, rows, rows_table, values)
                         continue
+                    source = source_of(spec)
+                    by_source.setdefault((source.pipeline_id, source.event), []).append(spec)
+                for (pipeline_id, event), group in by_source.items():
+                    windows = {id(spec): [w for s, w in served if s is spec] for spec in group}
+                    parts = [
+                        (
+                            spec.aggregation.value,
+                            spec.field,
+                            [TrainingWindow(w.window_ms, w.tile_ms) for w in windows[id(spec)]],
+                        )
+                        for spec in group
+                    ]
                     found = await self._history.window_values(
-                        snapshot.project_id,
-                        source,
-                        [TrainingWindow(w.window_ms, w.tile_ms) for w in windows],
-                        rows_table,
+                        snapshot.project_id, pipeline_id, event, parts, rows_table
                     )
-                    for i, row_values in enumerate(values):
-                        columns = found.get(i)
-                        for j, w in enumerate(windows):
-                            key = f"{spec.name}_{w.label}"
-                            if columns is None:
-                                row_values[key] = _empty(source.aggregation)
-                                continue
-                            value, count = columns[2 * j], int(columns[2 * j + 1])
-                            row_values[key] = _value(source.aggregation, value, count, spec.field)
+                    self._fill(group, windows, found, values)
         return TrainingSet(
             ["user_id", "timestamp", *keys],
             [
@@ -206,3 +208,26 @@ class TrainingSetService:
             ]
             record = apply_batch(None, {key: (spec,)}, events, row.ts_ms).record
             row_values.update(serve(record, (spec,), row.ts_ms))
+
+    @staticmethod
+    def _fill(
+        group: Sequence[FeatureSpec],
+        windows: dict[int, list[Window]],
+        found: dict[int, tuple[Any, ...]],
+        values: list[dict[str, Any]],
+    ) -> None:
+        """Puts each row's values of `group` (columns in `window_values` order) into
+        `values`: the empty value where the row had no candidate event."""
+        for i, row_values in enumerate(values):
+            columns = found.get(i)
+            n = 0
+            for spec in group:
+                aggregation = spec.aggregation.value
+                for w in windows[id(spec)]:
+                    key = f"{spec.name}_{w.label}"
+                    if columns is None:
+                        row_values[key] = _empty(aggregation)
+                    else:
+                        value, count = columns[n], int(columns[n + 1])
+                        row_values[key] = _value(aggregation, value, count, spec.field)
+                    n += 2
