@@ -5,9 +5,14 @@ over the limit is 431 on a real socket (app/core/server.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import secrets
+import signal
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from subprocess import DEVNULL
 
 import httpx
 import pytest
@@ -33,6 +38,7 @@ from runtime.compute import main as compute_main
 from runtime.ingestion import main as ingestion_main
 from runtime.serving import main as serving_main
 from tests.support.apps import in_process
+from tests.support.own_ferretdb import REPO
 from tests.support.own_redis import free_port
 
 AUTH = AuthSettings(secret=SecretStr(secrets.token_urlsafe(32)))
@@ -201,3 +207,56 @@ class TestHeaderLimit:
         config = server_config(FastAPI(), settings)
         assert config.h11_max_incomplete_event_size == 10_000
         assert config.timeout_graceful_shutdown is not None
+
+
+# Every process's own entry point, as deployed (`python -m ...`), on embedded backends.
+ENTRY_POINTS = {
+    "main": "API_PORT",
+    "runtime.ingestion.main": "INGEST_PORT",
+    "runtime.compute.main": "COMPUTE_PORT",
+    "runtime.archive.main": "ARCHIVE_PORT",
+    "runtime.serving.main": "SERVING_PORT",
+    "standalone": "STANDALONE_PORT",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", sorted(ENTRY_POINTS))
+async def test_entry_point_refuses_a_large_head_and_body(module: str, tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "ENVIRONMENT": "development",
+        "JWT_SECRET": secrets.token_urlsafe(32),
+        "CONFIG_STORE": "sqlite",
+        "EVENT_LOG": "local",
+        "ONLINE_STORE": "sqlite",
+        "CACHE": "memory",
+        "ANALYTICS": "none",
+        "DATA_DIR": str(tmp_path),
+        "LOG_LEVEL": "CRITICAL",
+        ENTRY_POINTS[module]: str(port),
+    }
+    if module == "runtime.archive.main":  # the archive is the analytics store's reader
+        env["ANALYTICS"] = "chdb"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", module, cwd=REPO, env=env, stdout=DEVNULL, stderr=DEVNULL
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            for _ in range(900):  # a loaded machine takes a while to start a process
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get("/health")).status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+            else:
+                pytest.fail(f"{module} did not start")
+            big_head = b"GET /health HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 1024 * 1024
+            assert (await _raw_request(port, big_head + b"\r\n\r\n")).startswith(b"HTTP/1.1 431")
+            # Refused on the declared length, before a byte of the body was sent.
+            big_body = b"POST /health HTTP/1.1\r\nhost: x\r\ncontent-length: 2000000\r\n\r\n"
+            assert (await _raw_request(port, big_body)).startswith(b"HTTP/1.1 413")
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 60)
