@@ -21,8 +21,8 @@ from app.core.settings import ServingSettings
 from app.schemas.deployment import ConfigSnapshot
 from app.tiles.features import FeatureSpec
 from runtime.compute.specs import build_specs
-from runtime.serving.aerospike_reader import Clock, FeatureReader, system_clock
 from runtime.serving.metrics import ServingMetrics
+from runtime.serving.reader import Clock, FeatureReader, system_clock
 from runtime.serving.routes import FEATURE_SERVICE, serving_router
 from runtime.serving.service import FeatureService
 

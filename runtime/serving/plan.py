@@ -58,9 +58,7 @@ class Selection:
 def _selection(specs: Iterable[FeatureSpec]) -> Selection:
     specs = tuple(specs)
     empty = {
-        f"{spec.name}_{w.label}": spec.aggregator.empty()
-        for spec in specs
-        for w in spec.windows
+        f"{spec.name}_{w.label}": spec.aggregator.empty() for spec in specs for w in spec.windows
     }
     return Selection(specs=specs, empty=empty)
 

@@ -1,19 +1,25 @@
 """Reading feature values: one store read, then the tile merge relative to now.
 
-The plan calls this module the Aerospike reader; the class works over ANY
-`OnlineStore` (Aerospike, Redis, the embedded SQLite store), since stores keep the
-record opaque and the maths lives in `runtime/compute` (`merge.py` applies it to many
-records at one `now`). Values are merged at
-read time from the tiles inside `(now - window, now]`, so a window slides forward
-without any write: a 5m count drops back to 0 five minutes (plus at most one 5 s tile)
-after the user's last event.
+The plan calls this module the Aerospike reader (`aerospike_reader.py`); renamed for
+what it does, since the class works over ANY `OnlineStore` (Aerospike, Redis, the
+embedded SQLite store): stores keep the record opaque and the maths lives in
+`app/tiles` (`merge.py` applies it to many records at one `now`).
+
+Each answer carries the user's freshness (`Freshness`), read from the same record: when
+the newest event counted in a feature happened, and when compute last wrote the record,
+so a caller can tell "0 because nothing happened" from "0 because compute is behind".
+
+Values are merged at read time from the tiles inside `(now - window, now]`, so a window
+slides forward without any write: a 5m count drops back to 0 five minutes (plus at most
+one 5 s tile) after the user's last event.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from app.core.errors import OnlineStoreUnavailable
@@ -32,6 +38,24 @@ def system_clock() -> int:
     return time.time_ns() // 1_000_000
 
 
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """Of one user's record: the event time of the newest event applied to a feature,
+    and when compute last wrote the record (epoch ms; None without a record, or for a
+    record written before compute kept them)."""
+
+    last_event_ms: int | None
+    updated_ms: int | None
+
+
+NO_RECORD = Freshness(None, None)
+
+
+def freshness_of(record: Mapping[str, Any]) -> Freshness:
+    """Returns the freshness a stored record carries."""
+    return Freshness(record.get("last_event_ms") or None, record.get("updated_ms") or None)
+
+
 class FeatureReader:
     """Reads users' records from an online store and serves their feature values."""
 
@@ -41,8 +65,8 @@ class FeatureReader:
 
     async def read_one(
         self, project_id: str, user_id: str, selection: Selection, now_ms: int
-    ) -> dict[str, Any]:
-        """Returns {feature key: value} for the selection at `now_ms`.
+    ) -> tuple[dict[str, Any], Freshness]:
+        """Returns ({feature key: value} for the selection at `now_ms`, its freshness).
 
         A user without a record gets every selected key at its empty value. Raises
         OnlineStoreUnavailable when the store cannot answer.
@@ -54,14 +78,15 @@ class FeatureReader:
             raise _unavailable(exc) from exc
         self._metrics.store_read_seconds.labels("get").observe(time.perf_counter() - started)
         if stored is None:
-            return dict(selection.empty)
-        return selection.merger(now_ms)(stored.record)
+            return dict(selection.empty), NO_RECORD
+        return selection.merger(now_ms)(stored.record), freshness_of(stored.record)
 
     async def read_many(
         self, project_id: str, user_ids: Sequence[str], selection: Selection, now_ms: int
-    ) -> list[dict[str, Any]]:
-        """Returns one {feature key: value} per user id, in the order of `user_ids`, from
-        ONE batch read of the store (a repeated id is answered each time it appears).
+    ) -> list[tuple[dict[str, Any], Freshness]]:
+        """Returns one ({feature key: value}, freshness) per user id, in the order of
+        `user_ids`, from ONE batch read of the store (a repeated id is answered each time
+        it appears).
 
         Each record is merged as the store decodes it (`get_many_mapped`). Raises
         OnlineStoreUnavailable when the store cannot answer; an error of the merge
@@ -78,7 +103,7 @@ class FeatureReader:
         read_s = time.perf_counter() - started - merge.seconds
         self._metrics.store_read_seconds.labels("get_many").observe(read_s)
         empty = selection.empty
-        return [dict(empty) if v is None else v for v in values]
+        return [(dict(empty), NO_RECORD) if v is None else v for v in values]
 
 
 class _MergeFailed(Exception):
@@ -101,10 +126,10 @@ class _Merge:
         self._merger = merger
         self.seconds = 0.0
 
-    def __call__(self, record: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, record: dict[str, Any]) -> tuple[dict[str, Any], Freshness]:
         started = time.perf_counter()
         try:
-            return self._merger(record)
+            return self._merger(record), freshness_of(record)
         except Exception as exc:
             raise _MergeFailed(exc) from exc
         finally:

@@ -36,6 +36,7 @@ from app.core.service import get_resources
 from app.schemas.common import RequestModel
 from app.schemas.event import USER_ID_PATTERN
 from runtime.serving.metrics import ServingMetrics
+from runtime.serving.reader import Freshness
 from runtime.serving.service import FeatureService, Reading
 
 FEATURE_SERVICE = "feature_service"
@@ -63,6 +64,14 @@ class UserFeatures(BaseModel):
         description="`{feature}_{window}` → value; 0 for COUNT/SUM/COUNT_DISTINCT and null "
         "for AVG/MIN/MAX/LAST/FIRST when no event falls in the window",
         examples=[{"cart_adds_5m": 3, "cart_adds_1h": 7, "avg_price_1h": 24.5}],
+    )
+    last_event_at: datetime | None = Field(
+        description="Event time of the newest event counted in any feature of this user; "
+        "null when none was (a user compute has not seen yet)"
+    )
+    updated_at: datetime | None = Field(
+        description="When compute last applied events to this user's record: the user's "
+        "data is at least this fresh (compare with `as_of` to see compute's delay)"
     )
 
 
@@ -101,6 +110,13 @@ FeatureServiceDep = Annotated[FeatureService, Depends(get_feature_service)]
 def _as_of(now_ms: int) -> str:
     moment = datetime.fromtimestamp(now_ms / 1000, UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _fresh(f: Freshness) -> dict[str, str | None]:
+    return {
+        "last_event_at": None if f.last_event_ms is None else _as_of(f.last_event_ms),
+        "updated_at": None if f.updated_ms is None else _as_of(f.updated_ms),
+    }
 
 
 def _json(body: dict[str, Any]) -> Response:
@@ -211,6 +227,7 @@ def serving_router(metrics: ServingMetrics) -> APIRouter:
         body = {
             "user_id": user_id,
             "features": reading.values[0],
+            **_fresh(reading.freshness[0]),
             "as_of": _as_of(reading.now_ms),
             "version": reading.version,
         }
@@ -301,7 +318,7 @@ def serving_router(metrics: ServingMetrics) -> APIRouter:
 
 def _batch_body(user_ids: Sequence[str], reading: Reading) -> dict[str, Any]:
     users = [
-        {"user_id": uid, "features": values}
-        for uid, values in zip(user_ids, reading.values, strict=True)
+        {"user_id": uid, "features": values, **_fresh(fresh)}
+        for uid, values, fresh in zip(user_ids, reading.values, reading.freshness, strict=True)
     ]
     return {"users": users, "as_of": _as_of(reading.now_ms), "version": reading.version}

@@ -10,8 +10,8 @@ from typing import Any, Protocol
 from app.core.errors import BatchTooLarge, FieldError, ProjectNotFound, UnknownFeature
 from app.schemas.deployment import ConfigSnapshot
 from app.tiles.features import FeatureSpec
-from runtime.serving.aerospike_reader import Clock, FeatureReader
 from runtime.serving.plan import Selection, ServingPlan, UnknownFeatureKeys
+from runtime.serving.reader import Clock, FeatureReader, Freshness
 
 SpecsOf = Callable[[ConfigSnapshot], Sequence[FeatureSpec]]
 """Returns the specs of a snapshot's enabled features (compute's own conversion)."""
@@ -25,11 +25,13 @@ class SnapshotSource(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """Feature values of one or more users, all read at `now_ms` under `version`."""
+    """Feature values of one or more users, all read at `now_ms` under `version`, each
+    with the freshness of the record it came from."""
 
     version: int
     now_ms: int
     values: list[dict[str, Any]]
+    freshness: list[Freshness]
 
 
 class FeatureService:
@@ -74,8 +76,8 @@ class FeatureService:
         plan = await self.plan(project_id)
         selection = _select(plan, keys)
         now_ms = self._clock()
-        values = await self._reader.read_one(project_id, user_id, selection, now_ms)
-        return Reading(version=plan.version, now_ms=now_ms, values=[values])
+        values, freshness = await self._reader.read_one(project_id, user_id, selection, now_ms)
+        return Reading(plan.version, now_ms, [values], [freshness])
 
     async def read_users(
         self, project_id: str, user_ids: Sequence[str], keys: Sequence[str] | None
@@ -92,8 +94,8 @@ class FeatureService:
         plan = await self.plan(project_id)
         selection = _select(plan, keys)
         now_ms = self._clock()
-        values = await self._reader.read_many(project_id, user_ids, selection, now_ms)
-        return Reading(version=plan.version, now_ms=now_ms, values=values)
+        read = await self._reader.read_many(project_id, user_ids, selection, now_ms)
+        return Reading(plan.version, now_ms, [v for v, _ in read], [f for _, f in read])
 
 
 def _select(plan: ServingPlan, keys: Sequence[str] | None) -> Selection:

@@ -101,6 +101,10 @@ class TestReadingFeatures:
         assert vector.entity_id == "reader-1"
         assert vector.features == {"cart_adds_5m": 2}
         assert vector.version == 1
+        # Freshness: compute has written this user, after the events it counted.
+        assert vector.last_event_at is not None
+        assert vector.updated_at is not None
+        assert vector.last_event_at <= vector.updated_at <= str(vector.as_of)
 
     def test_get_many_keeps_order_and_duplicates_across_chunks(
         self, platform: RunningStandalone, shop: Deployed
@@ -115,6 +119,7 @@ class TestReadingFeatures:
             )
         assert [v.entity_id for v in vectors] == ids
         assert [v.features["cart_adds_1h"] for v in vectors] == [1, 0, 1, 0, 0]
+        assert [v.updated_at is None for v in vectors] == [False, True, False, True, True]
 
     async def test_async_reader_gets_one_and_many(self, platform: RunningStandalone, shop):
         async with AsyncFeaturesClient(

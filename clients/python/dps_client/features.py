@@ -33,12 +33,17 @@ MAX_BATCH = 1000
 class FeatureVector:
     """One entity's features: `{feature}_{window}` → value. `version` is the deployment
     the values were computed for and `as_of` the server time the windows were read at;
-    `raw` keeps the whole answer for fields newer than this client."""
+    `last_event_at` (the newest event counted) and `updated_at` (compute's last write)
+    tell a 0 of "nothing happened" (recent `updated_at`) from one of "compute is behind"
+    (both None: compute has not seen the entity). `raw` keeps the whole answer for fields
+    newer than this client."""
 
     entity_id: str
     features: dict[str, Any]
     version: int | None = None
     as_of: str | None = None
+    last_event_at: str | None = None
+    updated_at: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -70,6 +75,8 @@ def _vector(item: dict[str, Any], body: dict[str, Any]) -> FeatureVector:
         features=dict(item.get("features", {})),
         version=body.get("version"),
         as_of=body.get("as_of"),
+        last_event_at=item.get("last_event_at"),
+        updated_at=item.get("updated_at"),
         raw=item,
     )
 

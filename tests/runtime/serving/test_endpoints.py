@@ -261,7 +261,8 @@ class TestBatch:
                 f"/features/{project_id}/users/batch",
                 json={"user_ids": ["u-1"], "features": ["nope_1h"]},
             )
-        assert response.json()["users"] == [{"user_id": "u-1", "features": {"purchases_7d": 1}}]
+        [user] = response.json()["users"]
+        assert (user["user_id"], user["features"]) == ("u-1", {"purchases_7d": 1})
         assert unknown.status_code == 422
         assert unknown.json()["error"] == "UnknownFeature"
 
