@@ -79,7 +79,7 @@ def fault_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnRedis]:
 
 
 @pytest.fixture(scope="package")
-async def platform(
+async def package_platform(
     tmp_path_factory: pytest.TempPathFactory, fault_kafka: OwnKafka, fault_redis: OwnRedis
 ) -> AsyncIterator[ProcessPlatform]:
     running = ProcessPlatform(
@@ -92,3 +92,12 @@ async def platform(
         yield running
     finally:
         await running.stop()
+
+
+@pytest.fixture
+async def platform(package_platform: ProcessPlatform) -> ProcessPlatform:
+    """The package's platform with every process up: one that an earlier case left dead
+    (a failed case, a compute it killed on purpose) is started again first, so a case
+    never inherits another's damage."""
+    await package_platform.ensure_up()
+    return package_platform

@@ -120,6 +120,14 @@ class ProcessPlatform:
             process.start()
         await asyncio.gather(*(p.wait_healthy(self.http, START_BOUND_S) for p in everything))
 
+    async def ensure_up(self) -> None:
+        """Starts every process that is not running and waits for each to be healthy."""
+        everything = [self.api, self.ingest, self.serving, *self.computes]
+        for process in everything:
+            if not process.running:
+                process.start()
+        await asyncio.gather(*(p.wait_healthy(self.http, START_BOUND_S) for p in everything))
+
     async def stop(self) -> None:
         """SIGTERM to every process still running (each by its own pid), then drops the
         platform's config database (best effort: a case may have left its server down)."""
@@ -189,6 +197,8 @@ class ProcessPlatform:
                         served = []
                     if served == expected:
                         break
+                    if not any(c.running for c in self.computes):
+                        raise AssertionError(f"no compute is running\n{self.log_tails()}")
                     await asyncio.sleep(0.5)
         except TimeoutError:
             pass
