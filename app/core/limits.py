@@ -7,7 +7,9 @@ the body while it streams in (a missing or lying Content-Length cannot make it b
 more than the limit), and, for a JSON body, refuses nesting deeper than
 `MAX_JSON_DEPTH`: Python's json parser recurses once per level, and a deep enough
 body raised RecursionError (a 500) in a route that parses it itself. The checked body is
-then handed to the app as one message, so routes read it as usual.
+then handed to the app as one message, so routes read it as usual. A refused body up to
+a few times the limit is read through and dropped before the 413, so that the client can
+read the answer (closing on unread bytes resets the connection); a larger one is cut off.
 
 Every refusal is the error envelope: 413 PayloadTooLarge, 422 MalformedJSON.
 """
@@ -23,6 +25,10 @@ from app.core.errors import ErrorEnvelope
 # properties 16 deep under 3 levels of envelope) and far below the parser's recursion
 # limit (about 1,000).
 MAX_JSON_DEPTH = 64
+
+# A refused body up to this many times the limit is read through (and dropped) before
+# the 413, so the client can read it: see `_discard`.
+_DRAIN_FACTOR = 4
 
 # Everything but brackets and quotes is dropped before counting (C speed); numpy then
 # tells inside from outside string literals by the parity of the quotes before each
@@ -94,6 +100,8 @@ class RequestLimits:
         limit = self.max_body_bytes
         declared = _declared_length(scope)
         if declared is not None and declared > limit:
+            if declared <= _DRAIN_FACTOR * limit:
+                await _discard(receive)
             await _refuse(
                 send, 413, "PayloadTooLarge", f"Body of {declared} bytes exceeds {limit} bytes"
             )
@@ -108,11 +116,13 @@ class RequestLimits:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
+            more = message.get("more_body", False)
             if size > limit:
+                if more:
+                    await _discard(receive, _DRAIN_FACTOR * limit - size)
                 await _refuse(send, 413, "PayloadTooLarge", f"Body exceeds {limit} bytes")
                 return
             chunks.append(chunk)
-            more = message.get("more_body", False)
         body = b"".join(chunks)
         if body and _is_json(scope) and nests_deeper_than(body, MAX_JSON_DEPTH):
             await _refuse(
@@ -121,6 +131,20 @@ class RequestLimits:
             return
         first: Message = {"type": "http.request", "body": body, "more_body": False}
         await self.app(scope, _replay([first], None, receive), send)
+
+
+async def _discard(receive: Receive, budget: float = float("inf")) -> None:
+    """Reads and drops the rest of the body (at most `budget` more bytes), keeping
+    nothing. Closing a connection with unread bytes makes the kernel reset it, and most
+    clients then report a broken connection instead of the 413; a body a few times the
+    limit is read through so they see the answer, a larger one is cut off."""
+    while budget > 0:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        budget -= len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 def _replay(messages: list[Message], then: Message | None, receive: Receive) -> Receive:
