@@ -46,7 +46,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStanda
 @pytest.mark.slow
 def test_the_readme_walkthrough_runs_as_written(platform: RunningStandalone, tmp_path: Path):
     blocks = walkthrough_blocks()
-    assert len(blocks) == 3, "the walkthrough's bash blocks changed: update this test"
+    assert len(blocks) == 4, "the walkthrough's bash blocks changed: update this test"
     for name in (".venv", "scripts", "clients"):
         (tmp_path / name).symlink_to(ROOT / name)
     script = "\n".join(as_run_here(block, platform) for block in blocks)
@@ -66,7 +66,32 @@ def test_the_readme_walkthrough_runs_as_written(platform: RunningStandalone, tmp
     assert "Deployed version 2 (1 change(s))" in out
     assert "Rolled back to version 1: it is live again as version 3." in out
     assert "The draft was reset to version 1." in out
-    # The last command's answer, pretty-printed: the curl rollback to version 2.
-    last = json.loads(out[out.rindex("\n{\n") :])
-    assert (last["version"], last["rolled_back_from"], last["draft_reset"]) == (4, 2, True)
-    assert last["discarded_changes"] == []
+    answers = printed_objects(out)
+    # The curl rollback to version 2, pretty-printed.
+    [rollback] = [a for a in answers if a.get("rolled_back_from") == 2]
+    assert (rollback["version"], rollback["rolled_back_from"], rollback["draft_reset"]) == (
+        4,
+        2,
+        True,
+    )
+    assert rollback["discarded_changes"] == []
+    # The filtered feature by curl, its deploy, and the recommender features read back.
+    assert any(a.get("name") == "shoe_views" and a.get("filter") for a in answers)
+    assert any(a.get("version") == 5 and a.get("status") == "success" for a in answers)
+    for key in ("recently_viewed_7d", "top_categories_30d", "since_cart_add_24h", "shoe_views_7d"):
+        assert f'"{key}"' in out
+
+
+def printed_objects(out: str) -> list[dict[str, object]]:
+    """Every JSON object printed from the start of a line (pretty-printed answers)."""
+    decoder = json.JSONDecoder()
+    found = []
+    for start in [0, *(i + 1 for i, c in enumerate(out) if c == "\n")]:
+        if out.startswith("{", start):
+            try:
+                obj, _ = decoder.raw_decode(out, start)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                found.append(obj)
+    return found

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from app.schemas.common import ResponseModel
-from app.schemas.feature import Aggregation
+from app.schemas.feature import Aggregation, FeatureFilter
 from app.schemas.pipeline import Category, EventDefinition
 
 
@@ -18,6 +18,8 @@ class SuggestedFeature(ResponseModel):
     aggregation: Aggregation
     field: str | None = None
     time_windows: list[str]
+    size: int | None = None
+    filter: FeatureFilter | None = None
 
 
 class PipelineTemplate(ResponseModel):

@@ -61,6 +61,8 @@ class CreationPlan:
                 aggregation=s.aggregation,
                 field=s.field,
                 time_windows=list(s.time_windows),
+                size=s.size,
+                filter=s.filter,
             )
             for s in self.features
         ]

@@ -8,7 +8,7 @@ the same rules a dashboard's feature must pass.
 
 from __future__ import annotations
 
-from app.schemas.feature import Aggregation
+from app.schemas.feature import Aggregation, FeatureFilter
 from app.schemas.pipeline import EventDefinition, EventField, FieldType
 from app.schemas.template import PipelineTemplate, SuggestedFeature
 
@@ -28,6 +28,9 @@ def _feature(
     aggregation: Aggregation,
     windows: list[str],
     field: str | None = None,
+    *,
+    size: int | None = None,
+    where: dict[str, object] | None = None,
 ) -> SuggestedFeature:
     return SuggestedFeature(
         name=name,
@@ -36,6 +39,8 @@ def _feature(
         aggregation=aggregation,
         field=field,
         time_windows=windows,
+        size=size,
+        filter=FeatureFilter.model_validate(where) if where is not None else None,
     )
 
 
@@ -74,6 +79,32 @@ _BEHAVIORAL = PipelineTemplate(
         _feature("page_views", "Pages viewed", "page_view", "COUNT", ["1h", "24h", "7d"]),
         _feature("product_views", "Products viewed", "product_view", "COUNT", ["1h", "24h", "7d"]),
         _feature(
+            "recently_viewed",
+            "The last 10 distinct products viewed, newest first",
+            "product_view",
+            "LAST_N",
+            ["7d"],
+            "product_id",
+            size=10,
+        ),
+        _feature(
+            "top_categories",
+            "The 3 categories viewed most, with their counts",
+            "product_view",
+            "TOP_K",
+            ["30d"],
+            "category",
+            size=3,
+        ),
+        _feature(
+            "premium_views",
+            "Views of products priced 100 or more",
+            "product_view",
+            "COUNT",
+            ["24h", "7d"],
+            where={"all": [{"field": "price", "op": "gte", "value": 100}]},
+        ),
+        _feature(
             "distinct_products_viewed",
             "Different products viewed",
             "product_view",
@@ -82,6 +113,13 @@ _BEHAVIORAL = PipelineTemplate(
             "product_id",
         ),
         _feature("cart_adds", "Add-to-cart actions", "add_to_cart", "COUNT", ["5m", "1h", "24h"]),
+        _feature(
+            "since_cart_add",
+            "Seconds since the latest add-to-cart (null after a day without one)",
+            "add_to_cart",
+            "RECENCY",
+            ["24h"],
+        ),
         _feature(
             "cart_value_added", "Value added to cart", "add_to_cart", "SUM", ["1h", "24h"], "price"
         ),

@@ -11,6 +11,7 @@ from app.services.feature_rules import (
     normalize_windows,
     served_key_clashes,
     served_keys,
+    spec_of,
 )
 from app.services.templates import list_templates
 
@@ -89,14 +90,5 @@ def test_every_suggested_feature_fits_its_template(template: object) -> None:
         labels, errors = normalize_windows(feature.time_windows)
         assert errors == []
         assert labels == feature.time_windows
-        problem = event_problems(
-            FeatureSpec(
-                feature.name,
-                feature.source_event,
-                feature.aggregation,
-                feature.field,
-                feature.time_windows,
-            ),
-            template.events,
-        )
+        problem = event_problems(spec_of(feature), template.events)
         assert problem == [], feature.name

@@ -45,6 +45,8 @@ FEATURE_KEYS = {
     "aggregation",
     "field",
     "time_windows",
+    "size",
+    "filter",
     "enabled",
 }
 EVENT_DEFAULTS: dict[str, Any] = {"description": "", "enabled": True, "fields": []}
@@ -137,6 +139,8 @@ def feature_body(wanted: Json, pipeline_id: str) -> Json:
         "aggregation": wanted.get("aggregation"),
         "field": wanted.get("field"),
         "time_windows": list(wanted.get("time_windows") or []),
+        "size": wanted.get("size"),
+        "filter": wanted.get("filter"),
         "enabled": wanted.get("enabled", True),
     }
 
@@ -239,6 +243,10 @@ def _clean_feature(feature: Json, pipeline: str) -> Json:
     if feature.get("field"):
         out["field"] = feature["field"]
     out["time_windows"] = list(feature["time_windows"])
+    if feature.get("size") is not None:
+        out["size"] = feature["size"]
+    if feature.get("filter"):
+        out["filter"] = feature["filter"]
     if feature.get("enabled") is False:
         out["enabled"] = False
     return out
