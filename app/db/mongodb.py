@@ -84,10 +84,11 @@ def _from_mongo(raw: Doc) -> Doc:
 
 
 # Fail fast and heal (issue 10). The config API wedged for good after a FerretDB restart
-# while /ready was polled: /ready's deadline (asyncio.wait_for) cancelled pings inside
-# PyMongo's pool checkout, and on Python 3.11 a cancelled asyncio.Condition waiter can take
-# a wake-up with it, so the pool's waiters - which, with PyMongo's defaults, have no
-# deadline - waited forever, and uvicorn's shutdown waited for them. So:
+# while /ready was polled (reproduced: 16 pollers, FerretDB stopped and started): every
+# later request hung without PyMongo even connecting to the server, and uvicorn's
+# shutdown waited for them. /ready's deadline (asyncio.wait_for) cancels pings inside
+# PyMongo's pool and topology waits; afterwards some of those waits never ended.
+# Per-step timeouts alone did not prevent it (wedged in 1 of 2 runs); shielding did. So:
 # - every operation runs shielded from its caller's cancellation (`_guarded`): a request
 #   deadline or shutdown abandons the wait, never PyMongo's bookkeeping;
 # - every step of an operation has a deadline (server selection, pool wait, connect,
