@@ -4,7 +4,8 @@ any route, dependency (auth) or parser sees it.
 `RequestLimits` is the outermost middleware of every process (`build_app`). It refuses
 a declared Content-Length over the limit without reading anything, counts the bytes of
 the body while it streams in (a missing or lying Content-Length cannot make it buffer
-more than the limit), and, for a JSON body, refuses nesting deeper than
+more than the limit), and, for any body that may be parsed as JSON (routes that read
+their body raw parse it whatever its content type), refuses nesting deeper than
 `MAX_JSON_DEPTH`: Python's json parser recurses once per level, and a deep enough
 body raised RecursionError (a 500) in a route that parses it itself. The checked body is
 then handed to the app as one message, so routes read it as usual. A refused body up to
@@ -54,12 +55,17 @@ def nests_deeper_than(body: bytes, limit: int) -> bool:
     return int(np.cumsum(_STEP[marks] * outside).max()) > limit
 
 
-def _is_json(scope: Scope) -> bool:
+# Bodies that are never parsed as JSON. Not "everything but application/json": a route
+# that reads its body raw (serving's batch) parses whatever it is sent, so a deep JSON
+# body labelled text/plain was a 500 too. The check is cheap for non-JSON text.
+_NEVER_JSON = (b"multipart/", b"application/octet-stream")
+
+
+def _may_be_parsed_as_json(scope: Scope) -> bool:
     for name, value in scope.get("headers", ()):
         if name == b"content-type":
-            media_type = value.split(b";", 1)[0].strip().lower()
-            return media_type == b"application/json" or media_type.endswith(b"+json")
-    return False
+            return not value.strip().lower().startswith(_NEVER_JSON)
+    return True
 
 
 def _declared_length(scope: Scope) -> int | None:
@@ -124,7 +130,7 @@ class RequestLimits:
                 return
             chunks.append(chunk)
         body = b"".join(chunks)
-        if body and _is_json(scope) and nests_deeper_than(body, MAX_JSON_DEPTH):
+        if body and _may_be_parsed_as_json(scope) and nests_deeper_than(body, MAX_JSON_DEPTH):
             await _refuse(
                 send, 422, "MalformedJSON", f"JSON nesting is deeper than {MAX_JSON_DEPTH} levels"
             )

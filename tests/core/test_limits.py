@@ -144,6 +144,16 @@ class TestJsonDepth:
         assert response.status_code == 422, response.text
         assert response.json()["error"] == "MalformedJSON"
 
+    async def test_deep_body_under_another_content_type_is_422_too(
+        self, process: tuple[httpx.AsyncClient, str]
+    ) -> None:
+        # Serving's batch route reads its body raw and parsed this as JSON: a 500.
+        client, path = process
+        headers = {"content-type": "text/plain"}
+        response = await client.post(path, content=_deep(20_000), headers=headers)
+        assert response.status_code == 422, response.text
+        assert response.json()["error"] == "MalformedJSON"
+
     async def test_nesting_at_the_limit_passes(
         self, process: tuple[httpx.AsyncClient, str]
     ) -> None:
