@@ -105,28 +105,29 @@ def source_of(spec: FeatureSpec) -> Source:
     return Source(pipeline_id, event, spec.aggregation.value, spec.field or None)
 
 
-def partial_of(aggregation: str, columns: Sequence[Any], field_name: str | None) -> Any:
-    """Returns the tile partial compute would hold for these per-tile columns, or None
-    when no event of the tile gave the aggregation a value (compute writes no tile)."""
-    match aggregation:
-        case "COUNT":
-            return int(columns[0])
-        case "SUM":
-            return float(columns[0]) if columns[1] else None
-        case "AVG":
-            return [float(columns[0]), int(columns[1])] if columns[1] else None
-        case "MIN" | "MAX":
-            return float(columns[0]) if columns[1] else None
-        case "LAST" | "FIRST":
-            if not columns[2]:
-                return None
-            return [int(columns[1]), json.loads(columns[0]).get(field_name or "")]
-        case "COUNT_DISTINCT":
-            partial: Any = None
-            for item in sorted(columns[0]):
-                partial = sketch.add(partial, item)
-            return partial
-    raise ValueError(f"unknown aggregation {aggregation}")
+def _distinct(items: Sequence[str]) -> Any:
+    if len(items) <= sketch.EXACT_LIMIT:
+        return sorted(items)  # distinct already: what `sketch.add` keeps, one by one
+    partial: Any = None
+    for item in sorted(items):
+        partial = sketch.add(partial, item)
+    return partial
+
+
+# Per aggregation: (the per-tile columns from index 3 of a `tile_partials` row, the
+# field) -> the tile partial compute would hold, or None when no event of the tile gave
+# the aggregation a value (compute writes no tile). One small function each, looked up
+# once per feature: a rebuild converts millions of rows.
+_PARTIALS: dict[str, Callable[[Sequence[Any], str], Any]] = {
+    "COUNT": lambda r, f: r[3],
+    "SUM": lambda r, f: float(r[3]) if r[4] else None,
+    "AVG": lambda r, f: [float(r[3]), r[4]] if r[4] else None,
+    "MIN": lambda r, f: float(r[3]) if r[4] else None,
+    "MAX": lambda r, f: float(r[3]) if r[4] else None,
+    "LAST": lambda r, f: [r[4], json.loads(r[3]).get(f)] if r[5] else None,
+    "FIRST": lambda r, f: [r[4], json.loads(r[3]).get(f)] if r[5] else None,
+    "COUNT_DISTINCT": lambda r, f: _distinct(r[3]) if r[4] else None,
+}
 
 
 def merge_ids(
@@ -291,15 +292,23 @@ class RebuildService:
             )
             # Hoisted: a fingerprint is a property computed per call (~10 us).
             fingerprint, labels, name = spec.fingerprint, [w.label for w in spec.windows], spec.name
-            for user, w, tile, *columns in rows:
-                partial = partial_of(source.aggregation, columns, spec.field)
+            convert, field_name = _PARTIALS[source.aggregation], spec.field or ""
+            for row in rows:  # (user, window index, tile, *partial columns)
+                partial = convert(row, field_name)
                 if partial is None:
                     continue
-                features = out.setdefault(str(user), {})
+                features = out.get(row[0])
+                if features is None:
+                    features = out[row[0]] = {}
                 entry = features.get(name)
                 if entry is None:
                     entry = features[name] = {"fp": fingerprint, "w": {}}
-                entry["w"].setdefault(labels[w], {})[str(tile)] = partial
+                windows_state = entry["w"]
+                label = labels[row[1]]
+                tiles = windows_state.get(label)
+                if tiles is None:
+                    tiles = windows_state[label] = {}
+                tiles[str(row[2])] = partial
         return out
 
     async def _apply_in_python(
