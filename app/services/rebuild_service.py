@@ -34,6 +34,10 @@ offset in partition p) and X_p the user's highest archived offset:
 
 Events older than the retention are gone from the archive; a rebuild then serves less
 than compute had for windows longer than it (retention is at least the longest window).
+The same holds for an archive started after the events: the rule above trusts it to
+hold each partition's whole log up to A_p, so an archive added to a running platform
+must have run for the longest window (or have been filled from the topic's start)
+before a rebuild replaces what compute holds.
 """
 
 from __future__ import annotations
