@@ -238,6 +238,11 @@ class ComputeSettings(ServiceSettings):
     poll_timeout_ms: int = 200
     # User records read-applied-written at once (one batch's users share it).
     write_concurrency: int = Field(default=64, ge=1, le=1024)
+    # How long a user record remembers the event ids it applied (drops second copies).
+    # At least ingestion's INGEST_DEDUP_TTL_SECONDS: past it neither layer stops a copy.
+    dedup_horizon_seconds: int = Field(default=86_400, ge=60)
+    # At most this many remembered ids per record (~20 bytes each); the oldest go first.
+    dedup_max_ids: int = Field(default=20_000, ge=100)
 
 
 class ArchiveSettings(ServiceSettings):
@@ -271,11 +276,6 @@ class StandaloneSettings(ConfigApiSettings):
 
     It is the config API too, so it takes the API's knobs (with its own prefix)."""
 
-    # How long a user record remembers the event ids it applied (drops second copies).
-    # At least ingestion's INGEST_DEDUP_TTL_SECONDS: past it neither layer stops a copy.
-    dedup_horizon_seconds: int = Field(default=86_400, ge=60)
-    # At most this many remembered ids per record (~20 bytes each); the oldest go first.
-    dedup_max_ids: int = Field(default=20_000, ge=100)
     model_config = SettingsConfigDict(env_prefix="STANDALONE_", extra="ignore")
 
     environment: Environment = Field(default="development", validation_alias="ENVIRONMENT")
