@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -38,6 +38,7 @@ from app.schemas.event import USER_ID_PATTERN
 from runtime.serving.metrics import ServingMetrics
 from runtime.serving.reader import Freshness
 from runtime.serving.service import FeatureService, Reading
+from runtime.serving.timestamps import rfc3339_ms
 
 FEATURE_SERVICE = "feature_service"
 """Key of the FeatureService in `Resources.extras` (set by the serving start-up hook)."""
@@ -107,15 +108,10 @@ async def get_feature_service(request: Request) -> FeatureService:
 FeatureServiceDep = Annotated[FeatureService, Depends(get_feature_service)]
 
 
-def _as_of(now_ms: int) -> str:
-    moment = datetime.fromtimestamp(now_ms / 1000, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _fresh(f: Freshness) -> dict[str, str | None]:
     return {
-        "last_event_at": None if f.last_event_ms is None else _as_of(f.last_event_ms),
-        "updated_at": None if f.updated_ms is None else _as_of(f.updated_ms),
+        "last_event_at": None if f.last_event_ms is None else rfc3339_ms(f.last_event_ms),
+        "updated_at": None if f.updated_ms is None else rfc3339_ms(f.updated_ms),
     }
 
 
@@ -228,7 +224,7 @@ def serving_router(metrics: ServingMetrics) -> APIRouter:
             "user_id": user_id,
             "features": reading.values[0],
             **_fresh(reading.freshness[0]),
-            "as_of": _as_of(reading.now_ms),
+            "as_of": rfc3339_ms(reading.now_ms),
             "version": reading.version,
         }
         return _json(body)
@@ -321,4 +317,4 @@ def _batch_body(user_ids: Sequence[str], reading: Reading) -> dict[str, Any]:
         {"user_id": uid, "features": values, **_fresh(fresh)}
         for uid, values, fresh in zip(user_ids, reading.values, reading.freshness, strict=True)
     ]
-    return {"users": users, "as_of": _as_of(reading.now_ms), "version": reading.version}
+    return {"users": users, "as_of": rfc3339_ms(reading.now_ms), "version": reading.version}
