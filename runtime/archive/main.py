@@ -11,15 +11,14 @@ The HTTP port serves `/health`, `/ready` (the archive plus the loop, as
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 
+from app.core.consumer_loop import LoopStatus
 from app.core.metrics import metrics_router
 from app.core.server import serve
 from app.core.service import Backend, Resources, StartupHook, build_app, get_resources
@@ -45,18 +44,6 @@ class RunningArchive:
 ARCHIVE = "archive"
 
 
-class ArchiveStatus(BaseModel):
-    """The archive loop as /archive reports it."""
-
-    running: bool
-    consumer_started: bool
-    retrying: bool
-    last_error: str | None
-    batches_committed: int
-    last_commit_ms: int | None
-    lag: dict[str, int]
-
-
 class ArchiveNotRunning(Exception):
     """The archive loop has stopped: accepted events are not being archived."""
 
@@ -65,21 +52,12 @@ class ArchiveRetrying(Exception):
     """A batch cannot be inserted (the archive store is down) and is being retried."""
 
 
-def archive_status(resources: Resources) -> ArchiveStatus | None:
+def archive_status(resources: Resources) -> LoopStatus | None:
     """Returns the loop's state, or None when this process runs no archive worker."""
     running = resources.extras.get(ARCHIVE)
     if not isinstance(running, RunningArchive):
         return None
-    s = running.worker.state
-    return ArchiveStatus(
-        running=not running.task.done(),
-        consumer_started=s.consumer_started,
-        retrying=s.retrying,
-        last_error=s.last_error,
-        batches_committed=s.batches_committed,
-        last_commit_ms=s.last_commit_ms,
-        lag={str(p): v for p, v in sorted(s.lag.items())},
-    )
+    return running.worker.status(running.task)
 
 
 def archive_startup(
@@ -105,19 +83,7 @@ def archive_startup(
 
         resources.checks[ARCHIVE_CHECK] = check
 
-        async def stop() -> None:
-            worker.stop()
-            try:
-                await asyncio.wait_for(asyncio.shield(task), _STOP_TIMEOUT_S)
-            except TimeoutError:
-                logger.warning("archive worker did not stop in time; cancelling it")
-            except Exception:
-                logger.exception("archive worker had failed")
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
-        stack.push_async_callback(stop)
+        stack.push_async_callback(worker.stop_running, task, _STOP_TIMEOUT_S)
 
     return start
 
@@ -129,8 +95,8 @@ def archive_router() -> APIRouter:
     @router.get(
         "/archive",
         summary="The archive loop: running, retrying, lag per partition",
-        response_model=ArchiveStatus,
-        responses={503: {"model": ArchiveStatus}},
+        response_model=LoopStatus,
+        responses={503: {"model": LoopStatus}},
     )
     async def archive(request: Request) -> JSONResponse:
         status = archive_status(get_resources(request))

@@ -14,16 +14,15 @@ loop's state and lag) and `/metrics`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 
 from app.core.config_loader import config_loader_hook
+from app.core.consumer_loop import LoopStatus
 from app.core.metrics import metrics_router
 from app.core.server import serve
 from app.core.service import Backend, Resources, StartupHook, build_app, get_resources
@@ -50,18 +49,6 @@ CONSUMER_CHECK = "compute_consumer"
 _STOP_TIMEOUT_S = 30.0
 
 
-class ConsumerStatus(BaseModel):
-    """The consumer loop as /ready and /consumer report it."""
-
-    running: bool
-    consumer_started: bool
-    retrying: bool
-    last_error: str | None
-    batches_committed: int
-    last_commit_ms: int | None
-    lag: dict[str, int]
-
-
 class ConsumerNotRunning(Exception):
     """The consumer loop has stopped (or crashed): nothing is being computed."""
 
@@ -74,22 +61,13 @@ class ConsumerRetrying(Exception):
     """A batch cannot be stored (online store or config unavailable) and is being retried."""
 
 
-def consumer_status(resources: Resources) -> ConsumerStatus | None:
+def consumer_status(resources: Resources) -> LoopStatus | None:
     """Returns the worker's state, or None when this process runs no worker."""
     worker = resources.extras.get(COMPUTE_WORKER)
     task = resources.extras.get(COMPUTE_TASK)
     if not isinstance(worker, ComputeWorker) or not isinstance(task, asyncio.Task):
         return None
-    s = worker.state
-    return ConsumerStatus(
-        running=not task.done(),
-        consumer_started=s.consumer_started,
-        retrying=s.retrying,
-        last_error=s.last_error,
-        batches_committed=s.batches_committed,
-        last_commit_ms=s.last_commit_ms,
-        lag={str(p): v for p, v in sorted(s.lag.items())},
-    )
+    return worker.status(task)
 
 
 def compute_startup(
@@ -147,19 +125,7 @@ def compute_startup(
 
         resources.checks[CONSUMER_CHECK] = consumer_check
 
-        async def stop() -> None:
-            worker.stop()
-            try:
-                await asyncio.wait_for(asyncio.shield(task), _STOP_TIMEOUT_S)
-            except TimeoutError:
-                logger.warning("compute worker did not stop in time; cancelling it")
-            except Exception:
-                logger.exception("compute worker had failed")
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
-        stack.push_async_callback(stop)
+        stack.push_async_callback(worker.stop_running, task, _STOP_TIMEOUT_S)
 
     return start
 
@@ -171,8 +137,8 @@ def compute_router() -> APIRouter:
     @router.get(
         "/consumer",
         summary="The consumer loop: running, retrying, lag per partition",
-        response_model=ConsumerStatus,
-        responses={503: {"model": ConsumerStatus}},
+        response_model=LoopStatus,
+        responses={503: {"model": LoopStatus}},
     )
     async def consumer(request: Request) -> JSONResponse:
         status = consumer_status(get_resources(request))

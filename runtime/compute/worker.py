@@ -38,12 +38,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import gc
 import json
 import logging
-import random
-import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,6 +48,7 @@ from typing import Protocol
 
 from pydantic import ValidationError
 
+from app.core.consumer_loop import ConsumerLoop, wall_clock_ms
 from app.core.settings import ComputeSettings, ServiceSettings
 from app.db.event_log import EventLogConsumer, EventLogProducer, LogRecord
 from app.schemas.deployment import ConfigSnapshot
@@ -81,11 +79,6 @@ def freeze_long_lived_objects() -> None:
         _frozen = True
         gc.collect()
         gc.freeze()
-
-
-def wall_clock_ms() -> int:
-    """Returns the current wall-clock time in epoch milliseconds."""
-    return time.time_ns() // 1_000_000
 
 
 class SnapshotSource(Protocol):
@@ -126,18 +119,6 @@ class WorkerOptions:
         )
 
 
-@dataclass(slots=True)
-class WorkerState:
-    """What /ready reports about the consumer."""
-
-    consumer_started: bool = False
-    batches_committed: int = 0
-    last_commit_ms: int | None = None
-    retrying: bool = False
-    last_error: str | None = None
-    lag: dict[int, int] = field(default_factory=dict)
-
-
 @dataclass(frozen=True, slots=True)
 class _Decoded:
     record: LogRecord
@@ -173,7 +154,7 @@ def dead_letter_entry(record: LogRecord, reason: str) -> tuple[bytes, bytes]:
     return record.key, json.dumps(entry, separators=(",", ":")).encode()
 
 
-class ComputeWorker:
+class ComputeWorker(ConsumerLoop):
     """Consumes the event log into the online store until stopped."""
 
     def __init__(
@@ -186,43 +167,14 @@ class ComputeWorker:
         options: WorkerOptions | None = None,
         dead_letter: EventLogProducer | None = None,
     ) -> None:
-        self._consumer = consumer
+        self._options = options or WorkerOptions()
+        super().__init__(consumer, self._options, metrics)
         # None: parked events are only logged and counted (tests of other behaviours).
         self._dead_letter = dead_letter
         self._writer = writer
         self._configs = configs
         self._metrics = metrics
-        self._options = options or WorkerOptions()
         self._specs = SpecCache()
-        self._stopping = asyncio.Event()
-        self._last_lag_refresh = 0.0
-        self._lag_task: asyncio.Task[None] | None = None
-        self.state = WorkerState()
-
-    # -- lifetime ------------------------------------------------------------------------
-    async def run(self) -> None:
-        """Joins the group (retrying while the log is down) and processes batches until
-        `stop()`; leaves the group on the way out."""
-        try:
-            if not await self._start_consumer():
-                return
-            while not self._stopping.is_set():
-                records = await self._fetch()
-                self._refresh_lag()
-                if records:
-                    await self.process(records)
-        finally:
-            if self._lag_task is not None:
-                self._lag_task.cancel()
-                with contextlib.suppress(BaseException):
-                    await self._lag_task
-            with contextlib.suppress(Exception):
-                await self._consumer.stop()
-            self.state.consumer_started = False
-
-    def stop(self) -> None:
-        """Asks the loop to leave after the in-flight batch (returns at once)."""
-        self._stopping.set()
 
     # -- one batch -----------------------------------------------------------------------
     async def process(self, records: Sequence[LogRecord]) -> bool:
@@ -234,30 +186,29 @@ class ComputeWorker:
         decoded, undecodable = self._decode(records)
         done: dict[tuple[str, str], UserWrite] = {}
         parked_sent: set[tuple[str, str]] = set()
-        delay = self._options.retry_first_s
-        while True:
-            try:
-                if undecodable:
-                    # Already counted as decode errors; parked so they can be inspected.
-                    await self._park("NotAnEventMessage", undecodable, count=False)
-                    undecodable = []
-                counts = await self._apply(decoded, done, parked_sent)
-                break
-            except Exception as exc:  # any failure: keep the batch, never skip it
-                self._metrics.batch_retries.inc()
-                self.state.retrying = True
-                self.state.last_error = type(exc).__name__
-                logger.warning(
-                    "batch not stored; retrying",
-                    exc_info=exc,
-                    extra={"records": len(records), "retry_s": round(delay, 2)},
-                )
-                if await self._sleep_unless_stopped(delay * random.uniform(0.5, 1.0)):
-                    return False
-                delay = min(delay * 2, self._options.retry_max_s)
-        self.state.retrying = False
-        self.state.last_error = None
+
+        async def store() -> _BatchCounts:
+            nonlocal undecodable
+            if undecodable:
+                # Already counted as decode errors; parked so they can be inspected.
+                await self._park("NotAnEventMessage", undecodable, count=False)
+                undecodable = []
+            return await self._apply(decoded, done, parked_sent)
+
+        def failed(exc: Exception, delay: float) -> None:
+            self._metrics.batch_retries.inc()
+            logger.warning(
+                "batch not stored; retrying",
+                exc_info=exc,
+                extra={"records": len(records), "retry_s": round(delay, 2)},
+            )
+
+        stored, counts = await self._until_stored(store, failed)
+        if not stored or counts is None:
+            return False
         self._count(counts)
+        # A commit that fails after the write is harmless: the stored offsets and event
+        # ids skip the redelivered records, and the next commit moves past them anyway.
         await self._commit(records)
         return True
 
@@ -404,79 +355,3 @@ class ComputeWorker:
         m.events_future.inc(counts.future)
         m.events_no_config.inc(counts.no_config)
         m.events_without_features.inc(counts.without_features)
-
-    async def _commit(self, records: Sequence[LogRecord]) -> None:
-        next_offsets: dict[int, int] = {}
-        for record in records:
-            next_offsets[record.partition] = max(
-                next_offsets.get(record.partition, 0), record.offset + 1
-            )
-        try:
-            await self._consumer.commit(next_offsets)
-        except Exception as exc:
-            # The records are stored; a redelivery of them is skipped by the stored
-            # offsets, and the next commit moves past them anyway.
-            self._metrics.commit_failures.inc()
-            logger.warning("offset commit failed after the write", exc_info=exc)
-            return
-        self._metrics.batches.inc()
-        self.state.batches_committed += 1
-        self.state.last_commit_ms = wall_clock_ms()
-
-    # -- consumer plumbing ---------------------------------------------------------------
-    async def _start_consumer(self) -> bool:
-        delay = self._options.retry_first_s
-        while not self._stopping.is_set():
-            try:
-                await self._consumer.start()
-            except Exception as exc:
-                self.state.last_error = type(exc).__name__
-                logger.warning("event log unavailable at start; retrying", exc_info=exc)
-                if await self._sleep_unless_stopped(delay):
-                    return False
-                delay = min(delay * 2, self._options.retry_max_s)
-                continue
-            self.state.consumer_started = True
-            self.state.last_error = None
-            return True
-        return False
-
-    async def _fetch(self) -> list[LogRecord]:
-        try:
-            return await self._consumer.getmany(
-                self._options.max_batch_messages, self._options.poll_timeout_ms
-            )
-        except Exception as exc:
-            self.state.last_error = type(exc).__name__
-            logger.warning("event log read failed; retrying", exc_info=exc)
-            await self._sleep_unless_stopped(self._options.retry_first_s)
-            return []
-
-    def _refresh_lag(self) -> None:
-        """Starts a lag read in the background, at most every `lag_refresh_s`.
-
-        Not awaited by the loop: the offsets request can queue behind the consumer's
-        long-poll fetch on the broker connection (measured: 200-330 ms), which would
-        stall every batch behind a diagnostic."""
-        now = time.monotonic()
-        if now - self._last_lag_refresh < self._options.lag_refresh_s:
-            return
-        if self._lag_task is not None and not self._lag_task.done():
-            return
-        self._last_lag_refresh = now
-        self._lag_task = asyncio.create_task(self._read_lag())
-
-    async def _read_lag(self) -> None:
-        try:
-            lag = await self._consumer.lag()
-        except Exception as exc:  # lag is diagnostics; the loop goes on without it
-            logger.debug("consumer lag unavailable: %r", exc)
-            return
-        self.state.lag = dict(lag)
-        self._metrics.set_lag(lag)
-
-    async def _sleep_unless_stopped(self, seconds: float) -> bool:
-        """Sleeps; returns True (early) if stop() was called."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-        return self._stopping.is_set()

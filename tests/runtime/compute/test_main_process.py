@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
+from app.core.consumer_loop import wall_clock_ms
 from app.core.settings import BackendSettings
 from app.tiles.record import AppliedEvent, apply_batch, serve
 from runtime.compute.specs import build_specs, event_key
-from runtime.compute.worker import wall_clock_ms
 from tests.conftest import unique
 from tests.factories import new_id
 from tests.runtime.compute.harness import ComputeKit

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from app.core.consumer_loop import wall_clock_ms
 from app.core.settings import BackendSettings
 from app.db.event_log import LogRecord
 from app.db.kafka import DEFAULT_PARTITIONS
@@ -18,7 +19,6 @@ from app.db.online_store import OnlineStore
 from app.tiles.record import AppliedEvent, apply_batch, serve
 from app.tiles.windows import parse_window
 from runtime.compute.specs import ProjectSpecs, build_specs, event_key
-from runtime.compute.worker import wall_clock_ms
 from tests.conftest import unique
 from tests.factories import new_id
 from tests.runtime.compute.harness import CATCH_UP_BOUND_S, ComputeKit, sample
