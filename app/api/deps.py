@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from app.core.auth import PrincipalDep, ProjectDep
+from app.core.consumer_loop import wall_clock_ms
 from app.core.errors import ServiceUnavailable
 from app.core.service import Resources, get_resources
 from app.core.settings import ConfigApiSettings
@@ -23,11 +23,6 @@ from app.services.secret_publisher import SecretPublisher
 from app.services.training_set_service import TrainingSetService
 
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
-
-
-def wall_clock_ms() -> int:
-    """Returns the current wall-clock time in epoch milliseconds."""
-    return time.time_ns() // 1_000_000
 
 
 def get_config_store(resources: ResourcesDep) -> ConfigStore:

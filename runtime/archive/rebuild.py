@@ -15,20 +15,15 @@ import asyncio
 import dataclasses
 import json
 import sys
-import time
 from collections.abc import Sequence
 
+from app.core.consumer_loop import wall_clock_ms
 from app.core.settings import BackendSettings, ComputeSettings
 from app.db import factory
 from app.db.clickhouse import ClickHouseClientSink
 from app.services.history_common import deployed_snapshot
 from app.services.rebuild_service import RebuildReport, RebuildService
 from app.tiles.record import DedupPolicy
-
-
-def wall_clock_ms() -> int:
-    """Returns the current wall-clock time in epoch milliseconds."""
-    return time.time_ns() // 1_000_000
 
 
 async def rebuild_projects(
