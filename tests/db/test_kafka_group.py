@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -56,7 +57,7 @@ asyncio.run(main())
 
 
 @pytest.fixture
-def member(backend_settings: BackendSettings) -> Iterator[subprocess.Popen[str]]:
+def member(backend_settings: BackendSettings) -> Iterator[subprocess.Popen[bytes]]:
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP": backend_settings.kafka_bootstrap,
@@ -65,7 +66,7 @@ def member(backend_settings: BackendSettings) -> Iterator[subprocess.Popen[str]]
         "KAFKA_PARTITIONS": str(PARTITIONS),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-c", _MEMBER], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", _MEMBER], cwd=REPO, env=env, stdout=subprocess.PIPE
     )
     try:
         yield proc
@@ -75,13 +76,21 @@ def member(backend_settings: BackendSettings) -> Iterator[subprocess.Popen[str]]
         proc.wait(10)
 
 
-def _held_by(proc: subprocess.Popen[str], wanted: int) -> None:
-    """Reads the member's output until it holds `wanted` partitions."""
+def _held_by(proc: subprocess.Popen[bytes], wanted: int) -> None:
+    """Reads the member's output until it holds `wanted` partitions (at most WAIT_S)."""
     assert proc.stdout is not None
-    for line in proc.stdout:
-        if int(line) == wanted:
+    fd, pending = proc.stdout.fileno(), b""
+    deadline = time.monotonic() + WAIT_S
+    while (remaining := deadline - time.monotonic()) > 0:
+        if not select.select([fd], [], [], remaining)[0]:
+            break
+        chunk = os.read(fd, 4096)  # unbuffered: select sees every byte not yet read
+        if not chunk:
+            pytest.fail(f"the member exited before holding {wanted} partitions")
+        *lines, pending = (pending + chunk).split(b"\n")
+        if any(int(line) == wanted for line in lines):
             return
-    pytest.fail(f"the member exited before holding {wanted} partitions")
+    pytest.fail(f"the member did not hold {wanted} partitions within {WAIT_S} s")
 
 
 async def _hold(consumer: KafkaEventConsumer, wanted: int) -> float:
@@ -96,7 +105,7 @@ async def _hold(consumer: KafkaEventConsumer, wanted: int) -> float:
 
 
 async def test_killed_members_partitions_are_taken_over(
-    backend_settings: BackendSettings, member: subprocess.Popen[str]
+    backend_settings: BackendSettings, member: subprocess.Popen[bytes]
 ) -> None:
     settings = backend_settings.model_copy(update={"kafka_partitions": PARTITIONS})
     await ensure_topic(settings)
