@@ -54,7 +54,15 @@ from app.db.online_store import OnlineStore, RecordWrite, StoredRecord
 from app.schemas.deployment import ConfigSnapshot
 from app.tiles import sketch
 from app.tiles.features import MAX_FUTURE_MS, FeatureSpec
-from app.tiles.record import AppliedEvent, DedupPolicy, apply_batch, id_hash
+from app.tiles.record import (
+    AppliedEvent,
+    DedupPolicy,
+    add_ids,
+    apply_batch,
+    id_hash,
+    kept_ids,
+    remembered,
+)
 from runtime.compute.specs import ProjectSpecs, build_specs
 
 logger = logging.getLogger(__name__)
@@ -135,27 +143,15 @@ _PARTIALS: dict[str, Callable[[Sequence[Any], str], Any]] = {
 
 
 def merge_ids(
-    stored: Mapping[str, list[int]] | None, recent: Sequence[str], now_ms: int, dedup: DedupPolicy
-) -> dict[str, list[int]]:
+    stored: Mapping[str, str] | None, recent: Sequence[str], now_ms: int, dedup: DedupPolicy
+) -> dict[str, str]:
     """Returns the record's event-id memory: the stored buckets still inside the horizon,
     plus the hashes of `recent` archived ids not yet remembered, in the bucket of
-    `now_ms`; the oldest are dropped beyond `dedup.max_ids` (as compute does)."""
-    oldest = (now_ms - dedup.horizon_ms) // dedup.bucket_ms
-    ids = {k: list(v) for k, v in (stored or {}).items() if int(k) >= oldest}
-    seen = {h for bucket in ids.values() for h in bucket}
-    new = [h for h in (id_hash(i) for i in recent) if h not in seen]
-    if new:
-        key = str(now_ms // dedup.bucket_ms)
-        ids[key] = [*ids.get(key, ()), *new]
-    excess = sum(len(b) for b in ids.values()) - dedup.max_ids
-    for key in sorted(ids, key=int):
-        if excess <= 0:
-            break
-        drop = min(excess, len(ids[key]))
-        ids[key] = ids[key][drop:]
-        excess -= drop
-        if not ids[key]:
-            del ids[key]
+    `now_ms`; the oldest are dropped beyond `dedup.max_ids` (compute's own rules)."""
+    ids = kept_ids(stored, now_ms, dedup)
+    seen = remembered(ids)
+    new = [h for h in dict.fromkeys(id_hash(i) for i in recent) if h not in seen]
+    add_ids(ids, new, now_ms, dedup)
     return ids
 
 

@@ -26,6 +26,8 @@ from app.tiles.record import (
     apply_batch,
     empty_record,
     id_hash,
+    pack_ids,
+    unpack_ids,
 )
 from app.tiles.windows import parse_window
 
@@ -61,7 +63,7 @@ def reference(
     offsets = out.setdefault("offsets", {})
     policy = DedupPolicy()
     oldest = (now_ms - policy.horizon_ms) // policy.bucket_ms
-    ids = {k: list(v) for k, v in out.get("ids", {}).items() if int(k) >= oldest}
+    ids = {k: list(unpack_ids(v)) for k, v in out.get("ids", {}).items() if int(k) >= oldest}
     seen = {h for bucket in ids.values() for h in bucket}
     new_ids = []
     last_event_ms = out.get("last_event_ms", 0)
@@ -99,7 +101,7 @@ def reference(
     if new_ids:
         bucket = str(now_ms // policy.bucket_ms)
         ids[bucket] = ids.get(bucket, []) + new_ids
-    out["ids"] = ids
+    out["ids"] = {k: pack_ids(v) for k, v in ids.items()}
     out["updated_ms"] = now_ms
     out["last_event_ms"] = last_event_ms
     return out, applied, duplicates, late, future
