@@ -86,6 +86,24 @@ _CONNECT_TIMEOUT_MS = 1000
 _PROBE_USER = "__startup_probe__"
 
 
+# The client's exception class per result code (TimeoutError for 9...), for the codes a
+# batch reports as numbers: callers then catch the same classes as for single calls.
+_ERROR_CLASSES: dict[int, type[aerospike_errors.AerospikeError]] = {
+    int(cls.code): cls  # type: ignore[arg-type]  # None is filtered out below
+    for cls in vars(aerospike_errors).values()
+    if isinstance(cls, type)
+    and issubclass(cls, aerospike_errors.AerospikeError)
+    and isinstance(getattr(cls, "code", None), int)
+}
+
+
+def result_error(code: int, message: str) -> aerospike_errors.AerospikeError:
+    """The client's exception for a result code (AerospikeError for an unknown one)."""
+    error = _ERROR_CLASSES.get(code, aerospike_errors.AerospikeError)(code, message)
+    error.code, error.msg = code, message
+    return error
+
+
 def parse_hosts(hosts: str) -> list[tuple[str, int]]:
     """`"h1:3000,h2:3000"` → [("h1", 3000), ("h2", 3000)]; the port defaults to 3000."""
     parsed = []
@@ -144,9 +162,7 @@ def write_outcome(
         )
     if result in _REJECTED_RESULTS:
         raise RecordRejected(f"{where}: the server refuses the record (result {result})")
-    raise aerospike_errors.AerospikeError(
-        result, f"{where}: batch write failed with result {result} (in doubt: {in_doubt})"
-    )
+    raise result_error(result, f"{where}: batch write failed (in doubt: {in_doubt})")
 
 
 class AerospikeOnlineStore(OnlineStore):
@@ -277,17 +293,13 @@ class AerospikeOnlineStore(OnlineStore):
         def read() -> list[StoredRecord | None]:
             batch = client.batch_read(keys)
             if batch.result not in (_RESULT_OK, _RESULT_BATCH_FAILED):
-                raise aerospike_errors.AerospikeError(
-                    batch.result, f"batch read of {len(keys)} records failed"
-                )
+                raise result_error(batch.result, f"batch read of {len(keys)} records failed")
             found: list[StoredRecord | None] = []
             for item in batch.batch_records:
                 if item.result == _RESULT_NOT_FOUND:
                     found.append(None)
                 elif item.result != _RESULT_OK:
-                    raise aerospike_errors.AerospikeError(
-                        item.result, f"batch read of {item.key} failed with result {item.result}"
-                    )
+                    raise result_error(item.result, f"batch read of {item.key} failed")
                 else:
                     _, meta, bins = item.record
                     found.append(StoredRecord(record=dict(bins), generation=meta["gen"]))
@@ -359,9 +371,7 @@ class AerospikeOnlineStore(OnlineStore):
         def write() -> list[WriteConflict | None]:
             done = client.batch_write(BatchRecords(batch))
             if done.result not in (_RESULT_OK, _RESULT_BATCH_FAILED):
-                raise aerospike_errors.AerospikeError(
-                    done.result, f"batch write of {len(batch)} records failed"
-                )
+                raise result_error(done.result, f"batch write of {len(batch)} records failed")
             return [
                 write_outcome(project_id, item, record.result, record.in_doubt)
                 for item, record in zip(writes, done.batch_records, strict=True)
