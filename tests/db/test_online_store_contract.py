@@ -25,7 +25,6 @@ from app.db.aerospike import (
     RECORD_SET,
     AerospikeOnlineStore,
     parse_hosts,
-    record_to_bins,
     write_arguments,
 )
 from app.db.aerospike import record_key as aerospike_key
@@ -428,13 +427,6 @@ class TestKeys:
     def test_redis_keys_cannot_collide_through_separators(self) -> None:
         assert record_key("a:b", "c") != record_key("a", "b:c")
         assert record_key("p1", "u1") == "dps:f:p1:u1"
-
-    def test_aerospike_bins_must_have_names_of_at_most_15_bytes(self) -> None:
-        assert record_to_bins(a_record()) == a_record()
-        with pytest.raises(ValueError, match="bin name"):
-            record_to_bins({"a_very_long_bin_name": 1})
-        with pytest.raises(ValueError, match="at least one bin"):
-            record_to_bins({})
 
     def test_aerospike_hosts_parse_with_a_default_port(self) -> None:
         assert parse_hosts("a:3100, b") == [("a", 3100), ("b", 3000)]
