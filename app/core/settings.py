@@ -47,6 +47,9 @@ class BackendSettings(BaseSettings):
 
     mongodb_url: str = "mongodb://127.0.0.1:27017/"
     mongodb_database: str = "dataplatform"
+    # A config-store call not answered within this is a 503 (the server is down or
+    # stalled). Raise it where a healthy store can be slower (a loaded test machine).
+    mongodb_call_budget_s: float = Field(default=2.0, gt=0)
     kafka_bootstrap: str = "127.0.0.1:9092"
     kafka_topic: str = "events"
     # Where compute parks events it can never apply (with the reason), so the rest flows.

@@ -93,13 +93,13 @@ def _from_mongo(raw: Doc) -> Doc:
 #   deadline or shutdown abandons the wait, never PyMongo's bookkeeping;
 # - every step of an operation has a deadline (server selection, pool wait, connect,
 #   each read), so a shielded operation ends by itself, and the caller stops waiting
-#   after `_CALL_BUDGET_S` whatever the steps add up to (a server that refuses or one that
-#   stalls: FerretDB stopping held reads ~4 s): 503 ConfigStoreUnavailable, Retry-After.
+#   after `MONGODB_CALL_BUDGET_S` (2 s) whatever the steps add up to (a server that
+#   refuses or one that stalls: FerretDB stopping held reads ~4 s): 503
+#   ConfigStoreUnavailable, Retry-After.
 #   Not PyMongo's own `timeoutMS`: it sends `maxTimeMS`, which FerretDB 1.x refuses on
 #   some commands (distinct), and makes server selection wait the whole budget;
 # - the pool reconnects by itself once the server is back.
 # Start-up (`initialize`, index creation) waits for its steps' limits only.
-_CALL_BUDGET_S = 2.0
 _FAIL_FAST: dict[str, Any] = {
     "serverSelectionTimeoutMS": 1000,
     "connectTimeoutMS": 1000,
@@ -114,11 +114,11 @@ def _is_outage(exc: PyMongoError) -> bool:
     return isinstance(exc, ConnectionFailure) or exc.timeout
 
 
-def _guarded(
-    fn: Callable[..., Awaitable[Any]], budget_s: float | None
-) -> Callable[..., Awaitable[Any]]:
+def _guarded(fn: Callable[..., Awaitable[Any]], bounded: bool) -> Callable[..., Awaitable[Any]]:
     @functools.wraps(fn)
-    async def call(*args: Any, **kwargs: Any) -> Any:
+    async def call(self: MongoConfigStore, *args: Any, **kwargs: Any) -> Any:
+        budget_s = self.call_budget_s if bounded else None
+        args = (self, *args)
         try:
             return await asyncio.wait_for(asyncio.shield(fn(*args, **kwargs)), budget_s)
         except TimeoutError as exc:
@@ -135,8 +135,7 @@ def _outages_as_unavailable(cls: type[_S]) -> type[_S]:
     """Guards every public coroutine of the ConfigStore interface (see `_guarded`)."""
     for name, member in vars(ConfigStore).items():
         if not name.startswith("_") and name != "close" and inspect.iscoroutinefunction(member):
-            budget = None if name == "initialize" else _CALL_BUDGET_S
-            setattr(cls, name, _guarded(getattr(cls, name), budget))
+            setattr(cls, name, _guarded(getattr(cls, name), bounded=name != "initialize"))
     return cls
 
 
@@ -147,6 +146,7 @@ class MongoConfigStore(ConfigStore):
     def __init__(self, settings: BackendSettings) -> None:
         self._url = settings.mongodb_url
         self._db_name = settings.mongodb_database
+        self.call_budget_s = settings.mongodb_call_budget_s
         self._client: AsyncMongoClient[Doc] | None = None
 
     # -- lifetime ----------------------------------------------------------------------
