@@ -15,7 +15,7 @@ from app.tiles.record import AppliedEvent, apply_batch
 from runtime.compute.metrics import ComputeMetrics
 from runtime.compute.specs import ProjectSpecs, build_specs, event_key
 from runtime.compute.writer import FeatureWriter
-from tests.conftest import unique
+from tests.conftest import requires_aerospike, unique
 from tests.factories import new_id
 from tests.runtime.compute.oracle import all_aggregations, config, pipeline
 from tests.support.online import DelegatingStore
@@ -27,6 +27,7 @@ NOW = 1_767_225_600_000
     params=[
         pytest.param("sqlite", id="sqlite"),
         pytest.param("redis", id="redis", marks=pytest.mark.redis),
+        pytest.param("aerospike", id="aerospike", marks=requires_aerospike),
     ]
 )
 async def store(
