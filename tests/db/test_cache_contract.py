@@ -8,7 +8,6 @@ pid; the shared test server is never touched.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -27,6 +26,7 @@ from app.db.memory_cache import MemoryCache
 from app.db.redis_cache import RedisCache
 from tests.conftest import REDIS_URL, unique
 from tests.support.own_redis import OwnRedis, free_port
+from tests.support.tcp_relay import TcpRelay
 
 CLAIMED, PENDING, DONE, SKIPPED = (
     ClaimState.CLAIMED,
@@ -299,42 +299,6 @@ class TestRateLimitStorage:
 # --- Redis outages, on a redis-server of our own -----------------------------------
 
 
-class FreezingProxy:
-    """A TCP relay to a Redis that can go silent without closing anything: the
-    half-open connection of a network partition, which no socket error reveals."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.frozen = False
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
-        for reader, writer in ((client_r, server_w), (server_r, client_w)):
-            task = asyncio.ensure_future(self._pump(reader, writer))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await reader.read(65536):
-                if not self.frozen:  # frozen: swallow everything, close nothing
-                    writer.write(data)
-                    await writer.drain()
-
-    async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        if self._server is not None:
-            self._server.close()
-
-
 class TestRedisOutage:
     async def test_every_call_raises_cache_unavailable_once_redis_died(
         self, own_redis: OwnRedis, own_cache: RedisCache
@@ -404,7 +368,7 @@ class TestRedisOutage:
     async def test_a_subscription_raises_when_redis_stops_answering_without_closing(
         self, own_redis: OwnRedis
     ) -> None:
-        proxy = FreezingProxy(own_redis.port)
+        proxy = TcpRelay(own_redis.port)
         await proxy.start()
         cache = RedisCache(BackendSettings(redis_url=f"redis://127.0.0.1:{proxy.port}/0"))
         await cache.initialize()
