@@ -19,9 +19,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from app.db.event_log import EventLogConsumer, LogRecord
+from app.schemas.event import EventMessage
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ class LoopMetrics(Protocol):
     def batches(self) -> _Counter: ...
     @property
     def commit_failures(self) -> _Counter: ...
+    @property
+    def decode_errors(self) -> _Counter: ...
     def set_lag(self, lag: Mapping[int, int]) -> None: ...
 
 
@@ -159,6 +162,26 @@ class ConsumerLoop(ABC):
         )
 
     # -- for `process` -------------------------------------------------------------------
+    def _decode(
+        self, records: Sequence[LogRecord]
+    ) -> tuple[list[tuple[LogRecord, EventMessage]], list[LogRecord]]:
+        """Returns the records that are event messages, with their message, and the ones
+        that are not (counted as decode errors and logged by position only: the payload
+        is untrusted and may hold personal data). Ingestion never produces the latter."""
+        events: list[tuple[LogRecord, EventMessage]] = []
+        undecodable: list[LogRecord] = []
+        for record in records:
+            try:
+                events.append((record, EventMessage.decode(record.value)))
+            except (ValidationError, ValueError):
+                self._loop_metrics.decode_errors.inc()
+                logger.error(
+                    "a record that is not an event message",
+                    extra={"partition": record.partition, "offset": record.offset},
+                )
+                undecodable.append(record)
+        return events, undecodable
+
     async def _until_stored(
         self,
         store: Callable[[], Awaitable[_T]],

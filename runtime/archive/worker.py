@@ -25,8 +25,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pydantic import ValidationError
-
 from app.core.consumer_loop import ConsumerLoop
 from app.db.analytics import AnalyticsEvent, AnalyticsSink
 from app.db.event_log import EventLogConsumer, LogRecord
@@ -79,7 +77,8 @@ class ArchiveWorker(ConsumerLoop):
     async def process(self, records: Sequence[LogRecord]) -> bool:
         """Inserts `records`, then commits past them. Returns False when stopped before
         the insert succeeded (nothing committed: the batch comes again)."""
-        rows = self._decode(records)
+        events, _ = self._decode(records)  # not events: never accepted, nothing to archive
+        rows = [archived(record, message) for record, message in events]
 
         def failed(exc: Exception, delay: float) -> None:
             self._metrics.insert_failures.inc()
@@ -97,19 +96,3 @@ class ArchiveWorker(ConsumerLoop):
         # inserted again and the table keeps one row per event.
         await self._commit(records)
         return True
-
-    def _decode(self, records: Sequence[LogRecord]) -> list[AnalyticsEvent]:
-        rows: list[AnalyticsEvent] = []
-        for record in records:
-            try:
-                message = EventMessage.decode(record.value)
-            except (ValidationError, ValueError):
-                self._metrics.decode_errors.inc()
-                # Position only: the payload is untrusted and may hold personal data.
-                logger.error(
-                    "skipping a record that is not an event message",
-                    extra={"partition": record.partition, "offset": record.offset},
-                )
-                continue
-            rows.append(archived(record, message))
-        return rows

@@ -46,8 +46,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from pydantic import ValidationError
-
 from app.core.consumer_loop import ConsumerLoop, wall_clock_ms
 from app.core.settings import ComputeSettings, ServiceSettings
 from app.db.event_log import EventLogConsumer, EventLogProducer, LogRecord
@@ -183,7 +181,8 @@ class ComputeWorker(ConsumerLoop):
         Returns True once committed (or the commit failed after the write, which is
         harmless), False when stopped before the batch could be stored.
         """
-        decoded, undecodable = self._decode(records)
+        events, undecodable = self._decode(records)
+        decoded = [_Decoded(record, message) for record, message in events]
         done: dict[tuple[str, str], UserWrite] = {}
         parked_sent: set[tuple[str, str]] = set()
 
@@ -211,25 +210,6 @@ class ComputeWorker(ConsumerLoop):
         # ids skip the redelivered records, and the next commit moves past them anyway.
         await self._commit(records)
         return True
-
-    def _decode(self, records: Sequence[LogRecord]) -> tuple[list[_Decoded], list[LogRecord]]:
-        """Returns the event messages, and the records that are not one (to park)."""
-        decoded: list[_Decoded] = []
-        undecodable: list[LogRecord] = []
-        for record in records:
-            try:
-                message = EventMessage.decode(record.value)
-            except (ValidationError, ValueError):
-                self._metrics.decode_errors.inc()
-                # Position only: the payload is untrusted and may hold personal data.
-                logger.error(
-                    "skipping a record that is not an event message",
-                    extra={"partition": record.partition, "offset": record.offset},
-                )
-                undecodable.append(record)
-                continue
-            decoded.append(_Decoded(record, message))
-        return decoded, undecodable
 
     async def _park(self, reason: str, records: Sequence[LogRecord], *, count: bool = True) -> None:
         """Sends `records` to the dead-letter log with `reason`, counts (unless counted
