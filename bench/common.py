@@ -27,7 +27,13 @@ START_BOUND_S = 60.0
 AGGREGATIONS = ["COUNT", "SUM", "AVG", "MIN", "MAX", "COUNT_DISTINCT", "LAST", "FIRST"]
 FIELD_OF = {"COUNT": None, "COUNT_DISTINCT": "product_id", "LAST": "product_id"}
 FIELD_OF |= {"FIRST": "product_id", "SUM": "price", "AVG": "price", "MIN": "price"}
-FIELD_OF |= {"MAX": "price"}
+FIELD_OF |= {"MAX": "price", "LAST_N": "product_id", "TOP_K": "product_id", "RECENCY": None}
+# What a recommender reads beyond the eight basic aggregations (issue 11): the mix
+# `--mix recommender` of serving_bench cycles through all eleven, every other feature
+# filtered on the price.
+RECOMMENDER_AGGREGATIONS = [*AGGREGATIONS, "LAST_N", "TOP_K", "RECENCY"]
+SIZE_OF = {"LAST_N": 10, "TOP_K": 5}
+PRICE_FILTER = {"all": [{"field": "price", "op": "gte", "value": 20}]}
 EVENT_NAMES = ["add_to_cart", "page_view", "purchase"]
 
 
@@ -173,10 +179,13 @@ def feature_snapshot(
     *,
     pipeline_name: str,
     name_format: str = "f{n}_{aggregation}",
+    recommender: bool = False,
 ) -> ConfigSnapshot:
     """Returns a deployed config of one active pipeline (EVENT_NAMES, with product_id and
     price) and `features` features cycling through AGGREGATIONS and EVENT_NAMES, each over
-    `windows`. Feature n is named `name_format` (n, aggregation in lower case)."""
+    `windows`. Feature n is named `name_format` (n, aggregation in lower case). With
+    `recommender`, they cycle through RECOMMENDER_AGGREGATIONS, odd ones filtered."""
+    kinds = RECOMMENDER_AGGREGATIONS if recommender else AGGREGATIONS
     fields = [EventField(name="product_id", type="string"), EventField(name="price", type="number")]
     return ConfigSnapshot(
         project_id=project_id,
@@ -193,12 +202,14 @@ def feature_snapshot(
         features=[
             FeatureSnapshot(
                 id=f"{n:024x}",
-                name=name_format.format(n=n, aggregation=AGGREGATIONS[n % 8].lower()),
+                name=name_format.format(n=n, aggregation=kinds[n % len(kinds)].lower()),
                 pipeline_id=pipeline_id,
                 source_event=EVENT_NAMES[n % len(EVENT_NAMES)],
-                aggregation=AGGREGATIONS[n % 8],
-                field=FIELD_OF[AGGREGATIONS[n % 8]],
+                aggregation=kinds[n % len(kinds)],
+                field=FIELD_OF[kinds[n % len(kinds)]],
                 time_windows=windows,
+                size=SIZE_OF.get(kinds[n % len(kinds)]),
+                filter=PRICE_FILTER if recommender and n % 2 else None,
                 enabled=True,
             )
             for n in range(features)

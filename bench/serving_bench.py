@@ -81,7 +81,9 @@ KAFKA_BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:39092")
 
 
 # -- config ----------------------------------------------------------------------------------
-def snapshot(project_id: str, pipeline_id: str, features: int) -> ConfigSnapshot:
+def snapshot(
+    project_id: str, pipeline_id: str, features: int, recommender: bool = False
+) -> ConfigSnapshot:
     return feature_snapshot(
         project_id,
         pipeline_id,
@@ -89,6 +91,7 @@ def snapshot(project_id: str, pipeline_id: str, features: int) -> ConfigSnapshot
         WINDOWS,
         pipeline_name="storefront",
         name_format="f{n:02d}_{aggregation}",
+        recommender=recommender,
     )
 
 
@@ -186,7 +189,7 @@ async def load(
 async def read_benchmark(args: argparse.Namespace, env: dict[str, str], tmp: Path) -> None:
     project_id = f"bench_{uuid.uuid4().hex[:8]}"
     backends = BackendSettings(redis_url=env["REDIS_URL"], data_dir=tmp)
-    snap = snapshot(project_id, uuid.uuid4().hex[:24], args.features)
+    snap = snapshot(project_id, uuid.uuid4().hex[:24], args.features, args.mix == "recommender")
     cache = RedisCache(backends)
     store = RedisOnlineStore(backends)
     await cache.initialize()
@@ -451,6 +454,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--features", type=int, default=50)
+    parser.add_argument(
+        "--mix",
+        choices=["basic", "recommender"],
+        default="basic",
+        help="basic: the eight basic aggregations; recommender: also LAST_N, TOP_K, "
+        "RECENCY, every other feature filtered",
+    )
     parser.add_argument("--seconds", type=float, default=5.0, help="per read scenario")
     parser.add_argument("--rate", type=float, default=50.0, help="freshness events/s")
     parser.add_argument("--fresh-seconds", type=float, default=20.0)
