@@ -48,18 +48,3 @@ def compile_lateness(snapshot: ConfigSnapshot) -> EventLateness:
         snapshot.version,
         {key: tuple(sorted(ws, key=lambda w: w.seconds)) for key, ws in windows.items()},
     )
-
-
-class LatenessCache:
-    """EventLateness per project, rebuilt when the deployed version changes."""
-
-    def __init__(self) -> None:
-        self._by_project: dict[str, EventLateness] = {}
-
-    def get(self, snapshot: ConfigSnapshot) -> EventLateness:
-        """Returns `snapshot`'s lateness rules (built at most once per version)."""
-        known = self._by_project.get(snapshot.project_id)
-        if known is None or known.version != snapshot.version:
-            known = compile_lateness(snapshot)
-            self._by_project[snapshot.project_id] = known
-        return known

@@ -60,7 +60,6 @@ from app.schemas.deployment import ConfigSnapshot
 from app.schemas.event import EventMessage, loads_json, parse_envelope, shown
 from app.schemas.pipeline import WebhookSecrets
 from runtime.ingestion.claims import Claims, check_replay, dedup_key, in_flight, replay_key
-from runtime.ingestion.lateness import EventLateness, LatenessCache
 from runtime.ingestion.metrics import IngestionMetrics
 from runtime.ingestion.producer import RETRY_AFTER_S, EventSink
 from runtime.ingestion.ratelimit import IngestRateLimiter
@@ -102,7 +101,6 @@ class Target:
     pipeline_id: str
     config: CompiledConfig
     pipeline: CompiledPipeline
-    lateness: EventLateness
 
 
 @dataclass(slots=True)
@@ -152,7 +150,6 @@ class IngestionService:
         self._limiter = limiter
         self.metrics = metrics
         self._compiled = CompiledCache()
-        self._lateness = LatenessCache()
         self._clock_ms = clock_ms
 
     # -- before the body -------------------------------------------------------------------
@@ -173,8 +170,7 @@ class IngestionService:
         if snapshot is None:
             raise PipelineNotFound(f"Project {project_id!r} has no deployed config")
         config = self._compiled.get(snapshot)
-        pipeline = config.pipeline(pipeline_id)
-        return Target(project_id, pipeline_id, config, pipeline, self._lateness.get(snapshot))
+        return Target(project_id, pipeline_id, config, config.pipeline(pipeline_id))
 
     # -- the whole flow --------------------------------------------------------------------
     async def ingest_single(
@@ -289,7 +285,7 @@ class IngestionService:
         self.metrics.late.inc(late)
 
     def _is_late(self, target: Target, message: EventMessage) -> bool:
-        return target.lateness.is_late(
+        return target.config.lateness.is_late(
             target.pipeline_id, message.event, message.event_time_ms, message.received_at_ms
         )
 

@@ -43,6 +43,7 @@ from app.schemas.event import (
     shown,
 )
 from app.schemas.pipeline import FieldType
+from runtime.ingestion.lateness import EventLateness, compile_lateness
 
 UnknownPolicy = Literal["reject", "drop"]
 
@@ -127,6 +128,8 @@ class CompiledConfig:
     project_id: str
     version: int
     pipelines: dict[str, CompiledPipeline]
+    # Which accepted events count in no feature (built with the rest, once per version).
+    lateness: EventLateness
 
     def pipeline(self, pipeline_id: str) -> CompiledPipeline:
         """Returns the active pipeline; raises PipelineNotFound or PipelineInactive."""
@@ -158,7 +161,9 @@ def compile_snapshot(snapshot: ConfigSnapshot) -> CompiledConfig:
             for e in p.events
         }
         pipelines[p.id] = CompiledPipeline(id=p.id, name=p.name, status=p.status, events=events)
-    return CompiledConfig(snapshot.project_id, snapshot.version, pipelines)
+    return CompiledConfig(
+        snapshot.project_id, snapshot.version, pipelines, compile_lateness(snapshot)
+    )
 
 
 class CompiledCache:
