@@ -19,8 +19,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
+from app.core.errors import ErrorEnvelope
+from app.core.service import Resources, get_resources
 from app.db.event_log import EventLogConsumer, LogRecord
 from app.schemas.event import EventMessage
 
@@ -89,6 +93,18 @@ class LoopStatus(BaseModel):
     lag: dict[str, int]
 
 
+class LoopNotRunning(Exception):
+    """The consumer loop has stopped (or crashed): its records are not being stored."""
+
+
+class LoopNotStarted(Exception):
+    """The consumer has not joined its group yet (event log unreachable)."""
+
+
+class LoopRetrying(Exception):
+    """A batch cannot be stored (its store is unavailable) and is being retried."""
+
+
 class ConsumerLoop(ABC):
     """Consumes the event log until stopped; `process` stores and commits one batch."""
 
@@ -147,6 +163,16 @@ class ConsumerLoop(ABC):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+
+    async def check(self, task: asyncio.Task[None]) -> None:
+        """The loop's entry in /ready (beside the backends' pings): raises LoopNotRunning,
+        LoopNotStarted or LoopRetrying; returns when it consumes normally."""
+        if task.done():
+            raise LoopNotRunning(f"the {type(self).__name__} loop is not running")
+        if not self.state.consumer_started:
+            raise LoopNotStarted("the consumer has not joined its group")
+        if self.state.retrying:
+            raise LoopRetrying(f"batch retrying after {self.state.last_error}")
 
     def status(self, task: asyncio.Task[None]) -> LoopStatus:
         """Returns the state of the loop that `task` runs."""
@@ -282,3 +308,23 @@ class ConsumerLoop(ABC):
             return
         self.state.lag = dict(lag)
         self._loop_metrics.set_lag(lag)
+
+
+def status_router(
+    path: str, summary: str, status_of: Callable[[Resources], LoopStatus | None]
+) -> APIRouter:
+    """Returns `GET {path}`: the loop's state (200 while it runs, 503 otherwise or when
+    the process runs no such loop)."""
+    router = APIRouter(tags=["health"])
+
+    @router.get(
+        path, summary=summary, response_model=LoopStatus, responses={503: {"model": LoopStatus}}
+    )
+    async def loop_status(request: Request) -> JSONResponse:
+        status = status_of(get_resources(request))
+        if status is None:
+            envelope = ErrorEnvelope(error="NotRunning", detail=f"no loop behind {path}")
+            return JSONResponse(envelope.model_dump(), status_code=503)
+        return JSONResponse(status.model_dump(), status_code=200 if status.running else 503)
+
+    return router

@@ -11,17 +11,17 @@ The HTTP port serves `/health`, `/ready` (the archive plus the loop, as
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
-from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, FastAPI
 
-from app.core.consumer_loop import LoopStatus
+from app.core.consumer_loop import LoopStatus, status_router
 from app.core.metrics import metrics_router
 from app.core.server import serve
-from app.core.service import Backend, Resources, StartupHook, build_app, get_resources
+from app.core.service import Backend, Resources, StartupHook, build_app
 from app.core.settings import ArchiveSettings
 from app.db import factory
 from runtime.archive.metrics import ArchiveMetrics
@@ -42,14 +42,6 @@ class RunningArchive:
 
 
 ARCHIVE = "archive"
-
-
-class ArchiveNotRunning(Exception):
-    """The archive loop has stopped: accepted events are not being archived."""
-
-
-class ArchiveRetrying(Exception):
-    """A batch cannot be inserted (the archive store is down) and is being retried."""
 
 
 def archive_status(resources: Resources) -> LoopStatus | None:
@@ -75,13 +67,7 @@ def archive_startup(
         task = asyncio.create_task(worker.run(), name="archive-worker")
         resources.extras[ARCHIVE] = RunningArchive(worker, task)
 
-        async def check() -> None:
-            if task.done():
-                raise ArchiveNotRunning("the archive loop is not running")
-            if worker.state.retrying:
-                raise ArchiveRetrying(f"batch retrying after {worker.state.last_error}")
-
-        resources.checks[ARCHIVE_CHECK] = check
+        resources.checks[ARCHIVE_CHECK] = functools.partial(worker.check, task)
 
         stack.push_async_callback(worker.stop_running, task, _STOP_TIMEOUT_S)
 
@@ -90,24 +76,9 @@ def archive_startup(
 
 def archive_router() -> APIRouter:
     """Returns `GET /archive` (the loop's state: running, retrying, lag)."""
-    router = APIRouter(tags=["health"])
-
-    @router.get(
-        "/archive",
-        summary="The archive loop: running, retrying, lag per partition",
-        response_model=LoopStatus,
-        responses={503: {"model": LoopStatus}},
+    return status_router(
+        "/archive", "The archive loop: running, retrying, lag per partition", archive_status
     )
-    async def archive(request: Request) -> JSONResponse:
-        status = archive_status(get_resources(request))
-        if status is None:
-            return JSONResponse(
-                {"error": "NotRunning", "detail": "no archive worker", "fields": None},
-                status_code=503,
-            )
-        return JSONResponse(status.model_dump(), status_code=200 if status.running else 503)
-
-    return router
 
 
 def options_of(settings: ArchiveSettings) -> ArchiveOptions:

@@ -14,18 +14,18 @@ loop's state and lag) and `/metrics`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 
-from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, FastAPI
 
 from app.core.config_loader import config_loader_hook
-from app.core.consumer_loop import LoopStatus
+from app.core.consumer_loop import LoopStatus, status_router
 from app.core.metrics import metrics_router
 from app.core.server import serve
-from app.core.service import Backend, Resources, StartupHook, build_app, get_resources
+from app.core.service import Backend, Resources, StartupHook, build_app
 from app.core.settings import ComputeSettings
 from app.db import factory
 from runtime.compute.metrics import ComputeMetrics
@@ -47,18 +47,6 @@ COMPUTE_METRICS = "compute_metrics"
 CONSUMER_CHECK = "compute_consumer"
 # How long shutdown waits for the in-flight batch to be stored and committed.
 _STOP_TIMEOUT_S = 30.0
-
-
-class ConsumerNotRunning(Exception):
-    """The consumer loop has stopped (or crashed): nothing is being computed."""
-
-
-class ConsumerNotStarted(Exception):
-    """The consumer has not joined its group yet (event log unreachable)."""
-
-
-class ConsumerRetrying(Exception):
-    """A batch cannot be stored (online store or config unavailable) and is being retried."""
 
 
 def consumer_status(resources: Resources) -> LoopStatus | None:
@@ -114,16 +102,7 @@ def compute_startup(
         resources.extras[COMPUTE_TASK] = task
         resources.extras[COMPUTE_METRICS] = metrics
 
-        async def consumer_check() -> None:
-            # /ready reports this beside the backends' pings; /consumer has the details.
-            if task.done():
-                raise ConsumerNotRunning("the consumer loop is not running")
-            if not worker.state.consumer_started:
-                raise ConsumerNotStarted("the consumer has not joined its group")
-            if worker.state.retrying:
-                raise ConsumerRetrying(f"batch retrying after {worker.state.last_error}")
-
-        resources.checks[CONSUMER_CHECK] = consumer_check
+        resources.checks[CONSUMER_CHECK] = functools.partial(worker.check, task)
 
         stack.push_async_callback(worker.stop_running, task, _STOP_TIMEOUT_S)
 
@@ -132,21 +111,9 @@ def compute_startup(
 
 def compute_router() -> APIRouter:
     """Returns `GET /consumer` (the loop's state: running, retrying, lag)."""
-    router = APIRouter(tags=["health"])
-
-    @router.get(
-        "/consumer",
-        summary="The consumer loop: running, retrying, lag per partition",
-        response_model=LoopStatus,
-        responses={503: {"model": LoopStatus}},
+    return status_router(
+        "/consumer", "The consumer loop: running, retrying, lag per partition", consumer_status
     )
-    async def consumer(request: Request) -> JSONResponse:
-        status = consumer_status(get_resources(request))
-        if status is None:
-            return JSONResponse({"error": "NotRunning", "detail": "no worker"}, status_code=503)
-        return JSONResponse(status.model_dump(), status_code=200 if status.running else 503)
-
-    return router
 
 
 def create_app(
