@@ -20,6 +20,14 @@ Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER_PATTERN)]
 PROPERTY_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 PropertyName = Annotated[str, StringConstraints(pattern=PROPERTY_NAME_PATTERN)]
 
+# Entity names (`product`, `category`) are path segments of the serving routes
+# (`/features/{project}/{entity}/{id}`) and part of store keys.
+ENTITY_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+EntityName = Annotated[str, StringConstraints(pattern=ENTITY_NAME_PATTERN)]
+# The user is the default entity; `users` is the user routes' path segment.
+USER_ENTITY = "user"
+RESERVED_ENTITY_NAMES = frozenset({"user", "users"})
+
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 Description = Annotated[str, StringConstraints(max_length=1000)]
 

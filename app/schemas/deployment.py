@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from app.schemas.common import ObjectIdStr, RequestModel, ResponseModel
-from app.schemas.feature import Aggregation, FeatureFilter
+from app.schemas.common import USER_ENTITY, ObjectIdStr, RequestModel, ResponseModel
+from app.schemas.feature import Aggregation, FeatureEntity, FeatureFilter
 from app.schemas.pipeline import Category, EventDefinition, PipelineStatus
 
 DeploymentStatus = Literal["pending", "deploying", "success", "failed", "rolled_back"]
@@ -47,6 +47,7 @@ class FeatureSnapshot(ResponseModel):
     time_windows: list[str]
     size: int | None = None
     filter: FeatureFilter | None = None
+    entity: FeatureEntity = USER_ENTITY
     enabled: bool
 
 

@@ -35,6 +35,10 @@ from app.core.errors import FieldError, InvalidEvent, MalformedJSON
 USER_ID_PATTERN = r"^[A-Za-z0-9_:@+=-][A-Za-z0-9._:@+=-]{0,127}$"
 _USER_ID_RE = re.compile(USER_ID_PATTERN)
 MAX_EVENT_ID_LENGTH = 128
+# Entity ids (a `product_id` property's values) come from catalogues, so they are free
+# text: 1-128 printable characters, or safe integers (read back as their decimal text).
+# They never reach a store key as written: `app/tiles/entities.py` percent-encodes them.
+MAX_ENTITY_ID_LENGTH = 128
 # Integers outside ±(2^53 - 1) do not survive a trip through a double (I-JSON, RFC 7493).
 MAX_SAFE_INTEGER = 2**53 - 1
 # Epoch milliseconds up to 9999-12-31T23:59:59.999Z.
@@ -183,6 +187,20 @@ def _first_problem(value: object, depth: int) -> tuple[list[str | int], str, str
                 found[0].append(loc_key(key) if isinstance(key, str) else key)
                 return found
     return None  # bool or None
+
+
+def entity_id_problem(value: object) -> str | None:
+    """Returns why `value` cannot be an entity id (None when it can): a string of 1-128
+    printable characters (Unicode text), or an integer in the safe range."""
+    if type(value) is int:
+        return check_number(value)
+    if type(value) is not str:
+        return "must be a string or an integer (an entity key)"
+    if not 0 < len(value) <= MAX_ENTITY_ID_LENGTH or not value.isprintable():
+        return f"must be 1-{MAX_ENTITY_ID_LENGTH} printable characters (an entity key)"
+    if not is_clean_text(value):
+        return "is not valid Unicode text (lone surrogate)"
+    return None
 
 
 # -- envelope ----------------------------------------------------------------------------------

@@ -18,7 +18,9 @@ from pydantic import (
 )
 
 from app.schemas.common import (
+    USER_ENTITY,
     Description,
+    EntityName,
     Identifier,
     ObjectIdStr,
     PropertyName,
@@ -90,6 +92,22 @@ class FeatureFilter(RequestModel):
         return self.all or self.any or []
 
 
+FeatureEntity = EntityName | list[EntityName]
+"""Whom a feature aggregates per: `"user"` (the default), a declared entity of the source
+event (`"product"`: one value per product), or `["user", "<entity>"]` (per user and
+entity value: "this user's spend per category", served in the user's answer as
+`{entity value: value}`)."""
+
+
+def entity_problem(entity: str | list[str]) -> str | None:
+    """Returns why `entity` is not one of the three shapes, or None."""
+    if isinstance(entity, str):
+        return None if entity != "users" else "the user entity is named 'user'"
+    if len(entity) != 2 or entity[0] != USER_ENTITY or entity[1] == USER_ENTITY:
+        return 'a pair is ["user", "<entity>"]'
+    return None
+
+
 MAX_WINDOWS = 10
 WINDOW_PATTERN = r"^[1-9][0-9]{0,4}[mhd]$"
 
@@ -115,7 +133,20 @@ class FeatureBase(RequestModel):
     filter: FeatureFilter | None = Field(
         default=None, description="Only events whose properties pass it count"
     )
+    entity: FeatureEntity = Field(
+        default=USER_ENTITY,
+        description='`"user"` (default), an entity key of the source event (`"product"`), '
+        'or `["user", "<entity>"]` for a value per user and entity (`{"shoes": 3}`)',
+        examples=["user", "product", ["user", "category"]],
+    )
     enabled: bool = True
+
+    @model_validator(mode="after")
+    def _entity_shape(self) -> Self:
+        why = entity_problem(self.entity)
+        if why is not None:
+            raise ValueError(f"entity: {why}")
+        return self
 
 
 class FeatureCreate(FeatureBase):
@@ -140,6 +171,7 @@ class FeatureRead(ResponseModel):
     time_windows: list[str]
     size: int | None = None
     filter: FeatureFilter | None = None
+    entity: FeatureEntity = USER_ENTITY
     enabled: bool
     revision: int
     created_at: datetime

@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from app.schemas.common import (
+    RESERVED_ENTITY_NAMES,
     Description,
+    EntityName,
     Identifier,
     Name,
     ObjectIdStr,
@@ -19,6 +21,9 @@ from app.schemas.common import (
 from app.schemas.feature import FeatureRead
 
 FieldType = Literal["string", "number", "boolean", "timestamp", "object"]
+# Field types whose values can name an entity: text, or integers (a `number` field that
+# is an entity key only takes integers).
+ENTITY_KEY_TYPES: frozenset[str] = frozenset({"string", "number"})
 Category = Literal["behavioral", "transaction", "context", "marketing", "trust", "realtime"]
 PipelineStatus = Literal["active", "inactive", "configuring"]
 
@@ -33,6 +38,23 @@ class EventField(RequestModel):
     type: FieldType
     required: bool = False
     description: Description = ""
+    entity: EntityName | None = Field(
+        default=None,
+        description="This property's value is the id of entity `entity` (e.g. `product`), "
+        "so features may aggregate per product or per user x product; only on string and "
+        "number fields (a number key takes integers)",
+        examples=["product"],
+    )
+
+    @model_validator(mode="after")
+    def _keyable(self) -> EventField:
+        if self.entity is None:
+            return self
+        if self.entity in RESERVED_ENTITY_NAMES:
+            raise ValueError(f"entity {self.entity!r} is reserved (the user is every event's)")
+        if self.type not in ENTITY_KEY_TYPES:
+            raise ValueError(f"an entity key is a string or number field, not {self.type}")
+        return self
 
 
 class EventDefinition(RequestModel):
@@ -50,6 +72,10 @@ class EventDefinition(RequestModel):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"duplicate field names: {', '.join(duplicates)}")
+        entities = [f.entity for f in fields if f.entity is not None]
+        twice = sorted({e for e in entities if entities.count(e) > 1})
+        if twice:
+            raise ValueError(f"one field per entity key; twice: {', '.join(twice)}")
         return fields
 
 

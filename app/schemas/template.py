@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from app.schemas.common import ResponseModel
-from app.schemas.feature import Aggregation, FeatureFilter
+from app.schemas.common import USER_ENTITY, ResponseModel
+from app.schemas.feature import Aggregation, FeatureEntity, FeatureFilter
 from app.schemas.pipeline import Category, EventDefinition
 
 
@@ -20,6 +20,7 @@ class SuggestedFeature(ResponseModel):
     time_windows: list[str]
     size: int | None = None
     filter: FeatureFilter | None = None
+    entity: FeatureEntity = USER_ENTITY
 
 
 class PipelineTemplate(ResponseModel):

@@ -23,6 +23,7 @@ import json
 from collections.abc import Iterable, Sequence
 
 from app.core.errors import FieldError
+from app.schemas.common import USER_ENTITY
 from app.schemas.deployment import (
     Change,
     ChangeType,
@@ -65,8 +66,18 @@ def feature_snapshot(feature: FeatureRead) -> FeatureSnapshot:
         time_windows=list(feature.time_windows),
         size=feature.size,
         filter=feature.filter.model_copy(deep=True) if feature.filter else None,
+        entity=_entity_copy(feature.entity),
         enabled=feature.enabled,
     )
+
+
+def _entity_copy(entity: str | list[str]) -> str | list[str]:
+    return entity if isinstance(entity, str) else list(entity)
+
+
+def entity_text(entity: str | list[str]) -> str:
+    """e.g. `user`, `product`, `user x category`."""
+    return entity if isinstance(entity, str) else " x ".join(entity)
 
 
 def snapshot_from_draft(
@@ -111,6 +122,8 @@ def _field_changes(old: EventField, new: EventField) -> list[str]:
         parts.append(f"field {new.name} {'now required' if new.required else 'now optional'}")
     if old.description != new.description:
         parts.append(f"field {new.name} description changed")
+    if old.entity != new.entity:
+        parts.append(f"field {new.name} entity key {_text(old.entity)} {ARROW} {_text(new.entity)}")
     return parts
 
 
@@ -172,6 +185,8 @@ def _feature_changes(
         parts.append(f"size {_text(old.size)} {ARROW} {_text(new.size)}")
     if old.filter != new.filter:
         parts.append(f"filter {_filter_text(old.filter)} {ARROW} {_filter_text(new.filter)}")
+    if old.entity != new.entity:
+        parts.append(f"entity {entity_text(old.entity)} {ARROW} {entity_text(new.entity)}")
     if old.description != new.description:
         parts.append("description changed")
     return parts
@@ -203,6 +218,8 @@ def _feature_summary(f: FeatureSnapshot, pipeline_names: dict[str, str]) -> str:
         of = f" {f.size}{of}"
     if f.filter is not None:
         of = f"{of} where {_filter_text(f.filter)}"
+    if f.entity != USER_ENTITY:
+        of = f"{of} per {entity_text(f.entity)}"
     pipeline = pipeline_names.get(f.pipeline_id, f.pipeline_id)
     state = "" if f.enabled else ", disabled"
     return (

@@ -87,6 +87,7 @@ def _feature_values(f: FeatureSnapshot) -> dict[str, object]:
         "time_windows": list(f.time_windows),
         "size": f.size,
         "filter": f.filter.model_copy(deep=True) if f.filter else None,
+        "entity": f.entity if isinstance(f.entity, str) else list(f.entity),
         "enabled": f.enabled,
     }
 

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from app.core.errors import FieldError
+from app.schemas.common import USER_ENTITY
 from app.schemas.deployment import FeatureSnapshot
 from app.schemas.feature import (
     FIELDLESS_AGGREGATIONS,
@@ -40,6 +41,7 @@ class FeatureSpec:
     time_windows: list[str]
     size: int | None = None
     filter: FeatureFilter | None = None
+    entity: str | list[str] = USER_ENTITY
 
 
 def spec_of(
@@ -55,6 +57,7 @@ def spec_of(
         time_windows=list(feature.time_windows),
         size=getattr(feature, "size", None),
         filter=getattr(feature, "filter", None),
+        entity=getattr(feature, "entity", USER_ENTITY),
     )
 
 
@@ -84,13 +87,14 @@ def event_problems(spec: FeatureSpec, events: Iterable[EventDefinition]) -> list
     The source event must exist; COUNT and RECENCY take no field; every other
     aggregation needs a field of the source event, of type `number` for SUM/AVG/MIN/MAX;
     LAST_N and TOP_K need a `size` (1..50) and no other aggregation takes one; a filter's
-    conditions name fields of the event, with values of their types (`filter_problems`).
+    conditions name fields of the event, with values of their types (`filter_problems`);
+    an entity other than the user is one the event declares (`entity_problems`).
     """
     event = next((e for e in events if e.name == spec.source_event), None)
     if event is None:
         msg = f"event {spec.source_event!r} does not exist in the pipeline"
         return [FieldError(loc=["body", "source_event"], msg=msg, type="event_missing")]
-    problems = _size_problems(spec)
+    problems = _size_problems(spec) + entity_problems(spec.entity, event)
     if spec.filter is not None:
         problems += filter_problems(spec.filter, event)
     return problems + _field_problems(spec, event)
@@ -106,6 +110,25 @@ def _size_problems(spec: FeatureSpec) -> list[FieldError]:
         msg = f"{spec.aggregation} takes no size (only LAST_N and TOP_K do)"
         return [FieldError(loc=loc, msg=msg, type="size_not_allowed")]
     return []
+
+
+def entity_problems(entity: str | list[str], event: EventDefinition) -> list[FieldError]:
+    """Returns why `entity` (a feature's) does not fit `event`: every entity but the user
+    must be declared by one of the event's fields (`"entity": "<name>"` on the field)."""
+    loc: list[str | int]
+    if isinstance(entity, str):
+        name, loc = entity, ["body", "entity"]
+    else:
+        name, loc = entity[-1], ["body", "entity", len(entity) - 1]
+    if name == USER_ENTITY or any(f.entity == name for f in event.fields):
+        return []
+    declared = sorted(f.entity for f in event.fields if f.entity is not None)
+    msg = (
+        f"entity {name!r} is not declared by event {event.name!r} "
+        f"(its entity keys: {', '.join(declared) or 'none'}; declare one with "
+        '`"entity": "<name>"` on a string or number field)'
+    )
+    return [FieldError(loc=loc, msg=msg, type="entity_missing")]
 
 
 def _field_problems(spec: FeatureSpec, event: EventDefinition) -> list[FieldError]:

@@ -63,6 +63,7 @@ class CreationPlan:
                 time_windows=list(s.time_windows),
                 size=s.size,
                 filter=s.filter,
+                entity=s.entity,
             )
             for s in self.features
         ]

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from app.schemas.common import USER_ENTITY
 from app.schemas.deployment import ConfigSnapshot
 from app.schemas.feature import FeatureFilter as FilterBody
 from app.tiles.aggregations import Aggregation
@@ -102,6 +103,8 @@ def build_specs(snapshot: ConfigSnapshot) -> ProjectSpecs:
         source = event_key(feature.pipeline_id, feature.source_event)
         if not feature.enabled or source not in live_events:
             continue
+        if feature.entity != USER_ENTITY:
+            continue  # per entity and per user x entity: not applied to the user's record
         try:
             spec = DeployedFeatureSpec(
                 name=feature.name,

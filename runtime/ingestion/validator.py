@@ -14,7 +14,9 @@ Rules (DESIGN.md "Events in"):
   RFC 3339 or epoch ms (normalised to epoch ms); `object` = a JSON object at most
   MAX_OBJECT_DEPTH deep whose numbers and strings obey the same rules; unknown
   properties are rejected or dropped (`INGEST_UNKNOWN_PROPERTIES`); `null` for an
-  optional property means absent → InvalidEvent (422) listing every field path.
+  optional property means absent → InvalidEvent (422) listing every field path;
+- an entity key (a field with `entity`): a `string` one takes 1-128 printable
+  characters, a `number` one safe integers only (`entity_id_problem`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from app.schemas.event import (
     Envelope,
     check_json_value,
     check_number,
+    entity_id_problem,
     field_error,
     invalid,
     is_clean_text,
@@ -98,6 +101,29 @@ def _object(value: Any, loc: list[str | int]) -> Any:
     return value
 
 
+def _entity_id(value: Any, loc: list[str | int]) -> Any:
+    # An entity key's value becomes a record's id: checked here, so compute never meets
+    # one it cannot key (a float, an empty or control-character string).
+    why = entity_id_problem(value)
+    if why is not None:
+        raise _Bad(field_error(loc, why, "invalid_entity_id"))
+    return value
+
+
+def _entity_text(value: Any, loc: list[str | int]) -> Any:
+    return _entity_id(_string(value, loc), loc)
+
+
+def _entity_integer(value: Any, loc: list[str | int]) -> Any:
+    if type(value) is not int:
+        raise _Bad(field_error(loc, "must be an integer (an entity key)", "wrong_type"))
+    return _entity_id(value, loc)
+
+
+# The checker of an entity key, by the field's type (only these two can be keys).
+ENTITY_CHECKERS: dict[str, Checker] = {"string": _entity_text, "number": _entity_integer}
+
+
 CHECKERS: dict[FieldType, Checker] = {
     "number": _number,
     "string": _string,
@@ -155,7 +181,10 @@ def compile_snapshot(snapshot: ConfigSnapshot) -> CompiledConfig:
             e.name: CompiledEvent(
                 name=e.name,
                 enabled=e.enabled,
-                checkers={f.name: CHECKERS[f.type] for f in e.fields},
+                checkers={
+                    f.name: CHECKERS[f.type] if f.entity is None else ENTITY_CHECKERS[f.type]
+                    for f in e.fields
+                },
                 required=tuple(f.name for f in e.fields if f.required),
             )
             for e in p.events

@@ -388,3 +388,51 @@ class TestValidateDraft:
         q = pipeline(status="inactive")
         s = snap([q], [feature(new_id(), enabled=False), feature(q.id, enabled=False)])
         assert validate_draft(s) == []
+
+
+class TestEntitiesAtDeploy:
+    def test_an_entity_the_deployed_event_does_not_declare_is_refused_naming_it(self):
+        keyed = event(
+            fields=[
+                EventField(name="product_id", type="string", entity="product"),
+                EventField(name="price", type="number"),
+            ]
+        )
+        p = pipeline(events=[keyed])
+        good = [
+            feature(p.id, name="per_product", entity="product"),
+            feature(p.id, name="per_pair", entity=["user", "product"]),
+        ]
+        assert validate_draft(snap([p], good)) == []
+        bad = [
+            feature(p.id, name="per_brand", entity="brand"),
+            feature(p.id, name="per_pair", entity=["user", "brand"]),
+        ]
+        problems = validate_draft(snap([p], bad))
+        assert [(pr.loc[2], pr.type) for pr in problems] == [
+            ("entity", "entity_missing"),
+            ("entity.1", "entity_missing"),
+        ]
+        assert problems[0].msg.startswith("feature per_brand: entity 'brand' is not declared")
+
+    def test_the_diff_names_entity_keys_and_feature_entities(self):
+        p = pipeline()
+        keyed = p.model_copy(
+            update={
+                "events": [
+                    event(
+                        fields=[
+                            EventField(name="product_id", type="string", entity="product"),
+                            EventField(name="price", type="number"),
+                            EventField(name="qty", type="string"),
+                        ]
+                    )
+                ]
+            }
+        )
+        f = feature(p.id)
+        g = feature(p.id, id=f.id, entity="product")
+        changes = described(snap([p], [f]), snap([keyed], [g], version=2))
+        texts = [text for _, _, text in changes]
+        assert any("field product_id entity key none → product" in t for t in texts), texts
+        assert any("entity user → product" in t for t in texts), texts

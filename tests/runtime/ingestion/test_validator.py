@@ -19,6 +19,7 @@ from app.core.errors import (
     UnknownEvent,
 )
 from app.schemas.event import USER_ID_PATTERN, parse_envelope
+from app.schemas.pipeline import EventDefinition, EventField
 from runtime.ingestion.validator import (
     CompiledCache,
     CompiledPipeline,
@@ -312,3 +313,60 @@ def test_payloads_that_fit_the_schema_are_accepted_unchanged(payload: Any) -> No
     valid = check(payload)
     assert fits(payload, PIPELINE)
     assert valid.properties == payload["properties"]
+
+
+class TestEntityKeys:
+    """An entity key's values become record ids: text or safe integers, checked here."""
+
+    KEYED = compile_snapshot(
+        config_snapshot(
+            "shop",
+            [
+                pipeline_snapshot(
+                    PID,
+                    events=[
+                        EventDefinition(
+                            name="order",
+                            fields=[
+                                EventField(name="sku", type="string", entity="product"),
+                                EventField(name="store", type="number", entity="store"),
+                            ],
+                        )
+                    ],
+                )
+            ],
+        )
+    ).pipeline(PID)
+
+    def check(self, properties: dict[str, Any]) -> ValidEvent:
+        return validate_event(
+            self.KEYED,
+            parse_envelope(event(event="order", properties=properties)),
+            now_ms=NOW_MS,
+            max_future_ms=300_000,
+            unknown_properties="reject",
+        )
+
+    @pytest.mark.parametrize(
+        "properties",
+        [{"sku": "$where"}, {"sku": "../etc/passwd"}, {"sku": "Men's shoes / 42"}, {"store": 7}],
+        ids=["operator", "path", "free-text", "integer"],
+    )
+    def test_ids_of_text_or_integers_are_accepted_as_given(
+        self, properties: dict[str, Any]
+    ) -> None:
+        assert self.check(properties).properties == properties
+
+    @pytest.mark.parametrize(
+        ("name", "value"),
+        [("sku", ""), ("sku", "x" * 129), ("sku", "a\nb"), ("sku", "\ud800"), ("sku", 1.5),
+         ("sku", True), ("store", 7.5), ("store", 2**60), ("store", "7")],
+        ids=["empty", "long", "control", "surrogate", "float-in-text", "bool", "float",
+             "unsafe-int", "text-in-number"],
+    )  # fmt: skip
+    def test_values_that_cannot_be_an_entity_id_are_refused_naming_the_property(
+        self, name: str, value: object
+    ) -> None:
+        with pytest.raises(InvalidEvent) as exc:
+            self.check({name: value})
+        assert field_locs(exc) == [["properties", name]]
