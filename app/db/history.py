@@ -1,23 +1,11 @@
-"""Queries over the event archive that rebuilds and training sets run (ClickHouse SQL).
+"""Queries over the event archive that rebuilds, backfills and training sets run.
 
 Every query reads `event_archive FINAL` (one row per event, the first copy) of one
-feature's source (pipeline, event), so the work happens where the events are: an
-answer is a few rows per user and tile, or per training row, never the events.
-
-What SQL computes per aggregation, and what is left to Python:
-
-    aggregation         per tile (rebuild)                 per training row and window
-    COUNT               count()                            countIf
-    SUM AVG MIN MAX     sum, count, min, max of numbers    the same, -If
-    LAST FIRST          argMax/argMin by (time, partition, offset): that event's properties
-    COUNT_DISTINCT      groupUniqArray of canonical values uniqExact
-                        (the sketch is built in Python)
-
-A numeric value is a JSON number that is finite (bool is not a number), as
-`as_number` says; a present value is one that is neither missing nor null. LAST/FIRST
-return the winning event's properties, decoded in Python, so the value is the one
-compute stores, not a re-serialised one. Ties on time go to the later (LAST) or
-earlier (FIRST) offset: the order compute applied them in.
+feature's source (pipeline, event), filtered by the feature's filter in SQL, and
+aggregates there (`app/db/archive_sql.py` says how, per aggregation): an answer is a
+few values per user and tile, or per training row and window, never the events.
+Users go in ranges of the sorting key (`project_id, user_id, ...`), so each query is a
+range scan and a chunk's memory is bounded by that chunk's users.
 """
 
 # ruff: noqa: S608
@@ -27,31 +15,28 @@ earlier (FIRST) offset: the order compute applied them in.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from app.db.clickhouse import ClickHouseClientSink
-
-_T = "toUnixTimestamp64Milli(event_time)"
-_R = "toUnixTimestamp64Milli(received_at)"
-_TYP = "JSONType(properties, {field:String})"
-_NUM = "JSONExtractFloat(properties, {field:String})"
-_IS_NUM = f"({_TYP} IN ('Int64', 'UInt64', 'Double') AND isFinite({_NUM}))"
-_PRESENT = f"({_TYP} != 'Null')"
-# `distinct_key`: strings as they are, integral floats as their int, anything else as
-# JSON text (objects and arrays are compact here, so counts may differ from compute's
-# for such values; a schema field is a string, number or bool).
-_DISTINCT = (
-    f"multiIf({_TYP} = 'String', JSONExtractString(properties, {{field:String}}), "
-    f"{_TYP} = 'Double' AND {_NUM} = floor({_NUM}) AND abs({_NUM}) < 1e15, "
-    f"toString(toInt64({_NUM})), JSONExtractRaw(properties, {{field:String}}))"
+from app.db.archive_sql import (
+    EXTRACTED,
+    KEYED,
+    RECEIVED,
+    T,
+    extracted,
+    keyed_tile,
+    keyed_window,
+    tile_partial,
+    window_value,
 )
-_ORDER = "(t, log_partition, log_offset)"
-# Per event, computed once in the inner query (JSON is parsed there, not per window or
-# per joined training row): the aggregates below use these names.
-_EXTRACTED = f", {_NUM} AS num, {_IS_NUM} AS is_num, {_PRESENT} AS present, {_DISTINCT} AS dkey"
+from app.db.clickhouse import ClickHouseClientSink
+from app.db.filter_sql import FilterSql
+from app.tiles.filters import FeatureFilter
+from app.tiles.sketch import EXACT_LIMIT
+
+_USERS = "user_id >= {first:String} AND user_id <= {last:String}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,83 +47,8 @@ class Source:
     event: str
     aggregation: str
     field: str | None
-
-
-def _events(source: Source, where: str, extra: str = _EXTRACTED) -> str:
-    """The source's events (one row each), with `t` and `received` in epoch ms and the
-    field's value extracted (`_EXTRACTED`), or other `extra` columns."""
-    return (
-        f"SELECT user_id, {_T} AS t, {_R} AS received, properties, log_partition, "
-        f"log_offset{extra} FROM event_archive FINAL "
-        "WHERE project_id = {project:String} AND pipeline_id = {pipeline:String} "
-        f"AND event = {{event:String}} AND {where}"
-    )
-
-
-def _params(project_id: str, source: Source, **more: Any) -> dict[str, Any]:
-    return {
-        "project": project_id,
-        "pipeline": source.pipeline_id,
-        "event": source.event,
-        "field": source.field or "",
-        **more,
-    }
-
-
-def _tile_partial(aggregation: str) -> str:
-    """The per-tile columns of `aggregation` (see the module's table)."""
-    match aggregation:
-        case "COUNT":
-            return "count()"
-        case "SUM" | "AVG":
-            return "sumIf(num, is_num), countIf(is_num)"
-        case "MIN":
-            return "minIf(num, is_num), countIf(is_num)"
-        case "MAX":
-            return "maxIf(num, is_num), countIf(is_num)"
-        case "LAST":
-            return f"argMaxIf(properties, {_ORDER}, present), maxIf(t, present), countIf(present)"
-        case "FIRST":
-            return f"argMinIf(properties, {_ORDER}, present), minIf(t, present), countIf(present)"
-        case "COUNT_DISTINCT":
-            return "groupUniqArrayIf(dkey, present), countIf(present)"
-    raise ValueError(f"unknown aggregation {aggregation}")
-
-
-def _window_value(aggregation: str, cond: str, i: int) -> str:
-    """The two columns (value, how many events gave one) of one window's value for a
-    training row, events filtered by `cond`, the field's values extracted as field `i`
-    (`_fields_extracted`)."""
-    num, is_num, present, dkey = f"num{i}", f"is_num{i}", f"present{i}", f"dkey{i}"
-    match aggregation:
-        case "COUNT":
-            return f"countIf({cond}), countIf({cond})"
-        case "SUM" | "AVG":
-            return f"sumIf({num}, {cond} AND {is_num}), countIf({cond} AND {is_num})"
-        case "MIN":
-            return f"minIf({num}, {cond} AND {is_num}), countIf({cond} AND {is_num})"
-        case "MAX":
-            return f"maxIf({num}, {cond} AND {is_num}), countIf({cond} AND {is_num})"
-        case "LAST":
-            p = f"{cond} AND {present}"
-            return f"argMaxIf(properties, {_ORDER}, {p}), countIf({p})"
-        case "FIRST":
-            p = f"{cond} AND {present}"
-            return f"argMinIf(properties, {_ORDER}, {p}), countIf({p})"
-        case "COUNT_DISTINCT":
-            return f"uniqExactIf({dkey}, {cond} AND {present}), toUInt64(0)"
-    raise ValueError(f"unknown aggregation {aggregation}")
-
-
-def _fields_extracted(count: int) -> str:
-    """`_EXTRACTED` for fields 0..count-1 (parameters `field0`...), suffixed by index."""
-    out = []
-    for i in range(count):
-        one = _EXTRACTED.replace("{field:String}", f"{{field{i}:String}}")
-        for name in ("is_num", "present", "dkey"):
-            one = one.replace(f" AS {name}", f" AS {name}{i}")
-        out.append(one.replace(" AS num,", f" AS num{i},"))
-    return "".join(out)
+    size: int | None = None
+    filter: FeatureFilter | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +67,47 @@ class TrainingWindow:
 
     window_ms: int
     tile_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingPart:
+    """One flat feature of a source, as `window_values` computes it."""
+
+    aggregation: str
+    field: str | None
+    filter: FeatureFilter | None
+    windows: Sequence[TrainingWindow]
+
+
+def upto_sql(offsets: Mapping[int, int] | None) -> str:
+    """The condition "the event sits at or before `offsets[partition]` in the log"
+    (an event of a partition not listed is after), "1" when `offsets` is None: the
+    seam a backfill hands to compute, which skips events by offset."""
+    if offsets is None:
+        return "1"
+    arms = [f"log_partition = {int(p)}, log_offset <= {int(o)}" for p, o in offsets.items()]
+    return f"multiIf({', '.join(arms)}, 0)" if arms else "0"
+
+
+def _events(source: Source, where: str, extra: str = EXTRACTED) -> str:
+    """The source's events (one row each), with `t` and `received` in epoch ms and the
+    field's value extracted (`EXTRACTED`), or other `extra` columns."""
+    return (
+        f"SELECT user_id, {T} AS t, {RECEIVED} AS received, properties, log_partition, "
+        f"log_offset{extra} FROM event_archive FINAL "
+        "WHERE project_id = {project:String} AND pipeline_id = {pipeline:String} "
+        f"AND event = {{event:String}} AND {where}"
+    )
+
+
+def _params(project_id: str, source: Source, **more: Any) -> dict[str, Any]:
+    return {
+        "project": project_id,
+        "pipeline": source.pipeline_id,
+        "event": source.event,
+        "field": source.field or "",
+        **more,
+    }
 
 
 class ArchiveHistory:
@@ -206,7 +157,7 @@ class ArchiveHistory:
         `since_ms` (at most `limit` a user, the newest)."""
         rows = await self._archive.query_rows(
             "SELECT user_id, groupArray({limit:UInt32})(event_id) FROM ("
-            f"SELECT user_id, event_id, {_R} AS received FROM event_archive FINAL "
+            f"SELECT user_id, event_id, {RECEIVED} AS received FROM event_archive FINAL "
             "WHERE project_id = {project:String} AND user_id >= {first:String} "
             "AND user_id <= {last:String} AND received >= {since:Int64} "
             "ORDER BY user_id, received DESC) GROUP BY user_id",
@@ -228,57 +179,64 @@ class ArchiveHistory:
         first: str,
         last: str,
         until_ms: int,
+        upto: Mapping[int, int] | None = None,
     ) -> list[tuple[Any, ...]]:
         """Returns `(user_id, window index, tile, *partial columns)` for every tile of
-        each of `windows` from its `lo` on holding events of `source` stamped at most
-        `until_ms`, for the users in `[first, last]`: one scan for all the windows (each
-        event is repeated once per window by ARRAY JOIN, after its field was parsed)."""
-        partial = _tile_partial(source.aggregation)
-        users = "user_id >= {first:String} AND user_id <= {last:String}"
+        each of `windows` from its `lo` on holding events of `source` (those its filter
+        accepts, stamped at most `until_ms`, at or before `upto` in the log) of the users
+        in `[first, last]`: one scan for all the windows (each event is repeated once
+        per window by ARRAY JOIN, after its field was parsed). The partial columns are
+        `archive_sql`'s, per aggregation."""
+        flt = FilterSql()
+        where = f"{_USERS} AND {flt.condition(source.filter)} AND {upto_sql(upto)}"
         spans = ", ".join(f"({i}, {w.tile_ms}, {w.lo * w.tile_ms})" for i, w in enumerate(windows))
-        sql = (
-            f"SELECT user_id, win.1 AS w, intDiv(t, win.2) AS tile, {partial} "
-            f"FROM ({_events(source, users)}) ARRAY JOIN [{spans}] AS win "
-            "WHERE t >= win.3 AND t <= {until:Int64} "
-            "GROUP BY user_id, w, tile"
+        scan = (
+            f"FROM ({_events(source, where)}) ARRAY JOIN [{spans}] AS win "
+            "WHERE t >= win.3 AND t <= {until:Int64}"
         )
+        keys = "user_id, win.1 AS w, intDiv(t, win.2) AS tile"
+        if source.aggregation in KEYED:
+            per_value, per_tile = keyed_tile(source.aggregation, source.size)
+            sql = (
+                f"SELECT user_id, w, tile, {per_tile} FROM ("
+                f"SELECT {keys}, dkey, {per_value} {scan} AND present "
+                "GROUP BY user_id, w, tile, dkey) GROUP BY user_id, w, tile"
+            )
+        else:
+            partial = tile_partial(source.aggregation)
+            sql = f"SELECT {keys}, {partial} {scan} GROUP BY user_id, w, tile"
         params = _params(project_id, source, first=first, last=last, until=until_ms)
-        return await self._archive.query_rows(sql, params)
+        return await self._archive.query_rows(sql, params | flt.params)
 
-    async def range_events(
-        self, project_id: str, source: Source, first: str, last: str, since_ms: int
-    ) -> list[tuple[Any, ...]]:
-        """Returns `(user_id, t, received, properties, partition, offset, event_id)` of
-        the source's events stamped at or after `since_ms` of the users in
-        `[first, last]`, in log order per user: for the features SQL does not aggregate
-        (filters, LAST_N, TOP_K, RECENCY), which the pure tile code applies in Python."""
-        users = "user_id >= {first:String} AND user_id <= {last:String}"
-        return await self._source_events(
-            project_id, source, users, {"first": first, "last": last}, since_ms
-        )
-
-    async def training_events(
-        self, project_id: str, source: Source, rows_table: str, since_ms: int
-    ) -> list[tuple[Any, ...]]:
-        """As `range_events`, for the users of a `training_rows` table."""
-        users = f"user_id IN (SELECT user_id FROM {rows_table})"
-        return await self._source_events(project_id, source, users, {}, since_ms)
-
-    async def _source_events(
+    async def tile_values_in_order(
         self,
         project_id: str,
         source: Source,
-        users: str,
-        parameters: dict[str, Any],
-        since_ms: int,
+        windows: Sequence[WindowTiles],
+        users: Sequence[str],
+        until_ms: int,
+        more_than: int,
+        upto: Mapping[int, int] | None = None,
     ) -> list[tuple[Any, ...]]:
-        sql = (
-            f"SELECT user_id, t, received, properties, log_partition, log_offset, event_id "
-            f"FROM ({_events(source, users, ', event_id')}) WHERE t >= {{since:Int64}} "
-            "ORDER BY user_id, log_partition, log_offset"
+        """Returns `(user_id, window index, tile, [value, ...])` of the tiles (as
+        `tile_partials` selects them) of `users` holding more than `more_than` distinct
+        values: every event's value in log order, for the aggregations whose tile state
+        depends on that order (a TOP_K tile beyond its counters)."""
+        flt = FilterSql()
+        where = (
+            "user_id IN {users:Array(String)} "
+            f"AND {flt.condition(source.filter)} AND {upto_sql(upto)}"
         )
-        params = _params(project_id, source, since=since_ms, **parameters)
-        return await self._archive.query_rows(sql, params)
+        spans = ", ".join(f"({i}, {w.tile_ms}, {w.lo * w.tile_ms})" for i, w in enumerate(windows))
+        sql = (
+            "SELECT user_id, win.1 AS w, intDiv(t, win.2) AS tile, "
+            "arrayMap(x -> x.3, arraySort(groupArray((log_partition, log_offset, dkey)))) "
+            f"FROM ({_events(source, where)}) ARRAY JOIN [{spans}] AS win "
+            "WHERE t >= win.3 AND t <= {until:Int64} AND present "
+            "GROUP BY user_id, w, tile HAVING uniqExact(dkey) > {more:UInt32}"
+        )
+        params = _params(project_id, source, users=list(users), until=until_ms, more=more_than)
+        return await self._archive.query_rows(sql, params | flt.params)
 
     async def last_event_ms(
         self, project_id: str, sources: Sequence[Source], first: str, last: str, since_ms: int
@@ -296,9 +254,9 @@ class ArchiveHistory:
             params[f"p{i}"], params[f"e{i}"] = s.pipeline_id, s.event
         params["since"] = since_ms
         rows = await self._archive.query_rows(
-            f"SELECT user_id, max({_T}) FROM event_archive FINAL "
+            f"SELECT user_id, max({T}) FROM event_archive FINAL "
             "WHERE project_id = {project:String} AND user_id >= {first:String} "
-            f"AND user_id <= {{last:String}} AND ({match}) AND {_T} >= {{since:Int64}} "
+            f"AND user_id <= {{last:String}} AND ({match}) AND {T} >= {{since:Int64}} "
             "GROUP BY user_id",
             params,
         )
@@ -325,34 +283,89 @@ class ArchiveHistory:
         project_id: str,
         pipeline_id: str,
         event: str,
-        parts: Sequence[tuple[str, str | None, Sequence[TrainingWindow]]],
+        parts: Sequence[TrainingPart],
         rows_table: str,
+        first: str,
+        last: str,
     ) -> dict[int, tuple[Any, ...]]:
-        """Returns, per training row with at least one candidate event, two columns
-        (value, count; see `_window_value`) per window of each part (aggregation, field,
-        windows), in order, over the events of (pipeline, event) received at or before
-        the row's ts and stamped in the window's span at ts. One scan for every feature
-        of that source. Rows without any candidate event are absent (values empty)."""
-        fields = list(dict.fromkeys(field or "" for _, field, _ in parts))
-        windows = [w for _, _, ws in parts for w in ws]
+        """Returns, per training row of the users in `[first, last]` with at least one
+        candidate event, two columns (value, count; see `archive_sql.window_value`) per
+        window of each flat part, in order, over the events of (pipeline, event) its
+        filter accepts, received at or before the row's ts and stamped in the window's
+        span at ts. One scan for every flat feature of that source. Rows without any
+        candidate event are absent (values empty)."""
+        fields = list(dict.fromkeys(p.field or "" for p in parts))
+        filters = list(dict.fromkeys(p.filter for p in parts if p.filter is not None))
+        flt = FilterSql()
+        passes = "".join(f", {flt.condition(f)} AS pass{i}" for i, f in enumerate(filters))
+        windows = [w for p in parts for w in p.windows]
         widest = max(w.window_ms + w.tile_ms for w in windows)
         longest_tile = max(w.tile_ms for w in windows)
         columns = []
-        for aggregation, field, part_windows in parts:
-            for w in part_windows:
+        for part in parts:
+            accepted = "1" if part.filter is None else f"pass{filters.index(part.filter)}"
+            for w in part.windows:
                 start = f"intDiv(r.ts - {w.window_ms}, {w.tile_ms}) * {w.tile_ms}"
                 end = f"(intDiv(r.ts, {w.tile_ms}) + 1) * {w.tile_ms}"
-                cond = f"(t >= {start} AND t < {end})"
-                columns.append(_window_value(aggregation, cond, fields.index(field or "")))
-        where = f"user_id IN (SELECT user_id FROM {rows_table})"
+                cond = f"(t >= {start} AND t < {end} AND {accepted})"
+                columns.append(window_value(part.aggregation, cond, fields.index(part.field or "")))
+        where = f"{_USERS} AND user_id IN (SELECT user_id FROM {rows_table})"
+        extra = "".join(extracted(i) for i in range(len(fields))) + passes
         source = Source(pipeline_id, event, "", None)
         sql = (
             f"SELECT r.row, {', '.join(columns)} "
-            f"FROM ({_events(source, where, _fields_extracted(len(fields)))}) AS e "
-            f"INNER JOIN {rows_table} AS r ON e.user_id = r.user_id "
+            f"FROM ({_events(source, where, extra)}) AS e "
+            f"INNER JOIN (SELECT * FROM {rows_table} WHERE {_USERS}) AS r "
+            "ON e.user_id = r.user_id "
             f"WHERE e.received <= r.ts AND e.t >= r.ts - {widest} "
             f"AND e.t < r.ts + {longest_tile} GROUP BY r.row"
         )
-        params = _params(project_id, source) | {f"field{i}": f for i, f in enumerate(fields)}
+        params = _params(project_id, source, first=first, last=last)
+        params |= {f"field{i}": f for i, f in enumerate(fields)} | flt.params
         result = await self._archive.query_rows(sql, params)
         return {int(row[0]): tuple(row[1:]) for row in result}
+
+    async def keyed_window_values(
+        self,
+        project_id: str,
+        source: Source,
+        windows: Sequence[TrainingWindow],
+        rows_table: str,
+        first: str,
+        last: str,
+    ) -> list[tuple[Any, ...]]:
+        """Returns `(row, window index, *columns)` (`archive_sql.keyed_window`) of a
+        keyed feature for the training rows of the users in `[first, last]` that have
+        candidate events in that window (the events its filter accepts with a value,
+        received at or before the row's ts and stamped in the window's span at ts)."""
+        flt = FilterSql()
+        where = f"{_USERS} AND user_id IN (SELECT user_id FROM {rows_table}) AND " + (
+            flt.condition(source.filter)
+        )
+        spans = ", ".join(f"({i}, {w.window_ms}, {w.tile_ms})" for i, w in enumerate(windows))
+        joined = (
+            "SELECT r.row AS row, r.ts AS ts, e.t AS t, e.dkey AS dkey, "
+            "e.properties AS properties, e.log_partition AS log_partition, "
+            "e.log_offset AS log_offset "
+            f"FROM ({_events(source, where)}) AS e "
+            f"INNER JOIN (SELECT * FROM {rows_table} WHERE {_USERS}) AS r "
+            "ON e.user_id = r.user_id WHERE e.received <= r.ts AND e.present"
+        )
+        per_value, per_tile, per_window = keyed_window(source.aggregation, source.size)
+        scan = (
+            f"FROM ({joined}) ARRAY JOIN [{spans}] AS win "
+            "WHERE t >= intDiv(ts - win.2, win.3) * win.3 AND t < (intDiv(ts, win.3) + 1) * win.3"
+        )
+        if per_tile is None:
+            sql = (
+                f"SELECT row, w, {per_window} FROM (SELECT row, win.1 AS w, dkey, {per_value} "
+                f"{scan} GROUP BY row, w, dkey) GROUP BY row, w"
+            )
+        else:
+            sql = (
+                f"SELECT row, w, {per_window} FROM (SELECT row, w, tile, {per_tile} FROM ("
+                f"SELECT row, win.1 AS w, intDiv(t, win.3) AS tile, dkey, {per_value} "
+                f"{scan} GROUP BY row, w, tile, dkey) GROUP BY row, w, tile) GROUP BY row, w"
+            )
+        params = _params(project_id, source, first=first, last=last, exact_limit=EXACT_LIMIT)
+        return await self._archive.query_rows(sql, params | flt.params)

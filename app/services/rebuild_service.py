@@ -1,19 +1,16 @@
 """Rebuild: every record of a project recomputed from the event archive, safely beside
 a running compute.
 
-What is done where. ClickHouse does the aggregation: per feature, one query (one scan
-for all its windows) per chunk of users returns the partial of every (user, window,
-tile) the window can still read at `now` (`app/db/history.py`: COUNT/SUM/AVG/MIN/MAX/
-LAST/FIRST partials by GROUP BY user, window, tile; COUNT_DISTINCT as the tile's
-distinct values). A feature SQL does not aggregate (a filter, LAST_N, TOP_K, RECENCY)
-is applied in Python instead, by compute's own `apply_batch` over the chunk's events of
-its source. Python otherwise only turns the rows
-into the record layout compute writes (`app/tiles/record.py`; a COUNT_DISTINCT tile
-becomes the same exact list or HLL sketch `sketch.add` builds) under the fingerprints
-compute uses (`runtime/compute/specs.build_specs`), so serving merges the rebuilt tiles
-with the same code, and the features equal the oracle's. Users go in keyset-paged
-chunks of `chunk_users` (each query a range of the sorting key), so memory is bounded
-by a chunk's tiles whatever the archive holds.
+What is done where. ClickHouse does the aggregation, every aggregation and filter:
+per feature, one query (one scan for all its windows) per chunk of users returns the
+partial of every (user, window, tile) the window can still read at `now`
+(`ArchiveFeatures.fill`, `app/db/archive_sql.py`). Python only turns the rows into the
+record layout compute writes (`app/tiles/record.py`) under the fingerprints compute uses
+(`runtime/compute/specs.build_specs`), so serving merges the rebuilt tiles with the same
+code, and the features equal the oracle's; and writes each chunk's records with one
+`put_many`. Users go in keyset-paged chunks of `chunk_users` (each query a range of the
+archive's sorting key, so no query scans more than its chunk's users), so memory is
+bounded by a chunk's tiles whatever the archive holds.
 
 Safe against live compute writes, without stopping it. The archive stores where each
 event sat in the log (partition, offset), and a partition's events are archived in
@@ -42,27 +39,17 @@ before a rebuild replaces what compute holds.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.db.clickhouse import ClickHouseClientSink
-from app.db.history import ArchiveHistory, Source, WindowTiles
+from app.db.history import ArchiveHistory
 from app.db.online_store import OnlineStore, RecordWrite, StoredRecord
 from app.schemas.deployment import ConfigSnapshot
-from app.tiles import sketch
-from app.tiles.features import MAX_FUTURE_MS, FeatureSpec
-from app.tiles.record import (
-    AppliedEvent,
-    DedupPolicy,
-    add_ids,
-    apply_batch,
-    id_hash,
-    kept_ids,
-    remembered,
-)
+from app.services.archive_features import ArchiveFeatures, source_of
+from app.tiles.record import DedupPolicy, add_ids, id_hash, kept_ids, remembered
 from runtime.compute.specs import ProjectSpecs, build_specs
 
 logger = logging.getLogger(__name__)
@@ -83,63 +70,6 @@ class RebuildReport:
     written: int = 0
     deferred: int = 0
     deferred_users: list[str] = field(default_factory=list)
-
-
-# What SQL aggregates (`app/db/history.py`); a feature with a filter or another
-# aggregation is applied in Python by the pure tile code (`apply_batch`) instead.
-SQL_AGGREGATIONS = frozenset(
-    {"COUNT", "SUM", "AVG", "MIN", "MAX", "COUNT_DISTINCT", "LAST", "FIRST"}
-)
-
-
-def in_sql(spec: FeatureSpec) -> bool:
-    """Returns whether the archive's SQL aggregates `spec` (no filter, one of
-    SQL_AGGREGATIONS)."""
-    return spec.filter is None and spec.aggregation.value in SQL_AGGREGATIONS
-
-
-def applied_events(rows: Sequence[tuple[Any, ...]], event: str) -> dict[str, list[AppliedEvent]]:
-    """Returns `source_events` rows as AppliedEvents per user, in log order."""
-    out: dict[str, list[AppliedEvent]] = {}
-    for user, t, _received, properties, partition, offset, event_id in rows:
-        out.setdefault(str(user), []).append(
-            AppliedEvent(
-                int(partition), int(offset), event, int(t), json.loads(properties), str(event_id)
-            )
-        )
-    return out
-
-
-def source_of(spec: FeatureSpec) -> Source:
-    """Returns the archive's view of a deployed spec (its `source` is
-    `event_key(pipeline_id, event)`; pipeline ids hold no '/')."""
-    pipeline_id, _, event = str(getattr(spec, "source", "")).partition("/")
-    return Source(pipeline_id, event, spec.aggregation.value, spec.field or None)
-
-
-def _distinct(items: Sequence[str]) -> Any:
-    if len(items) <= sketch.EXACT_LIMIT:
-        return sorted(items)  # distinct already: what `sketch.add` keeps, one by one
-    partial: Any = None
-    for item in sorted(items):
-        partial = sketch.add(partial, item)
-    return partial
-
-
-# Per aggregation: (the per-tile columns from index 3 of a `tile_partials` row, the
-# field) -> the tile partial compute would hold, or None when no event of the tile gave
-# the aggregation a value (compute writes no tile). One small function each, looked up
-# once per feature: a rebuild converts millions of rows.
-_PARTIALS: dict[str, Callable[[Sequence[Any], str], Any]] = {
-    "COUNT": lambda r, f: r[3],
-    "SUM": lambda r, f: float(r[3]) if r[4] else None,
-    "AVG": lambda r, f: [float(r[3]), r[4]] if r[4] else None,
-    "MIN": lambda r, f: float(r[3]) if r[4] else None,
-    "MAX": lambda r, f: float(r[3]) if r[4] else None,
-    "LAST": lambda r, f: [r[4], json.loads(r[3]).get(f)] if r[5] else None,
-    "FIRST": lambda r, f: [r[4], json.loads(r[3]).get(f)] if r[5] else None,
-    "COUNT_DISTINCT": lambda r, f: _distinct(r[3]) if r[4] else None,
-}
 
 
 def merge_ids(
@@ -168,6 +98,7 @@ class RebuildService:
         chunk_users: int = CHUNK_USERS,
     ) -> None:
         self._history = ArchiveHistory(archive)
+        self._features = ArchiveFeatures(self._history)
         self._archive = archive
         self._store = store
         self._now_ms = now_ms
@@ -208,7 +139,7 @@ class RebuildService:
     ) -> None:
         project_id, first, last = specs.project_id, users[0], users[-1]
         now_ms = self._now_ms()
-        features = await self._features(specs, first, last, now_ms)
+        features = await self._features.fill(project_id, specs.specs, first, last, now_ms)
         offsets = await self._history.user_offsets(project_id, first, last)
         recent = await self._history.recent_ids(
             project_id, first, last, now_ms - self._dedup.horizon_ms, self._dedup.max_ids
@@ -274,61 +205,3 @@ class RebuildService:
             "updated_ms": now_ms,
             "last_event_ms": max(last_event_ms, 0),
         }
-
-    async def _features(
-        self, specs: ProjectSpecs, first: str, last: str, now_ms: int
-    ) -> dict[str, dict[str, Any]]:
-        """Returns {user: {feature: {"fp", "w": {label: {tile: partial}}}}} for the users
-        in `[first, last]` from the archive, one query per feature."""
-        out: dict[str, dict[str, Any]] = {}
-        for spec in specs.specs:
-            source = source_of(spec)
-            if not in_sql(spec):
-                await self._apply_in_python(specs.project_id, spec, first, last, now_ms, out)
-                continue
-            windows = [WindowTiles(w.tile_ms, w.tile_range(now_ms)[0]) for w in spec.windows]
-            rows = await self._history.tile_partials(
-                specs.project_id, source, windows, first, last, now_ms + MAX_FUTURE_MS
-            )
-            # Hoisted: a fingerprint is a property computed per call (~10 us).
-            fingerprint, labels, name = spec.fingerprint, [w.label for w in spec.windows], spec.name
-            convert, field_name = _PARTIALS[source.aggregation], spec.field or ""
-            for row in rows:  # (user, window index, tile, *partial columns)
-                partial = convert(row, field_name)
-                if partial is None:
-                    continue
-                features = out.get(row[0])
-                if features is None:
-                    features = out[row[0]] = {}
-                entry = features.get(name)
-                if entry is None:
-                    entry = features[name] = {"fp": fingerprint, "w": {}}
-                windows_state = entry["w"]
-                label = labels[row[1]]
-                tiles = windows_state.get(label)
-                if tiles is None:
-                    tiles = windows_state[label] = {}
-                tiles[str(row[2])] = partial
-        return out
-
-    async def _apply_in_python(
-        self,
-        project_id: str,
-        spec: FeatureSpec,
-        first: str,
-        last: str,
-        now_ms: int,
-        out: dict[str, dict[str, Any]],
-    ) -> None:
-        """Adds `spec`'s state for the users in `[first, last]` to `out`, applying their
-        archived events in log order with compute's own `apply_batch` (the events it can
-        still read at `now_ms` only)."""
-        source = source_of(spec)
-        since = min(w.tile_range(now_ms)[0] * w.tile_ms for w in spec.windows)
-        rows = await self._history.range_events(project_id, source, first, last, since)
-        key = str(getattr(spec, "source", ""))
-        for user, events in applied_events(rows, key).items():
-            record = apply_batch(None, {key: (spec,)}, events, now_ms).record
-            entry = record["features"].get(spec.name)
-            if entry is not None:
-                out.setdefault(user, {})[spec.name] = entry

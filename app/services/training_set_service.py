@@ -5,16 +5,19 @@ A row (user u, timestamp ts) gets, per feature and window, the aggregation of u'
 events of the feature's source that were received at or before ts (what compute could
 have applied by then: nothing from the future leaks in) and whose event time lies in
 the window's tile-aligned span at ts (`Window.span_ms(ts)`: the tiles `tile_range(ts)`
-serving merges), so the value equals serving's answer at ts. Two limits of that
-equality, both stated in the README: compute applies an event a few hundred
-milliseconds after it is received, so a row within that delay of an event may see it
-where serving did not yet; COUNT_DISTINCT is exact here while serving estimates once a
-tile holds more than 64 distinct values (HLL, ~2% error).
+serving merges), so the value equals serving's answer at ts. Limits of that
+equality, stated in the README: compute applies an event a few hundred milliseconds
+after it is received, so a row within that delay of an event may see it where serving
+did not yet; TOP_K counts are exact here, while serving's are under once a tile sees
+more than TOP_K_COUNTERS values. COUNT_DISTINCT follows serving's rule: exact while
+every tile of the window holds at most EXACT_LIMIT values, else the union of the tiles
+as compute holds them (sketches built in log order, `distinct_partial`), as serving does.
 
 ClickHouse joins the rows (a Memory table) with the users' events and aggregates per
-row and window (`app/db/history.py`), one query per feature; Python only formats the
-answer. At most `MAX_ROWS` rows a request (413 beyond): larger sets are split by the
-caller (asynchronous jobs are not built).
+row and window (`app/db/history.py`, `app/db/archive_sql.py`), filters included, one
+query per source for its flat features and one per keyed feature, per chunk of
+`CHUNK_USERS` users (a range of the archive's sorting key), so memory is bounded by a
+chunk; Python only formats the answer. At most `MAX_ROWS` rows a request (413 beyond).
 """
 
 from __future__ import annotations
@@ -22,21 +25,26 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from app.core.errors import PayloadTooLarge, UnprocessableEntity
+from app.db.archive_sql import KEYED
 from app.db.clickhouse import ClickHouseClientSink
-from app.db.history import ArchiveHistory, TrainingWindow
+from app.db.history import ArchiveHistory, TrainingPart, TrainingWindow
 from app.schemas.deployment import ConfigSnapshot
-from app.services.rebuild_service import applied_events, in_sql, source_of
+from app.services.archive_features import distinct_partial, source_of
+from app.tiles import sketch
 from app.tiles.features import FeatureSpec
-from app.tiles.record import apply_batch, serve
 from app.tiles.windows import Window
 from runtime.compute.specs import build_specs
 
+# Rows one synchronous request takes; more go to a job (`training_job_service`).
 MAX_ROWS = 10_000
+# Users a chunk's queries cover: the join of their rows with their events is what
+# ClickHouse holds in memory at once.
+CHUNK_USERS = 2_000
 
 
 class TrainingSetTooLarge(PayloadTooLarge):
@@ -97,10 +105,11 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def _value(aggregation: str, value: Any, count: int, field_name: str | None) -> Any:
-    """Returns serving's value for one window from its two SQL columns."""
+def _value(aggregation: str, value: Any, count: int, field_name: str | None, ts_ms: int) -> Any:
+    """Returns serving's value for one window of a flat aggregation from its two SQL
+    columns (`archive_sql.window_value`), read at `ts_ms`."""
     match aggregation:
-        case "COUNT" | "COUNT_DISTINCT":
+        case "COUNT":
             return int(value)
         case "SUM":
             return float(value)
@@ -110,68 +119,102 @@ def _value(aggregation: str, value: Any, count: int, field_name: str | None) -> 
             return float(value) if count else None
         case "LAST" | "FIRST":
             return json.loads(value).get(field_name or "") if count else None
+        case "RECENCY":
+            return max(ts_ms - int(value), 0) / 1000 if count else None
     raise ValueError(f"unknown aggregation {aggregation}")
 
 
-def _empty(aggregation: str) -> Any:
-    return {"COUNT": 0, "COUNT_DISTINCT": 0, "SUM": 0.0}.get(aggregation)
+def _keyed_value(spec: FeatureSpec, columns: Sequence[Any]) -> Any:
+    """Returns serving's value for one window of a keyed aggregation from its SQL
+    columns (`archive_sql.keyed_window`)."""
+    match spec.aggregation.value:
+        case "TOP_K":
+            return [{"value": k, "count": int(c)} for k, c in columns[0]]
+        case "LAST_N":
+            return [json.loads(p).get(spec.field or "") for p in columns[0]]
+        case "COUNT_DISTINCT":
+            widest, exact, tiles = columns
+            if widest <= sketch.EXACT_LIMIT:
+                return int(exact)  # every tile an exact list: so is their union
+            # Serving's union of the tiles as compute holds them, in tile order.
+            partials = [distinct_partial(items) for _, items in sorted(tiles)]
+            return spec.aggregator.combine(partials)
+    raise ValueError(f"not a keyed aggregation: {spec.aggregation}")
+
+
+def user_chunks(rows: Sequence[TrainingRow], chunk_users: int) -> list[tuple[str, str, int]]:
+    """Returns `(first, last, rows)`: ranges of at most `chunk_users` of the rows' users
+    in sorting order, with how many rows each range holds."""
+    per_user: dict[str, int] = {}
+    for r in rows:
+        per_user[r.user_id] = per_user.get(r.user_id, 0) + 1
+    users = sorted(per_user)
+    out = []
+    for i in range(0, len(users), chunk_users):
+        chunk = users[i : i + chunk_users]
+        out.append((chunk[0], chunk[-1], sum(per_user[u] for u in chunk)))
+    return out
+
+
+Progress = Callable[[int], Awaitable[None]]
 
 
 class TrainingSetService:
     """Builds training sets from the event archive."""
 
-    def __init__(self, archive: ClickHouseClientSink) -> None:
+    def __init__(self, archive: ClickHouseClientSink, *, chunk_users: int = CHUNK_USERS) -> None:
         self._history = ArchiveHistory(archive)
+        self._chunk_users = chunk_users
+
+    def columns(self, snapshot: ConfigSnapshot, features: Sequence[str] | None) -> list[str]:
+        """Returns the answer's columns for `features` (all served keys when None).
+
+        Raises UnknownTrainingFeature for a key the deployed config does not serve."""
+        return ["user_id", "timestamp", *self._served(snapshot, features)[1]]
+
+    def _served(
+        self, snapshot: ConfigSnapshot, features: Sequence[str] | None
+    ) -> tuple[list[tuple[FeatureSpec, Window]], list[str]]:
+        specs = build_specs(snapshot).specs
+        served = [(s, w) for s in specs for w in s.windows]
+        keys = [f"{s.name}_{w.label}" for s, w in served]
+        if features is None:
+            return served, keys
+        unknown = sorted(set(features) - set(keys))
+        if unknown:
+            raise UnknownTrainingFeature(f"not served by version {snapshot.version}: {unknown}")
+        wanted = set(features)
+        served = [(s, w) for s, w in served if f"{s.name}_{w.label}" in wanted]
+        return served, list(dict.fromkeys(features))  # the columns in the order asked
 
     async def build(
         self,
         snapshot: ConfigSnapshot,
         rows: Sequence[TrainingRow],
         features: Sequence[str] | None = None,
+        *,
+        max_rows: int = MAX_ROWS,
+        progress: Progress | None = None,
     ) -> TrainingSet:
         """Returns every requested served key (`{feature}_{window}`, in the order asked;
-        all of them, in config order, when `features` is None) for each row.
+        all of them, in config order, when `features` is None) for each row, computed
+        in chunks of users; `progress(rows done)` is awaited after each chunk.
 
-        Raises TrainingSetTooLarge beyond `MAX_ROWS` rows, UnknownTrainingFeature for a
+        Raises TrainingSetTooLarge beyond `max_rows` rows, UnknownTrainingFeature for a
         key the deployed config does not serve."""
-        if len(rows) > MAX_ROWS:
-            raise TrainingSetTooLarge(f"{len(rows)} rows: at most {MAX_ROWS} a request")
-        specs = build_specs(snapshot).specs
-        served = [(s, w) for s in specs for w in s.windows]
-        keys = [f"{s.name}_{w.label}" for s, w in served]
-        if features is not None:
-            unknown = sorted(set(features) - set(keys))
-            if unknown:
-                raise UnknownTrainingFeature(f"not served by version {snapshot.version}: {unknown}")
-            wanted = set(features)
-            served = [(s, w) for s, w in served if f"{s.name}_{w.label}" in wanted]
-            keys = list(dict.fromkeys(features))  # the columns in the order asked
+        if len(rows) > max_rows:
+            raise TrainingSetTooLarge(f"{len(rows)} rows: at most {max_rows} a request")
+        served, keys = self._served(snapshot, features)
         values: list[dict[str, Any]] = [{} for _ in rows]
         if rows and served:
             table = [(i, r.user_id, r.ts_ms) for i, r in enumerate(rows)]
+            done = 0
             async with self._history.training_rows(table) as rows_table:
-                # One query per source event, for all its features that SQL aggregates.
-                by_source: dict[tuple[str, str], list[FeatureSpec]] = {}
-                for spec in dict.fromkeys(s for s, _ in served):
-                    if not in_sql(spec):
-                        await self._apply_in_python(snapshot, spec, rows, rows_table, values)
-                        continue
-                    source = source_of(spec)
-                    by_source.setdefault((source.pipeline_id, source.event), []).append(spec)
-                for (pipeline_id, event), group in by_source.items():
-                    windows = {id(spec): [w for s, w in served if s is spec] for spec in group}
-                    parts = [
-                        (
-                            spec.aggregation.value,
-                            spec.field,
-                            [TrainingWindow(w.window_ms, w.tile_ms) for w in windows[id(spec)]],
-                        )
-                        for spec in group
-                    ]
-                    found = await self._history.window_values(
-                        snapshot.project_id, pipeline_id, event, parts, rows_table
-                    )
-                    self._fill(group, windows, found, values)
+                for first, last, count in user_chunks(rows, self._chunk_users):
+                    await self._chunk(snapshot, served, rows, rows_table, first, last, values)
+                    done += count
+                    if progress is not None:
+                        await progress(done)
         return TrainingSet(
             ["user_id", "timestamp", *keys],
             [
@@ -180,54 +223,80 @@ class TrainingSetService:
             ],
         )
 
-    async def _apply_in_python(
+    async def _chunk(
+        self,
+        snapshot: ConfigSnapshot,
+        served: Sequence[tuple[FeatureSpec, Window]],
+        rows: Sequence[TrainingRow],
+        rows_table: str,
+        first: str,
+        last: str,
+        values: list[dict[str, Any]],
+    ) -> None:
+        """Fills `values` of the rows of the users in `[first, last]`: one query per
+        source event for its flat features, one per keyed feature."""
+        in_chunk = [i for i, r in enumerate(rows) if first <= r.user_id <= last]
+        by_source: dict[tuple[str, str], list[FeatureSpec]] = {}
+        for spec in dict.fromkeys(s for s, _ in served):
+            windows = [w for s, w in served if s is spec]
+            source = source_of(spec)
+            if source.aggregation in KEYED:
+                chunk = (rows_table, first, last, in_chunk)
+                await self._keyed(snapshot, spec, windows, chunk, values)
+                continue
+            by_source.setdefault((source.pipeline_id, source.event), []).append(spec)
+        for (pipeline_id, event), group in by_source.items():
+            windows_of = {id(spec): [w for s, w in served if s is spec] for spec in group}
+            parts = [
+                TrainingPart(
+                    spec.aggregation.value,
+                    spec.field,
+                    spec.filter,
+                    [TrainingWindow(w.window_ms, w.tile_ms) for w in windows_of[id(spec)]],
+                )
+                for spec in group
+            ]
+            found = await self._history.window_values(
+                snapshot.project_id, pipeline_id, event, parts, rows_table, first, last
+            )
+            for i in in_chunk:
+                columns = found.get(i)
+                row_values, n = values[i], 0
+                for spec in group:
+                    aggregation = spec.aggregation.value
+                    for w in windows_of[id(spec)]:
+                        key = f"{spec.name}_{w.label}"
+                        if columns is None:
+                            row_values[key] = spec.aggregator.empty()
+                        else:
+                            value, count = columns[n], int(columns[n + 1])
+                            row_values[key] = _value(
+                                aggregation, value, count, spec.field, rows[i].ts_ms
+                            )
+                        n += 2
+
+    async def _keyed(
         self,
         snapshot: ConfigSnapshot,
         spec: FeatureSpec,
-        rows: Sequence[TrainingRow],
-        rows_table: str,
+        windows: Sequence[Window],
+        chunk: tuple[str, str, str, Sequence[int]],
         values: list[dict[str, Any]],
     ) -> None:
-        """Fills `spec`'s keys for every row with compute's own code: the row user's
-        events received by its timestamp, applied in log order at that moment
-        (`apply_batch`), then served at it (`serve`). For the features SQL does not
-        aggregate (filters, LAST_N, TOP_K, RECENCY)."""
-        widest = max(w.window_ms + w.tile_ms for w in spec.windows)
-        since = min(r.ts_ms for r in rows) - widest
-        key = str(getattr(spec, "source", ""))
-        found = await self._history.training_events(
-            snapshot.project_id, source_of(spec), rows_table, since
+        """Fills `values` of `spec`'s windows for the chunk's rows (`rows_table`, users
+        `[first, last]`, the rows' indexes) with one query."""
+        rows_table, first, last, in_chunk = chunk
+        keys = [f"{spec.name}_{w.label}" for w in windows]
+        for i in in_chunk:
+            for key in keys:
+                values[i][key] = spec.aggregator.empty()
+        found = await self._history.keyed_window_values(
+            snapshot.project_id,
+            source_of(spec),
+            [TrainingWindow(w.window_ms, w.tile_ms) for w in windows],
+            rows_table,
+            first,
+            last,
         )
-        received = {(str(r[0]), int(r[4]), int(r[5])): int(r[2]) for r in found}
-        by_user = applied_events(found, key)
-        for row, row_values in zip(rows, values, strict=True):
-            events = [
-                e
-                for e in by_user.get(row.user_id, ())
-                if received[(row.user_id, e.partition, e.offset)] <= row.ts_ms
-            ]
-            record = apply_batch(None, {key: (spec,)}, events, row.ts_ms).record
-            row_values.update(serve(record, (spec,), row.ts_ms))
-
-    @staticmethod
-    def _fill(
-        group: Sequence[FeatureSpec],
-        windows: dict[int, list[Window]],
-        found: dict[int, tuple[Any, ...]],
-        values: list[dict[str, Any]],
-    ) -> None:
-        """Puts each row's values of `group` (columns in `window_values` order) into
-        `values`: the empty value where the row had no candidate event."""
-        for i, row_values in enumerate(values):
-            columns = found.get(i)
-            n = 0
-            for spec in group:
-                aggregation = spec.aggregation.value
-                for w in windows[id(spec)]:
-                    key = f"{spec.name}_{w.label}"
-                    if columns is None:
-                        row_values[key] = _empty(aggregation)
-                    else:
-                        value, count = columns[n], int(columns[n + 1])
-                        row_values[key] = _value(aggregation, value, count, spec.field)
-                    n += 2
+        for row, w, *columns in found:
+            values[int(row)][keys[int(w)]] = _keyed_value(spec, columns)

@@ -61,7 +61,7 @@ def random_events(rng: random.Random, pipeline_id: str, count: int) -> list[RawE
 
 
 def python_applied(pipeline_id: str, windows: list[str]) -> list[FeatureSnapshot]:
-    """Features SQL does not aggregate: a filter, LAST_N, TOP_K, RECENCY."""
+    """A filtered feature, LAST_N, TOP_K, RECENCY (aggregated in SQL as the others)."""
     pricey = FeatureFilter(all=[FilterCondition(field="price", op="gt", value=50)])
     return [
         feature("pricey", pipeline_id, "COUNT", windows).model_copy(update={"filter": pricey}),
@@ -214,7 +214,7 @@ class TestRebuild:
         await compute.stop()
         await assert_oracle(kit.store, project, features, events, build_specs(snapshot).specs)
 
-    async def test_features_sql_cannot_aggregate_are_rebuilt_by_the_tile_code(
+    async def test_filtered_last_n_top_k_and_recency_features_equal_computes_after_a_rebuild(
         self, kit: ComputeKit, archive: ChdbSink, tmp_path: Path
     ) -> None:
         rng = random.Random(9)
@@ -242,5 +242,52 @@ class TestRebuild:
                 assert_same_values(
                     serve(rebuilt.record, specs, NOW), serve(live.record, specs, NOW)
                 )
+        finally:
+            await lost.close()
+
+    async def test_tiles_past_their_exact_limits_are_rebuilt_as_compute_holds_them(
+        self, kit: ComputeKit, archive: ChdbSink, tmp_path: Path
+    ) -> None:
+        # One minute of 700 events over 300 products: the 1h window's tile passes
+        # COUNT_DISTINCT's 64 exact values (an HLL sketch, whose estimate depends on the
+        # order values came in) and TOP_K's 256 counters (a Misra-Gries summary, which
+        # depends on every event's order): both must be compute's own tiles.
+        rng = random.Random(11)
+        project, pl = unique("proj"), new_id()
+        features = [
+            feature("distinct", pl, "COUNT_DISTINCT", ["1h"]),
+            feature("top", pl, "LAST", ["1h"]).model_copy(
+                update={"aggregation": "TOP_K", "size": 3}
+            ),
+        ]
+        snapshot = config(project, 1, [pipeline(pl, "add_to_cart")], features)
+        specs = build_specs(snapshot).specs
+        await kit.publish(snapshot)
+        minute = NOW - 10 * MINUTE
+        products = [n if n < 300 else rng.choice([1, 2, 3, rng.randrange(300)]) for n in range(700)]
+        events = [
+            RawEvent("big", pl, "add_to_cart", minute + n * 80, {"product_id": f"sku-{p}"})
+            for n, p in enumerate(products)
+        ]
+        await kit.produce(project, events, 1)
+        compute = kit.run()
+        await compute.wait_processed(len(events))
+        await compute.stop()
+        await archive_all(kit, archive, unique("archive"), len(events))
+        lost = factory.make_online_store(
+            kit.settings.model_copy(update={"data_dir": tmp_path / "empty"})
+        )
+        await lost.initialize()
+        try:
+            await RebuildService(archive, lost, now_ms=kit.clock).rebuild(snapshot)
+            live, rebuilt = await kit.store.get(project, "big"), await lost.get(project, "big")
+            assert live is not None
+            assert rebuilt is not None
+            tiles = live.record["features"]["distinct"]["w"]["1h"]
+            assert any(isinstance(p, str) for p in tiles.values())  # a sketch
+            top = live.record["features"]["top"]["w"]["1h"]
+            assert any(len(p) < 300 for p in top.values())  # counters decremented
+            assert rebuilt.record["features"] == live.record["features"]
+            assert serve(rebuilt.record, specs, NOW) == serve(live.record, specs, NOW)
         finally:
             await lost.close()

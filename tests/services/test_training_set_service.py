@@ -25,7 +25,13 @@ from runtime.compute.specs import build_specs
 from tests.conftest import unique
 from tests.factories import new_id
 from tests.runtime.compute.harness import ComputeKit
-from tests.runtime.compute.oracle import all_aggregations, assert_same_values, config, pipeline
+from tests.runtime.compute.oracle import (
+    all_aggregations,
+    assert_same_values,
+    config,
+    feature,
+    pipeline,
+)
 from tests.services.test_rebuild_service import NOW, archive_all, python_applied
 from tests.services.test_rebuild_service import archive as archive
 from tests.services.test_rebuild_service import kit as kit
@@ -152,3 +158,60 @@ class TestPointInTime:
             await service.build(snapshot, [TrainingRow("u", NOW)] * (MAX_ROWS + 1))
         with pytest.raises(UnknownTrainingFeature):
             await service.build(snapshot, [TrainingRow("u", NOW)], ["count_7d"])
+
+
+class TestCountDistinctAsServingEstimates:
+    async def test_a_tile_past_the_exact_limit_gives_servings_estimate(
+        self, kit: ComputeKit, archive: ChdbSink
+    ) -> None:
+        """One user adds 1,500 distinct products within a minute: the 1h window's tile
+        (60 s) passes 64 values, so serving answers the HLL estimate of its sketch, and
+        the training set must answer that estimate too, not the exact count."""
+        project, pl = unique("proj"), new_id()
+        snapshot = config(
+            project,
+            1,
+            [pipeline(pl, "add_to_cart")],
+            [feature("distinct", pl, "COUNT_DISTINCT", ["5m", "1h"])],
+        )
+        specs = build_specs(snapshot).specs
+        await kit.publish(snapshot)
+        compute = kit.run()
+        start = NOW - 30 * MINUTE
+        messages, served = [], {}
+        for n in range(1_500):
+            received = start + n * 30  # 45 s of events, 1,500 products
+            messages.append(
+                EventMessage(
+                    project_id=project,
+                    pipeline_id=pl,
+                    event="add_to_cart",
+                    user_id="big",
+                    event_id=f"d{n}",
+                    event_time_ms=received,
+                    received_at_ms=received,
+                    version=1,
+                    properties={"product_id": f"sku-{n}"},
+                )
+            )
+        for part in range(3):  # three moments: 500, 1,000 and 1,500 products seen
+            batch = messages[part * 500 : (part + 1) * 500]
+            moment = batch[-1].received_at_ms
+            kit.clock.now_ms = moment
+            await kit.producer.produce_many(
+                [(record_key(project, m.user_id), m.encode()) for m in batch]
+            )
+            await compute.wait_processed((part + 1) * 500)
+            stored = await kit.store.get(project, "big")
+            served[moment] = serve(stored.record if stored else None, specs, moment)
+        await compute.stop()
+        await archive_all(kit, archive, unique("archive"), len(messages))
+
+        moments = sorted(served)
+        answer = await TrainingSetService(archive).build(
+            snapshot, [TrainingRow("big", ts) for ts in moments]
+        )
+        for _, ts, short, long in answer.rows:
+            assert {"distinct_5m": short, "distinct_1h": long} == served[ts]
+        # The estimate path was taken: serving's answer is not the exact count.
+        assert served[moments[-1]]["distinct_1h"] != 1_500
