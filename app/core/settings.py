@@ -244,7 +244,8 @@ class ComputeSettings(ServiceSettings):
     # How long a user record remembers the event ids it applied (drops second copies).
     # At least ingestion's INGEST_DEDUP_TTL_SECONDS: past it neither layer stops a copy.
     dedup_horizon_seconds: int = Field(default=86_400, ge=60)
-    # At most this many remembered ids per record (~11 bytes each); the oldest go first.
+    # At most this many remembered ids per record (8 bytes each, stored apart from the
+    # tiles, which serving reads alone); the oldest go first.
     dedup_max_ids: int = Field(default=20_000, ge=100)
 
 

@@ -8,10 +8,13 @@ characters, which would cap the tenants and refuse a 64-character project id the
 accepts. Records of the layout before (set = project id) are not read; they expire by
 their TTL.
 
-The record is ONE bin, `record`, holding its JSON (`encode_record`, as the Redis store
-does): the store keeps the record opaque, and the client converts nested maps slowly.
-Measured on a CE 8.1.2 server, 500 records of ~10 KB in one batch write: 400-630 ms as
-map bins (one per top-level key), 100-160 ms as JSON encoding plus a 20-30 ms write.
+The record is two bytes bins written by one operation: `record`, the tiles, and `ids`,
+the remembered event ids (`codec.encode_record`, as the Redis store does); serving's
+reads select `record` only. The store keeps the record opaque, and the client converts
+nested maps slowly. Measured on a CE 8.1.2 server, 500 records of ~10 KB in one batch
+write: 400-630 ms as map bins (one per top-level key), 100-160 ms as JSON encoding plus
+a 20-30 ms write. A record written before the ids had their own bin holds JSON in
+`record` and no `ids`: it still reads, and the next write replaces both bins.
 
 Writes carry, always, the TTL in the policy (client 19.1 moved `ttl` from `meta` to
 the policy). A write without a TTL would take the namespace `default-ttl`, which is 0
@@ -26,7 +29,7 @@ a batch read. Expired records are not found even before nsup removes them: the
 server checks the void time on every access. Generation and existence failures on a
 write (3, 5, 2) become WriteConflict. Codes that no retry can change (record too big,
 a TTL the namespace refuses) become the interface's RecordRejected, as does a record
-JSON cannot hold (`encode_record`), so compute parks the record instead of retrying it
+the codec cannot hold (`encode_record`), so compute parks the record instead of retrying it
 forever; everything else (timeouts, cluster errors) propagates as
 aerospike.exception.AerospikeError.
 
@@ -56,15 +59,15 @@ from app.db.online_store import (
     RecordWrite,
     StoredRecord,
     WriteConflict,
-    decode_record,
-    encode_record,
 )
+from app.tiles.codec import decode_record, encode_record
 
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 RECORD_SET = "records"
 RECORD_BIN = "record"
+IDS_BIN = "ids"
 _RESULT_OK = 0
 _RESULT_NOT_FOUND = 2
 _RESULT_GENERATION = 3
@@ -106,6 +109,11 @@ def result_error(code: int, message: str) -> aerospike_errors.AerospikeError:
     return error
 
 
+def _decode(bins: dict[str, Any]) -> dict[str, Any]:
+    """The record of a read's bins (`ids` absent when not selected or not written)."""
+    return decode_record(bins[RECORD_BIN], bins.get(IDS_BIN))
+
+
 def parse_hosts(hosts: str) -> list[tuple[str, int]]:
     """`"h1:3000,h2:3000"` → [("h1", 3000), ("h2", 3000)]; the port defaults to 3000."""
     parsed = []
@@ -128,7 +136,9 @@ def write_arguments(
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None, dict[str, Any]]:
     """The (operations, meta, policy) of a compare-and-set write, for `operate()` and
     for a batch `Write` alike (the policy keys are common to both)."""
-    ops = [operations.write(RECORD_BIN, encode_record(record))]
+    tiles, ids = encode_record(record)
+    # A bin written with nothing would be deleted, which a record without ids is too.
+    ops = [operations.write(RECORD_BIN, tiles), operations.write(IDS_BIN, ids or None)]
     policy: dict[str, Any] = {"ttl": ttl_seconds}
     if expected_generation is None:
         policy["exists"] = aerospike.POLICY_EXISTS_CREATE
@@ -258,41 +268,65 @@ class AerospikeOnlineStore(OnlineStore):
         client = self._started()
         await self._run(lambda: client.info_random_node("build"))
 
-    async def get(self, project_id: str, user_id: str) -> StoredRecord | None:
-        """Returns the record, or None if absent or expired."""
+    async def get(
+        self, project_id: str, user_id: str, *, with_ids: bool = True
+    ) -> StoredRecord | None:
+        """Returns the record (without its event ids unless `with_ids`), or None if
+        absent or expired."""
         client = self._started()
         key = self._key(project_id, user_id)
+        bins = [RECORD_BIN, IDS_BIN] if with_ids else [RECORD_BIN]
 
         def read() -> StoredRecord | None:
             try:
-                _, meta, bins = client.get(key)
+                _, meta, found = client.select(key, bins)
             except aerospike_errors.RecordNotFound:
                 return None
-            return StoredRecord(record=decode_record(bins[RECORD_BIN]), generation=meta["gen"])
+            return StoredRecord(_decode(found), meta["gen"])
 
         return await self._run(read)
 
     async def get_many(self, project_id: str, user_ids: Sequence[str]) -> list[StoredRecord | None]:
-        """Returns the records in the order of `user_ids` with one batch read."""
+        """Returns the records with their event ids in the order of `user_ids` with one
+        batch read."""
+        found = await self._read_many(project_id, user_ids, [RECORD_BIN, IDS_BIN])
+        return [None if item is None else StoredRecord(_decode(item[0]), item[1]) for item in found]
+
+    async def get_many_mapped(
+        self,
+        project_id: str,
+        user_ids: Sequence[str],
+        convert: Callable[[dict[str, Any]], _T],
+    ) -> list[_T | None]:
+        """Returns `convert(record)` per user id in order (None if absent), from one
+        batch read of the `record` bin only; each record is decoded, converted and
+        dropped before the next."""
+        found = await self._read_many(project_id, user_ids, [RECORD_BIN])
+        return [None if item is None else convert(_decode(item[0])) for item in found]
+
+    async def _read_many(
+        self, project_id: str, user_ids: Sequence[str], bins: list[str]
+    ) -> list[tuple[dict[str, Any], int] | None]:
+        """Returns (the bins, the generation) per user id in order (None when not found),
+        from one batch read of `bins`, still encoded (decoded on the caller's side)."""
         if not user_ids:
             return []
         client = self._started()
         keys = [self._key(project_id, user_id) for user_id in user_ids]
 
-        def read() -> list[StoredRecord | None]:
-            batch = client.batch_read(keys)
+        def read() -> list[tuple[dict[str, Any], int] | None]:
+            batch = client.batch_read(keys, bins)
             if batch.result not in (_RESULT_OK, _RESULT_BATCH_FAILED):
                 raise result_error(batch.result, f"batch read of {len(keys)} records failed")
-            found: list[StoredRecord | None] = []
+            found: list[tuple[dict[str, Any], int] | None] = []
             for item in batch.batch_records:
                 if item.result == _RESULT_NOT_FOUND:
                     found.append(None)
                 elif item.result != _RESULT_OK:
                     raise result_error(item.result, f"batch read of {item.key} failed")
                 else:
-                    _, meta, bins = item.record
-                    record = decode_record(bins[RECORD_BIN])
-                    found.append(StoredRecord(record=record, generation=meta["gen"]))
+                    _, meta, record_bins = item.record
+                    found.append((record_bins, meta["gen"]))
             return found
 
         return await self._run(read)

@@ -1,12 +1,15 @@
 """The online store on Redis: one hash per (project, user), compare-and-set in Lua.
 
 Key `dps:f:{project_id}:{user_id}` (each id percent-encoded, so a `:` inside an id can
-never make two (project, user) pairs share a key), fields `rec` (the record as
-compact JSON, `online_store.encode_record`) and `gen` (the generation, 1 on create).
-A write is one Lua script: check the generation, set both fields, set the TTL; Redis
-runs scripts atomically, so two writers can never both succeed from the same
-generation. `put_many` sends one script call per record in one pipeline (one round
-trip; each call still atomic on its own). Expired keys are gone (Redis expires them),
+never make two (project, user) pairs share a key), fields `rec` (the tiles,
+`codec.encode_record(...).features`), `ids` (the remembered event ids, the other blob;
+serving never fetches it) and `gen` (the generation, 1 on create). A hash written
+before the ids were split off has no `ids` field and JSON in `rec`, which still reads.
+A write is one Lua script: check the generation, set the three fields, set the TTL;
+Redis runs scripts atomically, so two writers can never both succeed from the same
+generation, and the ids always change with the tiles they counted. `put_many` sends
+one script call per record in one pipeline (one round trip; each call still atomic on
+its own). Expired keys are gone (Redis expires them),
 so they read as absent and can be created again.
 """
 
@@ -21,14 +24,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from app.core.settings import BackendSettings
-from app.db.online_store import (
-    OnlineStore,
-    RecordWrite,
-    StoredRecord,
-    WriteConflict,
-    decode_record,
-    encode_record,
-)
+from app.db.online_store import OnlineStore, RecordWrite, StoredRecord, WriteConflict
+from app.tiles.codec import decode_record, encode_record
 
 _T = TypeVar("_T")
 _KEY_PREFIX = "dps:f"
@@ -38,8 +35,8 @@ _MAX_CONNECTIONS = 64
 _POOL_WAIT_S = 5.0
 
 # KEYS[1] record key; ARGV[1] expected generation ("" = must not exist);
-# ARGV[2] record JSON; ARGV[3] TTL in milliseconds. Returns the new generation, or
-# -1 when the expectation does not hold.
+# ARGV[2] the tiles blob; ARGV[3] the ids blob; ARGV[4] TTL in milliseconds. Returns the
+# new generation, or -1 when the expectation does not hold.
 _COMPARE_AND_SET = """
 local current = redis.call('HGET', KEYS[1], 'gen')
 if ARGV[1] == '' then
@@ -49,22 +46,31 @@ elseif current ~= ARGV[1] then
   return -1
 end
 local generation = tonumber(current) + 1
-redis.call('HSET', KEYS[1], 'rec', ARGV[2], 'gen', generation)
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('HSET', KEYS[1], 'rec', ARGV[2], 'ids', ARGV[3], 'gen', generation)
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return generation
 """
 
-# KEYS: record keys. Returns, flat, each key's `rec` and `gen` (nil when absent), in
-# order. A batch read is this one command: a pipeline of one HMGET per key cost ~5 ms of
-# client CPU for 100 keys in redis-py (packing and parsing a reply per command), one
-# multi-key reply ~0.8 ms. Read-only, so it never blocks writers for long (a 1,000-key
+# KEYS: record keys; ARGV[1] "ids" to return each key's `ids` too. Returns, flat, each
+# key's `rec`, `gen` (and `ids`), nil when absent, in order. A batch read is this one
+# command: a pipeline of one HMGET per key cost ~5 ms of client CPU for 100 keys in
+# redis-py (packing and parsing a reply per command), one multi-key reply ~0.8 ms.
+# Read-only, so it never blocks writers for long (a 1,000-key
 # batch runs in about a millisecond).
 _READ_MANY = """
 local out = {}
-for i, key in ipairs(KEYS) do
-  local fields = redis.call('HMGET', key, 'rec', 'gen')
-  out[2 * i - 1] = fields[1]
-  out[2 * i] = fields[2]
+local n = 0
+for _, key in ipairs(KEYS) do
+  local fields
+  if ARGV[1] then
+    fields = redis.call('HMGET', key, 'rec', 'gen', 'ids')
+  else
+    fields = redis.call('HMGET', key, 'rec', 'gen')
+  end
+  for _, value in ipairs(fields) do
+    n = n + 1
+    out[n] = value
+  end
 end
 return out
 """
@@ -76,10 +82,13 @@ def record_key(project_id: str, user_id: str) -> str:
 
 
 def _decode(fields: Sequence[bytes | str | None]) -> StoredRecord | None:
-    record_json, generation = fields
-    if record_json is None or generation is None:
+    """(rec, gen) or (rec, gen, ids) of a hash -> its StoredRecord; None when absent."""
+    tiles, generation, *ids = fields
+    if tiles is None or generation is None:
         return None
-    return StoredRecord(record=decode_record(record_json), generation=int(generation))
+    blob = ids[0] if ids else None
+    assert not isinstance(blob, str), "the client returns bytes (decode_responses is off)"
+    return StoredRecord(decode_record(tiles, blob), int(generation))
 
 
 class RedisOnlineStore(OnlineStore):
@@ -124,15 +133,19 @@ class RedisOnlineStore(OnlineStore):
         """Returns when Redis answers PING; raises redis.exceptions.RedisError."""
         await self._redis().ping()
 
-    async def get(self, project_id: str, user_id: str) -> StoredRecord | None:
-        """Returns the record, or None if absent or expired."""
-        fields = await self._redis().hmget(record_key(project_id, user_id), ["rec", "gen"])
-        return _decode(fields)
+    async def get(
+        self, project_id: str, user_id: str, *, with_ids: bool = True
+    ) -> StoredRecord | None:
+        """Returns the record (without its event ids unless `with_ids`), or None if
+        absent or expired."""
+        fields = ["rec", "gen", "ids"] if with_ids else ["rec", "gen"]
+        return _decode(await self._redis().hmget(record_key(project_id, user_id), fields))
 
     async def get_many(self, project_id: str, user_ids: Sequence[str]) -> list[StoredRecord | None]:
-        """Returns the records in the order of `user_ids`, from one command."""
-        flat = await self._fields_of(project_id, user_ids)
-        return [_decode(flat[i : i + 2]) for i in range(0, len(flat), 2)]
+        """Returns the records with their event ids in the order of `user_ids`, from one
+        command."""
+        flat = await self._fields_of(project_id, user_ids, with_ids=True)
+        return [_decode(flat[i : i + 3]) for i in range(0, len(flat), 3)]
 
     async def get_many_mapped(
         self,
@@ -142,23 +155,25 @@ class RedisOnlineStore(OnlineStore):
     ) -> list[_T | None]:
         """Returns `convert(record)` per user id in order (None if absent), from one
         command; each record is decoded, converted and dropped before the next."""
-        flat = await self._fields_of(project_id, user_ids)
+        flat = await self._fields_of(project_id, user_ids, with_ids=False)
         it = iter(flat)
         return [
-            None
-            if record_json is None or generation is None
-            else convert(decode_record(record_json))
-            for record_json, generation in zip(it, it, strict=True)
+            None if tiles is None or generation is None else convert(decode_record(tiles))
+            for tiles, generation in zip(it, it, strict=True)
         ]
 
-    async def _fields_of(self, project_id: str, user_ids: Sequence[str]) -> list[bytes | None]:
-        """Returns `rec` and `gen` of each user's hash, flat, in order."""
+    async def _fields_of(
+        self, project_id: str, user_ids: Sequence[str], *, with_ids: bool
+    ) -> list[bytes | None]:
+        """Returns `rec`, `gen` (and `ids`) of each user's hash, flat, in order."""
         if not user_ids:
             return []
         self._redis()
         prefix = f"{_KEY_PREFIX}:{quote(project_id, safe='')}:"
         keys = [prefix + quote(user_id, safe="") for user_id in user_ids]
-        flat: list[bytes | None] = await self._read_many(keys=keys)
+        flat: list[bytes | None] = await self._read_many(
+            keys=keys, args=["ids"] if with_ids else []
+        )
         return flat
 
     async def put(
@@ -220,7 +235,8 @@ def _cas_args(
     record: dict[str, Any], ttl_seconds: int, expected_generation: int | None
 ) -> list[bytes | str | int]:
     expected = "" if expected_generation is None else str(expected_generation)
-    return [expected, encode_record(record), ttl_seconds * 1000]
+    tiles, ids = encode_record(record)
+    return [expected, tiles, ids, ttl_seconds * 1000]
 
 
 def _conflict(project_id: str, user_id: str, expected_generation: int | None) -> WriteConflict:

@@ -1,6 +1,10 @@
 """The online store for standalone mode: one SQLite file.
 
-Table `online_records (project_id, user_id, record JSON, generation, expires_at_ms)`.
+Table `online_records (project_id, user_id, record, generation, expires_at_ms, ids)`:
+`record` the tiles blob of `codec.encode_record` (TEXT holding JSON in rows written
+before the upgrade, which still read), `ids` the event ids blob, written by the same
+statement and read only by `get`/`get_many` (not by serving's reads). A file created
+before `ids` existed gains the column on open.
 A row whose `expires_at_ms` has passed is absent for every call: reads skip it (and
 delete it, lazily), a create replaces it with generation 1, an update fails. A sweep
 on the write path removes expired rows nobody reads again.
@@ -27,14 +31,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from app.core.settings import BackendSettings
-from app.db.online_store import (
-    OnlineStore,
-    RecordWrite,
-    StoredRecord,
-    WriteConflict,
-    decode_record,
-    encode_record,
-)
+from app.db.online_store import OnlineStore, RecordWrite, StoredRecord, WriteConflict
+from app.tiles.codec import decode_record, encode_record
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -49,20 +47,23 @@ CREATE TABLE IF NOT EXISTS online_records (
     record TEXT NOT NULL,
     generation INTEGER NOT NULL,
     expires_at_ms INTEGER NOT NULL,
+    ids BLOB,
     PRIMARY KEY (project_id, user_id)
 ) WITHOUT ROWID;
 """
 
 _CREATE = """
-INSERT INTO online_records (project_id, user_id, record, generation, expires_at_ms)
-VALUES (?1, ?2, ?3, 1, ?4)
+INSERT INTO online_records (project_id, user_id, record, generation, expires_at_ms, ids)
+VALUES (?1, ?2, ?3, 1, ?4, ?6)
 ON CONFLICT (project_id, user_id) DO UPDATE
-SET record = excluded.record, generation = 1, expires_at_ms = excluded.expires_at_ms
+SET record = excluded.record, generation = 1, expires_at_ms = excluded.expires_at_ms,
+    ids = excluded.ids
 WHERE online_records.expires_at_ms <= ?5
 """
 
 _UPDATE = """
-UPDATE online_records SET record = ?3, generation = generation + 1, expires_at_ms = ?4
+UPDATE online_records
+SET record = ?3, generation = generation + 1, expires_at_ms = ?4, ids = ?7
 WHERE project_id = ?1 AND user_id = ?2 AND generation = ?5 AND expires_at_ms > ?6
 """
 
@@ -83,6 +84,9 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
     conn.executescript(_SCHEMA)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(online_records)")}
+    if "ids" not in columns:  # a file of the version before the ids had their own column
+        conn.execute("ALTER TABLE online_records ADD COLUMN ids BLOB")
     return conn
 
 
@@ -112,12 +116,20 @@ class _Connection:
         self._executor.shutdown(wait=False)
 
 
+_Row = tuple[bytes | str, int, bytes | None]
+
+
 def _select(
-    conn: sqlite3.Connection, project_id: str, user_ids: Sequence[str], now_ms: int
-) -> tuple[dict[str, tuple[str, int]], list[str]]:
-    """(record JSON, generation) of the live records by user id, and the ids of expired
-    rows seen. Decoding is left to the caller, one record at a time."""
-    live: dict[str, tuple[str, int]] = {}
+    conn: sqlite3.Connection,
+    project_id: str,
+    user_ids: Sequence[str],
+    now_ms: int,
+    with_ids: bool,
+) -> tuple[dict[str, _Row], list[str]]:
+    """(tiles, generation, ids or None) of the live records by user id, and the ids of
+    expired rows seen. Decoding is left to the caller, one record at a time."""
+    live: dict[str, _Row] = {}
+    ids_column = "ids" if with_ids else "NULL"
     expired: list[str] = []
     unique_ids = list(dict.fromkeys(user_ids))
     for start in range(0, len(unique_ids), _MAX_IDS_PER_QUERY):
@@ -125,15 +137,15 @@ def _select(
         marks = ",".join("?" * len(chunk))
         # Only "?" placeholders are interpolated: the ids themselves are bound.
         query = (
-            "SELECT user_id, record, generation, expires_at_ms FROM online_records"  # noqa: S608
-            f" WHERE project_id = ? AND user_id IN ({marks})"
+            f"SELECT user_id, record, generation, expires_at_ms, {ids_column}"  # noqa: S608
+            f" FROM online_records WHERE project_id = ? AND user_id IN ({marks})"
         )
         rows = conn.execute(query, (project_id, *chunk))
-        for user_id, record_json, generation, expires_at_ms in rows:
+        for user_id, tiles, generation, expires_at_ms, ids in rows:
             if expires_at_ms <= now_ms:
                 expired.append(user_id)
             else:
-                live[user_id] = (record_json, generation)
+                live[user_id] = (tiles, generation, ids)
     return live, expired
 
 
@@ -179,17 +191,26 @@ class SQLiteOnlineStore(OnlineStore):
         reader, _ = self._connections()
         await reader.run(lambda conn: conn.execute("SELECT 1").fetchone())
 
-    async def get(self, project_id: str, user_id: str) -> StoredRecord | None:
-        """Returns the record, or None if absent or expired."""
-        return (await self.get_many(project_id, [user_id]))[0]
+    async def get(
+        self, project_id: str, user_id: str, *, with_ids: bool = True
+    ) -> StoredRecord | None:
+        """Returns the record (without its event ids unless `with_ids`), or None if
+        absent or expired."""
+        return (await self._records(project_id, [user_id], with_ids))[0]
 
     async def get_many(self, project_id: str, user_ids: Sequence[str]) -> list[StoredRecord | None]:
-        """Returns the records in the order of `user_ids` (one query per 500 ids)."""
-        rows = await self._rows(project_id, user_ids)
+        """Returns the records with their event ids in the order of `user_ids` (one query
+        per 500 ids)."""
+        return await self._records(project_id, user_ids, True)
+
+    async def _records(
+        self, project_id: str, user_ids: Sequence[str], with_ids: bool
+    ) -> list[StoredRecord | None]:
+        rows = await self._rows(project_id, user_ids, with_ids)
         return [
             None
             if (row := rows.get(user_id)) is None
-            else StoredRecord(decode_record(row[0]), row[1])
+            else StoredRecord(decode_record(row[0], row[2]), row[1])
             for user_id in user_ids
         ]
 
@@ -201,18 +222,22 @@ class SQLiteOnlineStore(OnlineStore):
     ) -> list[_R | None]:
         """Returns `convert(record)` per user id in order (None if absent); each record is
         decoded, converted and dropped before the next."""
-        rows = await self._rows(project_id, user_ids)
+        rows = await self._rows(project_id, user_ids, False)
         return [
             None if (row := rows.get(user_id)) is None else convert(decode_record(row[0]))
             for user_id in user_ids
         ]
 
-    async def _rows(self, project_id: str, user_ids: Sequence[str]) -> dict[str, tuple[str, int]]:
+    async def _rows(
+        self, project_id: str, user_ids: Sequence[str], with_ids: bool
+    ) -> dict[str, _Row]:
         if not user_ids:
             return {}
         reader, writer = self._connections()
         now_ms = _now_ms()
-        live, expired = await reader.run(lambda conn: _select(conn, project_id, user_ids, now_ms))
+        live, expired = await reader.run(
+            lambda conn: _select(conn, project_id, user_ids, now_ms, with_ids)
+        )
         if expired:
             await writer.run(lambda conn: _delete_expired(conn, project_id, expired, now_ms))
         return live
@@ -245,7 +270,7 @@ class SQLiteOnlineStore(OnlineStore):
             return []
         _, writer = self._connections()
         # Encoded here, on the event loop, so the writer thread holds the lock briefly.
-        payloads = [encode_record(w.record).decode() for w in writes]
+        payloads = [encode_record(w.record) for w in writes]
         now_ms = _now_ms()
         expires_at_ms = now_ms + ttl_seconds * 1000
 
@@ -253,24 +278,26 @@ class SQLiteOnlineStore(OnlineStore):
             written: list[bool] = []
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for w, payload in zip(writes, payloads, strict=True):
+                for w, (tiles, ids) in zip(writes, payloads, strict=True):
                     if w.expected_generation is None:
                         params: tuple[Any, ...] = (
                             project_id,
                             w.user_id,
-                            payload,
+                            tiles,
                             expires_at_ms,
                             now_ms,
+                            ids,
                         )
                         written.append(conn.execute(_CREATE, params).rowcount == 1)
                     else:
                         params = (
                             project_id,
                             w.user_id,
-                            payload,
+                            tiles,
                             expires_at_ms,
                             w.expected_generation,
                             now_ms,
+                            ids,
                         )
                         written.append(conn.execute(_UPDATE, params).rowcount == 1)
             except BaseException:

@@ -1,6 +1,7 @@
 """The per-user record: applying Kafka batches with exactly-once effect, and serving.
 
-A record is plain JSON-compatible data, kept opaque by the online stores:
+A record is plain JSON-compatible data, kept opaque by the online stores (stored as
+`codec.encode_record` lays it out):
 
     {
       "features": {feature name: {"fp": spec fingerprint, "w": FeatureState}},
@@ -23,11 +24,11 @@ written in the same compare-and-set put as the tiles:
    remembered, as a 63-bit BLAKE2b hash, in the bucket of the time it was applied;
    buckets older than the horizon (`DedupPolicy`, by default 24 h = ingestion's dedup
    TTL) are pruned on the next write. A later copy with a remembered id is skipped as
-   a duplicate. A bucket is one base64 string of big-endian 8-byte hashes, not a JSON
-   list of numbers: 10.7 bytes an id instead of ~20, and a reader that only serves
-   (serving decodes whole records) parses one string instead of thousands of numbers.
-   Cost: ~10.7 bytes of JSON per event applied within the horizon, at most
-   `max_ids` per record (20,000 by default, ~213 KB); past it the oldest ids are
+   a duplicate. In memory a bucket is one base64 string of big-endian 8-byte hashes;
+   stored (`codec.py`) the hashes are raw bytes in a blob of their own, which serving
+   never reads, written by the same compare-and-set as the tiles.
+   Cost: 8 bytes stored per event applied within the horizon, at most
+   `max_ids` per record (20,000 by default, 160 KB); past it the oldest ids are
    forgotten first (`ApplyResult.forgotten_ids`, a metric), and a copy of one of those
    would count again. A hash collision (two ids of one user within a day sharing 63
    bits: ~n²/2⁶⁴, 1e-11 at n = 20,000) would drop a genuine event.

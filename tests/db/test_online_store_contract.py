@@ -8,6 +8,7 @@ behaviour (key layout, start-up, batch results) is in test_aerospike_store.py.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import sqlite3
 import time
@@ -420,6 +421,145 @@ class TestGetManyMapped:
 
         with pytest.raises(LookupError, match="conversion failed"):
             await many.get_many_mapped(kit.project, ["u1"], fail)
+
+
+class TestEventIdsApart:
+    """The remembered event ids are written with the tiles but read only by compute."""
+
+    async def test_serving_reads_get_the_tiles_without_the_event_ids(
+        self, kit: Kit, many: OnlineStore
+    ) -> None:
+        specs, record = compute_record()
+        assert record["ids"]
+        await created(kit, "u1", record)
+        without = {k: v for k, v in record.items() if k != "ids"}
+
+        one = await kit.store.get(kit.project, "u1", with_ids=False)
+        mapped = await many.get_many_mapped(kit.project, ["u1"], lambda r: r)
+
+        assert one is not None
+        assert one.record == without
+        assert mapped == [without]
+        assert serve(one.record, specs, NOW) == serve(record, specs, NOW)
+
+    async def test_compute_reads_get_the_event_ids_written_in_the_same_write(
+        self, kit: Kit
+    ) -> None:
+        _, record = compute_record()
+        first = await created(kit, "u1", record)
+        assert first.record["ids"] == record["ids"]
+        changed = {**record, "ids": {"1": "AAAAAAAAAAE="}, "updated_ms": 1}
+        await kit.store.put(kit.project, "u1", changed, TTL, first.generation)
+
+        (again,) = await kit.store.get_many(kit.project, ["u1"])
+
+        assert again is not None
+        assert again.record == changed
+
+    async def test_a_record_whose_ids_are_gone_forgets_the_stored_ones(self, kit: Kit) -> None:
+        _, record = compute_record()
+        first = await created(kit, "u1", record)
+        without = {k: v for k, v in record.items() if k != "ids"}
+        await kit.store.put(kit.project, "u1", without, TTL, first.generation)
+        stored = await kit.store.get(kit.project, "u1")
+        assert stored is not None
+        assert stored.record == without
+
+
+class TestRecordsStoredBeforeTheUpgrade:
+    """Records written as one JSON value (ids inside) by the version before still read
+    through every call, and the next compare-and-set stores them in the current form."""
+
+    async def test_a_json_record_reads_through_every_call_and_updates(
+        self, kit: Kit, many: OnlineStore
+    ) -> None:
+        specs, record = compute_record()
+        await store_as_json(kit, "old", record)
+
+        stored = await kit.store.get(kit.project, "old")
+        served = await kit.store.get(kit.project, "old", with_ids=False)
+        (listed,) = await kit.store.get_many(kit.project, ["old"])
+        (mapped,) = await many.get_many_mapped(kit.project, ["old"], lambda r: serve(r, specs, NOW))
+
+        assert stored is not None
+        assert served is not None
+        assert listed is not None
+        assert stored.record == record == listed.record
+        assert serve(served.record, specs, NOW) == serve(record, specs, NOW) == mapped
+        later = {**record, "updated_ms": NOW + 1}
+        await kit.store.put(kit.project, "old", later, TTL, stored.generation)
+        again = await kit.store.get(kit.project, "old")
+        assert again is not None
+        assert again.record == later
+
+
+class TestSQLiteFileOfTheVersionBefore:
+    async def test_a_file_without_the_ids_column_gains_it_and_its_records_read(
+        self, backend_settings: BackendSettings
+    ) -> None:
+        settings = backend_settings.model_copy(update={"online_store": "sqlite"})
+        path = store_path(settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _, record = compute_record()
+        with sqlite3.connect(path) as conn:
+            conn.execute(
+                "CREATE TABLE online_records (project_id TEXT NOT NULL, user_id TEXT NOT NULL,"
+                " record TEXT NOT NULL, generation INTEGER NOT NULL,"
+                " expires_at_ms INTEGER NOT NULL, PRIMARY KEY (project_id, user_id))"
+                " WITHOUT ROWID"
+            )
+            conn.execute(
+                "INSERT INTO online_records VALUES ('p', 'u1', ?, 3, ?)",
+                (json.dumps(record), int(time.time() * 1000) + TTL * 1000),
+            )
+        store = make_online_store(settings)
+        await store.initialize()
+        try:
+            stored = await store.get("p", "u1")
+            assert stored is not None
+            assert stored.record == record
+            assert stored.generation == 3
+            await store.put("p", "u1", record, TTL, 3)
+            again = await store.get("p", "u1")
+            assert again is not None
+            assert again.record == record
+        finally:
+            await store.close()
+
+
+async def store_as_json(kit: Kit, user_id: str, record: dict[str, Any]) -> None:
+    """Writes `record` as the version before the codec did: one compact JSON value."""
+    raw = json.dumps(record, separators=(",", ":")).encode()
+    if kit.kind == "redis":
+        client = aioredis.Redis.from_url(REDIS_URL)
+        try:
+            key = record_key(kit.project, user_id)
+            await client.hset(key, mapping={"rec": raw, "gen": 1})
+            await client.expire(key, TTL)
+        finally:
+            await client.aclose()
+    elif kit.kind == "sqlite":
+        with sqlite3.connect(store_path(kit.settings)) as conn:
+            conn.execute(
+                "INSERT INTO online_records (project_id, user_id, record, generation,"
+                " expires_at_ms) VALUES (?, ?, ?, 1, ?)",
+                (kit.project, user_id, raw.decode(), int(time.time() * 1000) + TTL * 1000),
+            )
+    else:
+
+        def put() -> None:
+            client = aerospike.client({"hosts": parse_hosts(AEROSPIKE_HOSTS or "")})
+            try:
+                key = (
+                    kit.settings.aerospike_namespace,
+                    RECORD_SET,
+                    aerospike_key(kit.project, user_id),
+                )
+                client.put(key, {"record": bytearray(raw)}, policy={"ttl": TTL})
+            finally:
+                client.close()
+
+        await asyncio.to_thread(put)
 
 
 class TestKeys:

@@ -20,8 +20,10 @@ class DelegatingStore(OnlineStore):
     async def ping(self) -> None:
         await self._inner.ping()
 
-    async def get(self, project_id: str, user_id: str) -> StoredRecord | None:
-        return await self._inner.get(project_id, user_id)
+    async def get(
+        self, project_id: str, user_id: str, *, with_ids: bool = True
+    ) -> StoredRecord | None:
+        return await self._inner.get(project_id, user_id, with_ids=with_ids)
 
     async def get_many(self, project_id: str, user_ids: Sequence[str]) -> list[StoredRecord | None]:
         return await self._inner.get_many(project_id, user_ids)
