@@ -73,7 +73,7 @@ class FeatureReader:
         """
         started = time.perf_counter()
         try:
-            stored = await self._store.get(project_id, user_id)
+            stored = await self._store.get(project_id, user_id, with_ids=False)
         except Exception as exc:
             raise _unavailable(exc) from exc
         self._metrics.store_read_seconds.labels("get").observe(time.perf_counter() - started)
