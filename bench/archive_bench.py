@@ -1,25 +1,30 @@
 """Event archive benchmark (not a test): a rebuild and a training set over N synthetic
 archived events in chDB, against a plain `SELECT count()` over the same rows.
 
-    .venv/bin/python bench/archive_bench.py [--events 2000000] [--users 20000]
-        [--rows 10000] [--rounds 3]
+    .venv/bin/python bench/archive_bench.py [--events 10000000] [--users 20000]
+        [--rows 10000] [--rounds 1] [--mix recommender|basic]
 
 The events are generated inside chDB (`INSERT ... SELECT FROM numbers(N)`, 1% of them
 inserted twice as second copies), spread over 8 days, of `--users` users, three event
-kinds, a product id and a price each; the config has one feature per aggregation (8)
-over 1h, 24h and 7d. Printed, as medians of `--rounds`:
+kinds, a product id and a price each. The config (`--mix recommender`, the default) has
+one feature per aggregation (11: COUNT ... LAST_N, TOP_K, RECENCY; every other one
+filtered on price), each over 1h, 24h and 7d; `--mix basic` has the first 8 unfiltered.
+Printed, as medians of `--rounds` (the plain count is measured before and after the
+other figures, and the median of all those runs is the reference):
 
 - `count()` over the project's rows (no dedup), and `count()` with `FINAL` (deduped);
 - a training set of `--rows` random (user, timestamp) rows, every feature;
 - a rebuild of every user into a SQLite online store (SQL partials per tile, Python
   assembly, one put_many per chunk of users);
 and each as a ratio to the plain count: how many full scans of the archive it costs.
+The machine's load (`os.getloadavg`) is printed at the start and at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import statistics
 import sys
@@ -93,7 +98,8 @@ async def run(args: argparse.Namespace) -> None:
                 sql = f"SELECT count() FROM event_archive {final} WHERE project_id = 'bench'"  # noqa: S608
                 return lambda: archive.query_rows(sql)
 
-            plain = await median_s(args.rounds, count(""))
+            print(f"load average at start: {os.getloadavg()}")
+            plains = [await median_s(1, count("")) for _ in range(3)]
             final = await median_s(args.rounds, count("FINAL"))
             rows_total = (
                 await archive.query_rows(
@@ -101,8 +107,14 @@ async def run(args: argparse.Namespace) -> None:
                 )
             )[0][0]
 
+            recommender = args.mix == "recommender"
             snapshot = feature_snapshot(
-                PROJECT, PIPELINE, 8, ["1h", "24h", "7d"], pipeline_name="bench"
+                PROJECT,
+                PIPELINE,
+                11 if recommender else 8,
+                ["1h", "24h", "7d"],
+                pipeline_name="bench",
+                recommender=recommender,
             )
             rng = random.Random(1)
             rows = [
@@ -111,9 +123,16 @@ async def run(args: argparse.Namespace) -> None:
             ]
             training = TrainingSetService(archive)
             train = await median_s(args.rounds, lambda: training.build(snapshot, rows))
+            print(f"training set: {train:.1f} s")
+            plains += [await median_s(1, count("")) for _ in range(3)]
 
             rebuild_service = RebuildService(archive, store, now_ms=lambda: now)
             rebuilt = await median_s(args.rounds, lambda: rebuild_service.rebuild(snapshot))
+            print(f"rebuild: {rebuilt:.1f} s")
+            plains += [await median_s(1, count("")) for _ in range(3)]
+            plain = statistics.median(plains)
+            print(f"plain count() runs (ms): {[round(p * 1000, 1) for p in plains]}")
+            print(f"load average at end: {os.getloadavg()}")
         finally:
             await store.close()
             await archive.close()
@@ -127,10 +146,11 @@ async def run(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=2_000_000)
+    parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--rows", type=int, default=10_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--mix", choices=["recommender", "basic"], default="recommender")
     asyncio.run(run(parser.parse_args()))
 
 
