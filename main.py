@@ -11,6 +11,7 @@ from app.api.v1.router import api_router
 from app.core.server import serve
 from app.core.service import Backend, build_app
 from app.core.settings import ConfigApiSettings
+from app.services.training_job_service import training_jobs_startup
 
 
 def create_app(settings: ConfigApiSettings | None = None) -> FastAPI:
@@ -22,6 +23,11 @@ def create_app(settings: ConfigApiSettings | None = None) -> FastAPI:
         # The online store and the archive serve rebuilds and training sets only.
         needs=(Backend.CONFIG_STORE, Backend.CACHE, Backend.ONLINE_STORE, Backend.ANALYTICS),
         routers=api_router(),
+        startup=(
+            training_jobs_startup(
+                settings.training_job_stale_seconds, settings.training_job_chunk_users
+            ),
+        ),
         cors_origins=settings.cors_origins,
     )
 

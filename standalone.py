@@ -31,6 +31,7 @@ from app.core.settings import (
     ServingSettings,
     StandaloneSettings,
 )
+from app.services.training_job_service import training_jobs_startup
 from runtime.archive.main import archive_router, archive_startup, options_of
 from runtime.archive.metrics import ArchiveMetrics
 from runtime.compute.main import compute_router, compute_startup
@@ -152,6 +153,9 @@ def create_app(
                 )
                 if archived
                 else ()
+            ),
+            training_jobs_startup(
+                settings.training_job_stale_seconds, settings.training_job_chunk_users
             ),
             _print_welcome(settings),
         ),

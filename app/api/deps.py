@@ -20,6 +20,7 @@ from app.services.history_common import ArchiveNotConfigured
 from app.services.pipeline_service import PipelineService
 from app.services.rebuild_service import RebuildService
 from app.services.secret_publisher import SecretPublisher
+from app.services.training_job_service import TrainingJobs
 from app.services.training_set_service import TrainingSetService
 
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
@@ -91,7 +92,14 @@ def get_training_set_service(archive: ArchiveDep) -> TrainingSetService:
     return TrainingSetService(archive)
 
 
+def get_training_jobs(archive: ArchiveDep, resources: ResourcesDep) -> TrainingJobs:
+    if resources.training_jobs is None:
+        raise ServiceUnavailable("Training-set jobs do not run in this process")
+    return resources.training_jobs
+
+
 RebuildServiceDep = Annotated[RebuildService, Depends(get_rebuild_service)]
+TrainingJobsDep = Annotated[TrainingJobs, Depends(get_training_jobs)]
 TrainingSetServiceDep = Annotated[TrainingSetService, Depends(get_training_set_service)]
 
 __all__ = [
@@ -106,5 +114,6 @@ __all__ = [
     "RebuildServiceDep",
     "Request",
     "ResourcesDep",
+    "TrainingJobsDep",
     "TrainingSetServiceDep",
 ]

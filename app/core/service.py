@@ -33,6 +33,7 @@ from app.db.online_store import OnlineStore
 if TYPE_CHECKING:  # the loader and provider import this module for their hooks
     from app.core.config_loader import ConfigLoader
     from app.core.secrets import SecretProvider
+    from app.services.training_job_service import TrainingJobs
 
 
 class Backend(StrEnum):
@@ -56,6 +57,8 @@ class Resources:
     # Shared by the runtimes, set by config_loader_hook / secret_provider_hook.
     config_loader: ConfigLoader | None = None
     secret_provider: SecretProvider | None = None
+    # The config API's training-set jobs (None without an event archive).
+    training_jobs: TrainingJobs | None = None
     # Anything a role adds at start-up for itself (its service, consumer task...).
     extras: dict[str, Any] = field(default_factory=dict)
     # Readiness checks a role adds at start-up beside the backends' pings (compute's

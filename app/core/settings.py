@@ -180,6 +180,11 @@ class ConfigApiSettings(ServiceSettings):
     # Browser origins of the dashboard allowed to call the API (CORS), as a JSON list:
     # API_CORS_ORIGINS='["https://dashboard.example.com"]'. Empty: no CORS headers.
     cors_origins: list[str] = Field(default_factory=list)
+    # Training-set jobs (app/services/training_job_service.py): a queued or running job
+    # whose process wrote no heartbeat for this long is marked failed (its process
+    # died); the users a job's queries cover at once (memory per query in ClickHouse).
+    training_job_stale_seconds: float = Field(default=30.0, gt=0)
+    training_job_chunk_users: int = Field(default=2000, ge=1)
 
 
 class IngestionSettings(ServiceSettings):

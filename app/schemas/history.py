@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import Field
 
@@ -43,3 +44,20 @@ class RebuildRead(ResponseModel):
         "them (see the archive's lag on /archive); run the rebuild again later"
     )
     deferred_users: list[str] = Field(description="The first 100 deferred users")
+
+
+class TrainingJobRead(ResponseModel):
+    """A training-set job: its state, progress, and where its answer is once done."""
+
+    job_id: str
+    project_id: str
+    version: int = Field(description="The deployed version the values are computed under")
+    state: Literal["queued", "running", "succeeded", "failed"]
+    rows_done: int = Field(description="Rows computed so far (by chunks of users)")
+    rows_total: int
+    format: Literal["csv", "parquet"]
+    error: str | None = Field(description="Why the job failed")
+    created_at: datetime
+    updated_at: datetime = Field(description="The job's last heartbeat or change")
+    status_url: str
+    result_url: str | None = Field(description="The answer's download, once succeeded")

@@ -3,10 +3,12 @@ store): HTTP in and out, limits and errors in the one envelope."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 import pytest
@@ -105,6 +107,19 @@ class TestRebuild:
         assert response.json()["error"] == "ProjectNotDeployed"
 
 
+async def wait_for_job(api: Api, status_url: str) -> dict[str, Any]:
+    """Polls a job until it is finished (bounded: a hang fails the test)."""
+    async with asyncio.timeout(120):
+        while True:
+            status = await api.client.get(status_url)
+            assert status.status_code == 200, status.text
+            body: dict[str, Any] = status.json()
+            assert 0 <= body["rows_done"] <= body["rows_total"]
+            if body["state"] in ("succeeded", "failed"):
+                return body
+            await asyncio.sleep(0.2)
+
+
 class TestTrainingSets:
     async def test_json_rows_are_answered_as_csv_in_the_order_asked(self, api: Api) -> None:
         pipeline_id = await deploy_cart_count(api)
@@ -144,17 +159,76 @@ class TestTrainingSets:
             {"user_id": "u3", "timestamp": NOW, "carts_1h": 0},
         ]
 
-    async def test_more_rows_than_the_limit_is_a_413(self, api: Api) -> None:
-        await deploy_cart_count(api)
-        rows = "".join(f"u{n},{NOW}\n" for n in range(MAX_ROWS + 1))
+    async def test_more_rows_than_the_synchronous_limit_run_as_a_job_with_progress(
+        self, api: Api
+    ) -> None:
+        pipeline_id = await deploy_cart_count(api)
+        await archive_carts(api, pipeline_id, "u1", 3)
+        await archive_carts(api, pipeline_id, "u7", 2)
+        lines = [f"u{n % 10},{NOW - (n % 7) * MINUTE}" for n in range(MAX_ROWS + 1)]
         response = await api.request(
             "POST",
-            "/training-sets",
-            content="user_id,timestamp\n" + rows,
+            "/training-sets?features=carts_1h,sku_1h",
+            content="user_id,timestamp\n" + "\n".join(lines) + "\n",
             headers={"content-type": "text/csv"},
         )
-        assert response.status_code == 413
-        assert response.json()["error"] == "TrainingSetTooLarge"
+        assert response.status_code == 202, response.text
+        job = response.json()
+        assert job["state"] in ("queued", "running")
+        assert job["rows_total"] == MAX_ROWS + 1
+        assert response.headers["location"] == job["status_url"]
+        status = await wait_for_job(api, job["status_url"])
+        assert status["state"] == "succeeded", status
+        assert status["rows_done"] == status["rows_total"] == MAX_ROWS + 1
+        result = await api.client.get(status["result_url"])
+        assert result.status_code == 200
+        assert result.headers["content-type"].startswith("text/csv")
+        # The job's answer is the synchronous one, row for row.
+        answers = []
+        for part in (lines[:MAX_ROWS], lines[MAX_ROWS:]):
+            sync = await api.request(
+                "POST",
+                "/training-sets?features=carts_1h,sku_1h",
+                content="user_id,timestamp\n" + "\n".join(part) + "\n",
+                headers={"content-type": "text/csv"},
+            )
+            assert sync.status_code == 200
+            answers.append(sync.text.splitlines())
+        assert result.text.splitlines() == answers[0] + answers[1][1:]
+        assert f"u1,{NOW},3,sku-0" in answers[0]
+
+    async def test_a_small_set_as_a_job_in_parquet(self, api: Api) -> None:
+        pipeline_id = await deploy_cart_count(api)
+        await archive_carts(api, pipeline_id, "u2", 2)
+        response = await api.request(
+            "POST",
+            "/training-sets?job=true&format=parquet",
+            json={"rows": [{"user_id": "u2", "timestamp": NOW}], "features": ["carts_1h"]},
+        )
+        assert response.status_code == 202, response.text
+        status = await wait_for_job(api, response.json()["status_url"])
+        assert status["state"] == "succeeded"
+        result = await api.client.get(status["result_url"])
+        assert pq.read_table(io.BytesIO(result.content)).to_pylist() == [
+            {"user_id": "u2", "timestamp": NOW, "carts_1h": 2}
+        ]
+
+    async def test_an_unknown_job_is_a_404_and_unknown_keys_are_refused_before_it_starts(
+        self, api: Api
+    ) -> None:
+        await deploy_cart_count(api)
+        missing = await api.request("GET", "/training-sets/jobs/nope")
+        assert missing.status_code == 404
+        assert missing.json()["error"] == "TrainingJobNotFound"
+        result = await api.request("GET", "/training-sets/jobs/nope/result")
+        assert result.status_code == 404
+        refused = await api.request(
+            "POST",
+            "/training-sets?job=true",
+            json={"rows": [{"user_id": "u", "timestamp": NOW}], "features": ["nope_1h"]},
+        )
+        assert refused.status_code == 422
+        assert refused.json()["error"] == "UnknownTrainingFeature"
 
     @pytest.mark.parametrize(
         ("body", "headers", "code", "error"),

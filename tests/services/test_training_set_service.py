@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import io
 import random
+from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 import pytest
 
 from app.core.errors import PayloadTooLarge
+from app.core.settings import BackendSettings
 from app.db.clickhouse import ChdbSink
+from app.db.training_jobs import make_training_job_store
 from app.schemas.event import EventMessage, record_key
+from app.services.training_job_service import JOB_MAX_ROWS, TrainingJobs, TrainingJobTooLarge
 from app.services.training_set_service import (
     MAX_ROWS,
     TrainingRow,
@@ -215,3 +219,28 @@ class TestCountDistinctAsServingEstimates:
             assert {"distinct_5m": short, "distinct_1h": long} == served[ts]
         # The estimate path was taken: serving's answer is not the exact count.
         assert served[moments[-1]]["distinct_1h"] != 1_500
+
+
+class TestJobLimit:
+    async def test_more_rows_than_a_job_takes_are_refused_before_anything_is_stored(
+        self, archive: ChdbSink, backend_settings: BackendSettings, tmp_path: Path
+    ) -> None:
+        pl = new_id()
+        snapshot = config(
+            unique("proj"), 1, [pipeline(pl, "add_to_cart")], all_aggregations(pl, ["1h"])
+        )
+        store = make_training_job_store(
+            backend_settings.model_copy(update={"config_store": "sqlite", "data_dir": tmp_path})
+        )
+        await store.initialize()
+        try:
+            jobs = TrainingJobs(store, TrainingSetService(archive), tmp_path, stale_after_s=30)
+            with pytest.raises(TrainingJobTooLarge):
+                await jobs.submit(
+                    snapshot, [TrainingRow("u", NOW)] * (JOB_MAX_ROWS + 1), None, "csv"
+                )
+            job = await jobs.submit(snapshot, [TrainingRow("u", NOW)] * 3, None, "csv")
+            assert (job.state, job.rows_total) == ("queued", 3)
+            await jobs.close()
+        finally:
+            await store.close()

@@ -28,6 +28,7 @@ class RunningStandalone:
     token: str
     log_path: Path
     data_dir: Path
+    pid: int
 
 
 def _token(log_path: Path) -> str:
@@ -68,7 +69,7 @@ def standalone_process(data_dir: Path, **env: str) -> Iterator[RunningStandalone
                 time.sleep(0.2)
         else:
             pytest.fail(f"standalone did not answer /health:\n{log_path.read_text()[-3000:]}")
-        yield RunningStandalone(base, _token(log_path), log_path, data_dir)
+        yield RunningStandalone(base, _token(log_path), log_path, data_dir, proc.pid)
     finally:
         proc.terminate()
         try:
