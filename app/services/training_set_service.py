@@ -33,6 +33,7 @@ from app.core.errors import PayloadTooLarge, UnprocessableEntity
 from app.db.archive_sql import KEYED
 from app.db.clickhouse import ClickHouseClientSink
 from app.db.history import ArchiveHistory, TrainingPart, TrainingWindow
+from app.schemas.common import USER_ENTITY
 from app.schemas.deployment import ConfigSnapshot
 from app.services.archive_features import distinct_partial, source_of
 from app.tiles import sketch
@@ -182,6 +183,19 @@ class TrainingSetService:
             return served, keys
         unknown = sorted(set(features) - set(keys))
         if unknown:
+            # Entity features (per entity, per user x entity) are served by entity id:
+            # a training row is (user, timestamp), so they are refused by name.
+            entity = sorted(
+                f"{f.name}_{w}"
+                for f in snapshot.features
+                if f.entity != USER_ENTITY
+                for w in f.time_windows
+                if f"{f.name}_{w}" in unknown
+            )
+            if entity:
+                raise UnknownTrainingFeature(
+                    f"entity features are not in training sets (rows are users): {entity}"
+                )
             raise UnknownTrainingFeature(f"not served by version {snapshot.version}: {unknown}")
         wanted = set(features)
         served = [(s, w) for s, w in served if f"{s.name}_{w.label}" in wanted]

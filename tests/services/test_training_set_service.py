@@ -160,8 +160,24 @@ class TestPointInTime:
         service = TrainingSetService(archive)
         with pytest.raises(PayloadTooLarge):
             await service.build(snapshot, [TrainingRow("u", NOW)] * (MAX_ROWS + 1))
-        with pytest.raises(UnknownTrainingFeature):
+        with pytest.raises(UnknownTrainingFeature, match="not served by version 1"):
             await service.build(snapshot, [TrainingRow("u", NOW)], ["count_7d"])
+
+    async def test_entity_features_are_refused_by_name(self, archive: ChdbSink) -> None:
+        pl = new_id()
+        per_product = feature("buyers", pl, "COUNT", ["1h"]).model_copy(
+            update={"entity": "product"}
+        )
+        snapshot = config(
+            unique("proj"),
+            1,
+            [pipeline(pl, "add_to_cart")],
+            [per_product, feature("n", pl, "COUNT", ["1h"])],
+        )
+        service = TrainingSetService(archive)
+        assert service.columns(snapshot, None) == ["user_id", "timestamp", "n_1h"]
+        with pytest.raises(UnknownTrainingFeature, match=r"entity features .*buyers_1h"):
+            await service.build(snapshot, [TrainingRow("u", NOW)], ["n_1h", "buyers_1h"])
 
 
 class TestCountDistinctAsServingEstimates:
