@@ -96,6 +96,10 @@ class DeploymentNotFound(NotFound):
     pass
 
 
+class EntityNotFound(NotFound):
+    """The deployed config serves no feature per this entity (`/features/{p}/{entity}/..`)."""
+
+
 class Conflict(DPSError):
     status_code = 409
 

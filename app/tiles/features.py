@@ -47,7 +47,8 @@ class Timing(StrEnum):
 class FeatureSpec:
     """One deployed feature: `aggregation` of `field` over each of `windows`, counting
     only the events `filter` accepts (every event when None); `size` is LAST_N's N and
-    TOP_K's K.
+    TOP_K's K. `key` is set for a user x entity feature: the property whose values split
+    it, one state per value (`entities.PairApplier`), served as {value: feature value}.
 
     Raises ValueError when the name is empty, there is no window, two windows share a
     label, an aggregation that needs a field has none (COUNT and RECENCY ignore it), or
@@ -60,6 +61,7 @@ class FeatureSpec:
     windows: tuple[Window, ...]
     size: int | None = None
     filter: FeatureFilter | None = None
+    key: str | None = None
 
     def __post_init__(self) -> None:
         # Accept the schema's plain strings ("SUM") as well as the enum.
@@ -95,6 +97,8 @@ class FeatureSpec:
             base = f"{base}#{self.size}"
         if self.filter is not None:
             base = f"{base}?{self.filter.canonical}"
+        if self.key is not None:
+            base = f"{base}/{self.key}"
         return base
 
     def accepts(self, properties: Mapping[str, Any]) -> bool:

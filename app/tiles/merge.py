@@ -15,7 +15,9 @@ instead of once per user and window:
   hold (or holds under another fingerprint) costs one dict lookup.
 
 `tests/tiles/test_merge.py` checks, with hypothesis, that the result equals
-`record.serve` for every aggregation, window, record and time.
+`record.serve` for every aggregation, window, record and time. A user x entity feature
+(`spec.key` set) is read from the record's `pairs`, one value per key value with an
+event in the window (`entities.read_pairs` is its reference).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from typing import Any
 from app.tiles.aggregations import Tiles, TileSpan
 from app.tiles.features import FeatureSpec
 
+# The value of a user x entity feature without any key value (shared: never modified).
+_NO_KEYS: Mapping[str, Any] = {}
 # (window label, served key, its range)
 _Window = tuple[str, str, TileSpan]
 # (feature name, fingerprint, reader of its aggregation, its windows)
@@ -41,10 +45,11 @@ class Merger:
     (up to one smallest tile: 5 s with a 5m window) and is reused across requests.
     """
 
-    __slots__ = ("_empty", "_features", "_finishing", "valid_from", "valid_until")
+    __slots__ = ("_empty", "_features", "_finishing", "_pairs", "valid_from", "valid_until")
 
     def __init__(self, specs: Iterable[FeatureSpec], now_ms: int) -> None:
         features: list[_Feature] = []
+        pairs: list[_Feature] = []
         empty: dict[str, Any] = {}
         ranges: dict[tuple[int, int], TileSpan] = {}  # windows of one label share theirs
         self.valid_from = now_ms
@@ -62,14 +67,16 @@ class Merger:
                     window = ranges[bounds] = TileSpan(*bounds)
                 key = f"{spec.name}_{w.label}"
                 windows.append((w.label, key, window))
-                empty[key] = aggregator.empty()
+                empty[key] = aggregator.empty() if spec.key is None else _NO_KEYS
                 if aggregator.finishes:
                     finishing.append((key, aggregator.finish))
                 start = now_ms - now_ms % w.tile_ms
                 starts.append(start)
                 ends.append(start + w.tile_ms)
-            features.append((spec.name, spec.fingerprint, aggregator.read, tuple(windows)))
+            feature = (spec.name, spec.fingerprint, aggregator.read, tuple(windows))
+            (features if spec.key is None else pairs).append(feature)
         self._features = tuple(features)
+        self._pairs = tuple(pairs)
         self._finishing = tuple(finishing)
         self._empty = empty
         if starts:
@@ -90,7 +97,11 @@ class Merger:
     def _finished(self, record: Mapping[str, Any], now_ms: int) -> dict[str, Any]:
         values = self(record)
         for key, finish in self._finishing:
-            values[key] = finish(values[key], now_ms)
+            value = values[key]
+            if isinstance(value, dict):  # a user x entity feature: {key value: value}
+                values[key] = {k: finish(v, now_ms) for k, v in value.items()}
+            else:
+                values[key] = finish(value, now_ms)
         return values
 
     def __call__(self, record: Mapping[str, Any]) -> dict[str, Any]:
@@ -109,4 +120,19 @@ class Merger:
                 tiles = state.get(label)
                 if tiles:
                     values[key] = read(tiles, window)
+        if self._pairs:
+            self._read_pairs(record.get("pairs", {}), values)
         return values
+
+    def _read_pairs(self, stored: Mapping[str, Any], values: dict[str, Any]) -> None:
+        for name, fingerprint, read, windows in self._pairs:
+            entry = stored.get(name)
+            if entry is None or entry["fp"] != fingerprint:
+                continue
+            for label, key, window in windows:
+                found: dict[str, Any] = {}
+                for value, item in entry["k"].items():
+                    tiles = item["w"].get(label)
+                    if tiles and window.partials(tiles):
+                        found[value] = read(tiles, window)
+                values[key] = found

@@ -238,6 +238,7 @@ class BatchApplier:
         "_by_event",
         "_plans",
         "dedup",
+        "keyed_events",
         "max_future_ms",
         "specs_by_event",
         "valid_from",
@@ -250,10 +251,16 @@ class BatchApplier:
         now_ms: int,
         max_future_ms: int = MAX_FUTURE_MS,
         dedup: DedupPolicy | None = None,
+        keyed_events: frozenset[str] = frozenset(),
     ) -> None:
         self.specs_by_event = specs_by_event
         self.max_future_ms = max_future_ms
         self.dedup = dedup or DedupPolicy()
+        # Events that feed per-entity or user x entity features: their ids are
+        # remembered here even when no feature of this record counts them, because the
+        # user's record decides for those features too which copy of an event is the
+        # first (`entities.py`).
+        self.keyed_events = keyed_events
         self._plans = {
             name: _SpecPlan(spec, now_ms) for name, spec in _specs_by_name(specs_by_event).items()
         }
@@ -314,6 +321,9 @@ class BatchApplier:
             plans = by_event.get(event.event, ())
             if not plans:
                 applied += 1  # no feature uses it: applied, offset consumed
+                keyed = event.event in self.keyed_events
+                if h is not None and keyed and event.t_ms <= future_limit:
+                    new_ids.append(h)
                 continue
             t_ms = event.t_ms
             on_time = False
@@ -340,10 +350,11 @@ class BatchApplier:
                     key = str(t_ms // tile_ms)
                     tiles[key] = add(tiles.get(key), t_ms, value)
             # FUTURE does not depend on the spec: one feature's verdict is every one's.
+            keyed = not on_time and event.event in self.keyed_events and t_ms <= future_limit
+            if h is not None and (on_time or keyed):
+                new_ids.append(h)
             if on_time:
                 applied += 1
-                if h is not None:
-                    new_ids.append(h)
                 if t_ms > last_event_ms:
                     last_event_ms = t_ms
             elif t_ms > future_limit:

@@ -113,6 +113,22 @@ class ComputeMetrics:
             "Deployed features compute could not build (per config version seen)",
             registry=r,
         )
+        self.entity_writes = Counter(
+            "compute_entity_writes_total",
+            "Per-entity records written (one per entity id per batch, whatever its events)",
+            registry=r,
+        )
+        self.entity_conflicts = Counter(
+            "compute_entity_conflicts_total",
+            "Per-entity record writes refused because another worker wrote it first "
+            "(re-read, re-applied)",
+            registry=r,
+        )
+        self.pair_keys_dropped = Counter(
+            "compute_pair_keys_dropped_total",
+            "Key values a user x entity feature dropped to keep MAX_KEYS_PER_USER per user",
+            registry=r,
+        )
         self._lag_partitions: set[str] = set()
 
     def set_lag(self, lag: Mapping[int, int]) -> None:

@@ -68,13 +68,29 @@ class InvalidFeature:
 
 
 @dataclass(frozen=True, slots=True)
+class EntitySpecs:
+    """The per-entity features of one entity kind (`product`): which events feed them,
+    which property of each names the entity (`key_by_event`), and the TTL of their
+    records (written in the store scope `entities.entity_scope(project, entity)`)."""
+
+    entity: str
+    by_event: Mapping[str, tuple[FeatureSpec, ...]]
+    key_by_event: Mapping[str, str]
+    specs: tuple[FeatureSpec, ...]
+    ttl_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
 class ProjectSpecs:
     """What compute runs for one project at one deployed version.
 
-    `by_event` maps `event_key(...)` to the specs that event feeds (only keys with at
-    least one spec are present); `specs` lists every runnable feature once;
-    `ttl_seconds` is the record TTL for them, None when the project has no feature
-    (then there is nothing to store).
+    `by_event` maps `event_key(...)` to the per-user specs that event feeds (only keys
+    with at least one spec are present); `specs` lists every runnable per-user feature
+    once. `pairs_by_event` and `pairs` do the same for user x entity features (specs
+    with `key` set, kept in the user's record too); `entities` holds the per-entity
+    features by entity name; `keyed_events` are the events feeding either of those.
+    `ttl_seconds` is the user record's TTL, None when the project has no feature at
+    all (then there is nothing to store).
     """
 
     project_id: str
@@ -83,14 +99,24 @@ class ProjectSpecs:
     specs: tuple[FeatureSpec, ...]
     ttl_seconds: int | None
     invalid: tuple[InvalidFeature, ...] = field(default=())
+    pairs_by_event: Mapping[str, tuple[FeatureSpec, ...]] = field(default_factory=dict)
+    pairs: tuple[FeatureSpec, ...] = ()
+    entities: Mapping[str, EntitySpecs] = field(default_factory=dict)
+    keyed_events: frozenset[str] = frozenset()
+
+    @property
+    def user_answer(self) -> tuple[FeatureSpec, ...]:
+        """Returns the specs a user's read serves: per user, then user x entity."""
+        return self.specs + self.pairs
 
 
 def build_specs(snapshot: ConfigSnapshot) -> ProjectSpecs:
     """Returns the specs of `snapshot`: enabled features whose pipeline is active and
     whose source event exists there and is enabled. Features that cannot be built
-    (an unparsable window, a missing field) are listed in `invalid`, never raised."""
+    (an unparsable window, a missing field or entity key) are listed in `invalid`,
+    never raised."""
     live_events = {
-        event_key(p.id, e.name)
+        event_key(p.id, e.name): e
         for p in snapshot.pipelines
         if p.status == "active"
         for e in p.events
@@ -98,13 +124,22 @@ def build_specs(snapshot: ConfigSnapshot) -> ProjectSpecs:
     }
     by_event: dict[str, list[FeatureSpec]] = {}
     specs: list[FeatureSpec] = []
+    pairs_by_event: dict[str, list[FeatureSpec]] = {}
+    pairs: list[FeatureSpec] = []
+    per_entity: dict[str, list[tuple[str, str, FeatureSpec]]] = {}
     invalid: list[InvalidFeature] = []
     for feature in snapshot.features:
         source = event_key(feature.pipeline_id, feature.source_event)
-        if not feature.enabled or source not in live_events:
+        event = live_events.get(source)
+        if not feature.enabled or event is None:
             continue
-        if feature.entity != USER_ENTITY:
-            continue  # per entity and per user x entity: not applied to the user's record
+        entity = feature.entity if isinstance(feature.entity, str) else feature.entity[-1]
+        key = None
+        if entity != USER_ENTITY:
+            key = next((f.name for f in event.fields if f.entity == entity), None)
+            if key is None:
+                invalid.append(InvalidFeature(feature.name, f"no entity key {entity!r}"))
+                continue
         try:
             spec = DeployedFeatureSpec(
                 name=feature.name,
@@ -113,20 +148,50 @@ def build_specs(snapshot: ConfigSnapshot) -> ProjectSpecs:
                 windows=tuple(parse_window(w) for w in feature.time_windows),
                 size=feature.size,
                 filter=tile_filter(feature.filter),
+                key=key if isinstance(feature.entity, list) else None,
                 source=source,
             )
         except ValueError as exc:
             invalid.append(InvalidFeature(feature.name, str(exc)))
             continue
-        by_event.setdefault(source, []).append(spec)
-        specs.append(spec)
+        if isinstance(feature.entity, list):
+            pairs_by_event.setdefault(source, []).append(spec)
+            pairs.append(spec)
+        elif key is not None:
+            per_entity.setdefault(entity, []).append((source, key, spec))
+        else:
+            by_event.setdefault(source, []).append(spec)
+            specs.append(spec)
+    entities = {name: _entity_specs(name, items) for name, items in per_entity.items()}
+    every = specs + pairs + [s for e in entities.values() for s in e.specs]
     return ProjectSpecs(
         project_id=snapshot.project_id,
         version=snapshot.version,
         by_event={k: tuple(v) for k, v in by_event.items()},
         specs=tuple(specs),
-        ttl_seconds=record_ttl_seconds(specs) if specs else None,
+        # The user's record also remembers the ids of events that only feed entity
+        # features (it decides their duplicates), so it is kept for those too.
+        ttl_seconds=record_ttl_seconds(every) if every else None,
         invalid=tuple(invalid),
+        pairs_by_event={k: tuple(v) for k, v in pairs_by_event.items()},
+        pairs=tuple(pairs),
+        entities=entities,
+        keyed_events=frozenset(pairs_by_event)
+        | frozenset(k for e in entities.values() for k in e.by_event),
+    )
+
+
+def _entity_specs(entity: str, items: list[tuple[str, str, FeatureSpec]]) -> EntitySpecs:
+    by_event: dict[str, list[FeatureSpec]] = {}
+    for source, _, spec in items:
+        by_event.setdefault(source, []).append(spec)
+    specs = tuple(spec for _, _, spec in items)
+    return EntitySpecs(
+        entity=entity,
+        by_event={k: tuple(v) for k, v in by_event.items()},
+        key_by_event={source: key for source, key, _ in items},
+        specs=specs,
+        ttl_seconds=record_ttl_seconds(specs),
     )
 
 

@@ -36,7 +36,9 @@ from app.db.online_store import (
     StoredRecord,
     WriteConflict,
 )
+from app.tiles.entities import PairApplier
 from app.tiles.record import AppliedEvent, BatchApplier, DedupPolicy
+from runtime.compute.entity_writer import EntityWriter
 from runtime.compute.metrics import ComputeMetrics
 from runtime.compute.specs import ProjectSpecs
 
@@ -97,6 +99,24 @@ class FeatureWriter:
         # one tile of every window (a few seconds at least), so window ranges and
         # per-spec work are done once for many users, not per user and event.
         self._appliers: dict[str, BatchApplier] = {}
+        self._pair_appliers: dict[str, PairApplier] = {}
+        # Per-entity records (a product's), written before the user records of a batch.
+        self._entities = EntityWriter(
+            store, now_ms=now_ms, metrics=metrics, max_attempts=max_attempts
+        )
+
+    def _pair_applier(self, project_id: str, specs: ProjectSpecs, now_ms: int) -> PairApplier:
+        applier = self._pair_appliers.get(project_id)
+        if (
+            applier is None
+            or applier.specs is not specs.pairs_by_event
+            or not (applier.covers(now_ms))
+        ):
+            if len(self._pair_appliers) >= MAX_CACHED_APPLIERS:
+                self._pair_appliers.clear()
+            applier = PairApplier(specs.pairs_by_event, now_ms)
+            self._pair_appliers[project_id] = applier
+        return applier
 
     def _applier(self, project_id: str, specs: ProjectSpecs, now_ms: int) -> BatchApplier:
         applier = self._appliers.get(project_id)
@@ -108,7 +128,7 @@ class FeatureWriter:
             if len(self._appliers) >= MAX_CACHED_APPLIERS:
                 self._appliers.clear()
             applier = self._appliers[project_id] = BatchApplier(
-                specs.by_event, now_ms, dedup=self._dedup
+                specs.by_event, now_ms, dedup=self._dedup, keyed_events=specs.keyed_events
             )
         return applier
 
@@ -144,12 +164,24 @@ class FeatureWriter:
             chunk = users[start : start + PREFETCH_CHUNK]
             current.update(zip(chunk, await self._store.get_many(project_id, chunk), strict=True))
 
-        conflicts: list[tuple[str, Exception]] = []
-        for start in range(0, len(users), WRITE_CHUNK):
-            chunk = users[start : start + WRITE_CHUNK]
-            conflicts += await self._write_chunk(
-                project_id, specs, specs.ttl_seconds, chunk, events_by_user, current, out
+        prepared = [
+            self._prepare_chunk(
+                project_id, specs, users[start : start + WRITE_CHUNK], events_by_user, current, out
             )
+            for start in range(0, len(users), WRITE_CHUNK)
+        ]
+        if specs.entities:
+            # Entity records first: see entity_writer.py for why this order is exact.
+            fresh = [
+                events_by_user[write.user_id][i]
+                for pending in prepared
+                for write, done in pending
+                for i in done.fresh
+            ]
+            await self._entities.write(project_id, specs, fresh)
+        conflicts: list[tuple[str, Exception]] = []
+        for pending in prepared:
+            conflicts += await self._put_chunk(project_id, specs.ttl_seconds, pending, out)
         # Another writer changed these records since they were read (a rebalance gave
         # both consumers the partition): each is re-read and re-applied on its own.
         results = await asyncio.gather(
@@ -164,18 +196,17 @@ class FeatureWriter:
                 raise result
         return out
 
-    async def _write_chunk(
+    def _prepare_chunk(
         self,
         project_id: str,
         specs: ProjectSpecs,
-        ttl_seconds: int,
         users: Sequence[str],
         events_by_user: Mapping[str, Sequence[AppliedEvent]],
         current: Mapping[str, StoredRecord | None],
         out: dict[str, UserWrite],
-    ) -> list[tuple[str, Exception]]:
-        """Applies and writes `users` with one `put_many`; returns the users to write
-        one by one (a conflict, or a put_many refused as a whole) with the reason."""
+    ) -> list[tuple[RecordWrite, UserWrite]]:
+        """Applies the events of `users`; returns the records to write (users with
+        nothing to write, or whose events are parked, go straight into `out`)."""
         pending: list[tuple[RecordWrite, UserWrite]] = []
         for user_id in users:
             stored = current[user_id]
@@ -190,6 +221,17 @@ class FeatureWriter:
                 continue
             generation = stored.generation if stored is not None else None
             pending.append((RecordWrite(user_id, result, generation), done))
+        return pending
+
+    async def _put_chunk(
+        self,
+        project_id: str,
+        ttl_seconds: int,
+        pending: Sequence[tuple[RecordWrite, UserWrite]],
+        out: dict[str, UserWrite],
+    ) -> list[tuple[str, Exception]]:
+        """Writes the prepared records with one `put_many`; returns the users to write
+        one by one (a conflict, or a put_many refused as a whole) with the reason."""
         if not pending:
             return []
         started = time.perf_counter()
@@ -247,6 +289,18 @@ class FeatureWriter:
         now_ms = self._now_ms()
         result = self._applier(project_id, specs, now_ms).apply(before, events, now_ms)
         fresh = result.fresh
+        if not specs.pairs:
+            result.record.pop("pairs", None)  # a redeploy removed the last of them
+        elif fresh:
+            pairs = self._pair_applier(project_id, specs, now_ms).apply(
+                result.record.get("pairs"), [events[i] for i in fresh], now_ms
+            )
+            if pairs.pairs:
+                result.record["pairs"] = pairs.pairs
+            else:
+                result.record.pop("pairs", None)
+            if pairs.dropped and self._metrics is not None:
+                self._metrics.pair_keys_dropped.inc(pairs.dropped)
         if not fresh:
             # Everything was applied before (a redelivery after a crash between the
             # write and the commit, or second copies of applied events): writing would
@@ -300,6 +354,8 @@ class FeatureWriter:
                 return parked(exc)
             if record is None:
                 return done
+            if specs.entities:
+                await self._entities.write(project_id, specs, [events[i] for i in done.fresh])
             started = time.perf_counter()
             try:
                 await self._store.put(

@@ -8,7 +8,7 @@ standalone process mounts.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 
 from fastapi import FastAPI
@@ -28,9 +28,15 @@ from runtime.serving.service import FeatureService
 
 
 def snapshot_specs(snapshot: ConfigSnapshot) -> Sequence[FeatureSpec]:
-    """Returns the specs compute runs for `snapshot` (enabled features of active
-    pipelines' enabled events): built by compute's own code, so fingerprints match."""
-    return build_specs(snapshot).specs
+    """Returns the specs a user's read serves for `snapshot` (enabled features of active
+    pipelines' enabled events, per user and per user x entity): built by compute's own
+    code, so fingerprints match."""
+    return build_specs(snapshot).user_answer
+
+
+def snapshot_entity_specs(snapshot: ConfigSnapshot) -> Mapping[str, Sequence[FeatureSpec]]:
+    """Returns the per-entity specs compute runs for `snapshot`, by entity name."""
+    return {name: e.specs for name, e in build_specs(snapshot).entities.items()}
 
 
 def serving_startup(
@@ -48,7 +54,7 @@ def serving_startup(
             raise RuntimeError("serving needs the online store and the config loader hook")
         reader = FeatureReader(resources.online_store, metrics)
         resources.extras[FEATURE_SERVICE] = FeatureService(
-            loader, reader, snapshot_specs, now_ms, max_batch_users
+            loader, reader, snapshot_specs, now_ms, max_batch_users, snapshot_entity_specs
         )
         stack.callback(resources.extras.pop, FEATURE_SERVICE, None)
 

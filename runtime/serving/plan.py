@@ -57,8 +57,11 @@ class Selection:
 
 def _selection(specs: Iterable[FeatureSpec]) -> Selection:
     specs = tuple(specs)
+    # A user x entity feature (`key` set) serves {key value: value}: empty, none.
     empty = {
-        f"{spec.name}_{w.label}": spec.aggregator.empty() for spec in specs for w in spec.windows
+        f"{spec.name}_{w.label}": spec.aggregator.empty() if spec.key is None else {}
+        for spec in specs
+        for w in spec.windows
     }
     return Selection(specs=specs, empty=empty)
 

@@ -13,6 +13,12 @@ Decisions callers see:
   body too large to hold that many;
 - `?features=` lists served keys separated by commas; blank items are ignored and an
   empty list means every feature; an unknown key is a 422 `UnknownFeature`.
+
+Entities beyond the user (`GET /features/{project}/{entity}/{id}`, `POST
+/features/{project}/{entity}/batch` with `{"ids": [...]}`), registered after the user
+routes so `users` keeps its own: an entity no deployed feature is per (or a malformed
+name) is a 404 `EntityNotFound`; an id is 1-128 printable characters (else a 422 naming
+it); an id holding `/` is read through the batch route.
 """
 
 from __future__ import annotations
@@ -31,10 +37,16 @@ from pydantic import BaseModel, Field, StringConstraints, TypeAdapter, Validatio
 from pydantic_core import to_json
 
 from app.core.auth import ProjectDep, accessible_project, principal_of
-from app.core.errors import BatchTooLarge, DPSError, ServiceUnavailable, error_responses
+from app.core.errors import (
+    BatchTooLarge,
+    DPSError,
+    EntityNotFound,
+    ServiceUnavailable,
+    error_responses,
+)
 from app.core.service import get_resources
-from app.schemas.common import RequestModel
-from app.schemas.event import USER_ID_PATTERN
+from app.schemas.common import ENTITY_NAME_PATTERN, RESERVED_ENTITY_NAMES, RequestModel
+from app.schemas.event import MAX_ENTITY_ID_LENGTH, USER_ID_PATTERN, entity_id_problem
 from runtime.serving.metrics import ServingMetrics
 from runtime.serving.reader import Freshness
 from runtime.serving.service import FeatureService, Reading
@@ -92,6 +104,44 @@ class BatchRequest(RequestModel):
 
 class BatchResponse(BaseModel):
     users: list[UserFeatures] = Field(description="In request order, duplicates included")
+    as_of: datetime
+    version: int
+
+
+class EntityFeatures(BaseModel):
+    """One entity's feature values (e.g. a product's)."""
+
+    id: str = Field(description="The entity id, as asked")
+    features: dict[str, Any] = Field(
+        description="`{feature}_{window}` → value, as for users",
+        examples=[{"product_purchases_1h": 12}],
+    )
+    last_event_at: datetime | None = Field(
+        description="Event time of the newest event counted for this entity; null if none"
+    )
+    updated_at: datetime | None = Field(description="When compute last wrote this entity")
+
+
+class EntityFeaturesResponse(EntityFeatures):
+    entity: str = Field(examples=["product"])
+    as_of: datetime
+    version: int
+
+
+EntityId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ENTITY_ID_LENGTH)]
+
+
+class EntityBatchRequest(RequestModel):
+    ids: list[EntityId] = Field(
+        min_length=1, description="Up to SERVING_MAX_BATCH_USERS entity ids (default 1,000)"
+    )
+    features: list[str] | None = Field(
+        default=None, min_length=1, description="Keys to serve; all of the entity's if absent"
+    )
+
+
+class EntityBatchResponse(BaseModel):
+    entities: list[EntityFeatures] = Field(description="In request order, duplicates included")
     as_of: datetime
     version: int
 
@@ -156,6 +206,42 @@ def _parse_batch(body: bytes, max_users: int) -> BatchRequest:
     except ValidationError as exc:
         errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_input=False)]
         raise RequestValidationError(errors) from exc
+
+
+def _parse_entity_batch(body: bytes, max_ids: int) -> EntityBatchRequest:
+    """As `_parse_batch`, for `{"ids": [...]}`; each id must be one an event can carry."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        error = {"loc": ("body",), "msg": f"Invalid JSON: {exc}", "type": "json_invalid"}
+        raise RequestValidationError([error]) from exc
+    if isinstance(data, dict):
+        ids = data.get("ids")
+        if isinstance(ids, list) and len(ids) > max_ids:
+            raise BatchTooLarge(f"A batch holds at most {max_ids} ids, got {len(ids)}")
+    try:
+        batch = _ENTITY_BATCH.validate_python(data)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_input=False)]
+        raise RequestValidationError(errors) from exc
+    bad = [
+        {"loc": ("body", "ids", i), "msg": why, "type": "invalid_entity_id"}
+        for i, entity_id in enumerate(batch.ids)
+        if (why := entity_id_problem(entity_id)) is not None
+    ]
+    if bad:
+        raise RequestValidationError(bad)
+    return batch
+
+
+def _check_entity(entity: str) -> None:
+    if entity in RESERVED_ENTITY_NAMES or not _ENTITY_RE.fullmatch(entity):
+        raise EntityNotFound(f"No entity named {entity[:64]!r}")
+
+
+_ENTITY_BATCH = TypeAdapter(EntityBatchRequest)
+_ENTITY_BATCH_SCHEMA = EntityBatchRequest.model_json_schema()
+_ENTITY_RE = re.compile(ENTITY_NAME_PATTERN)
 
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
@@ -309,7 +395,94 @@ def serving_router(metrics: ServingMetrics) -> APIRouter:
         responses=error_responses(401, 404, 422, 503),
         route_class_override=_served_by(serve_one_user),
     )
+    _add_entity_routes(router, metrics)
     return router
+
+
+def _add_entity_routes(router: APIRouter, metrics: ServingMetrics) -> None:
+    """Adds the per-entity reads (after the user routes, which keep `users`)."""
+
+    def count(endpoint: str, exc: DPSError | None) -> None:
+        metrics.requests.labels(endpoint, "200" if exc is None else str(exc.status_code)).inc()
+
+    async def get_entity_features(
+        project_id: ProjectDep,
+        entity: Annotated[str, Path(description="An entity of the deployed features")],
+        entity_id: Annotated[str, Path(description="1-128 printable characters")],
+        service: FeatureServiceDep,
+        features: Annotated[
+            str | None,
+            Query(max_length=_MAX_SELECTION_CHARS, description="Comma-separated keys"),
+        ] = None,
+    ) -> Response:
+        try:
+            _check_entity(entity)
+            why = entity_id_problem(entity_id)
+            if why is not None:
+                error = {"loc": ("path", "entity_id"), "msg": why, "type": "invalid_entity_id"}
+                raise RequestValidationError([error])
+            reading = await service.read_entities(project_id, entity, [entity_id], _keys(features))
+        except DPSError as exc:
+            count("entity_single", exc)
+            raise
+        count("entity_single", None)
+        body = {
+            "entity": entity,
+            "id": entity_id,
+            "features": reading.values[0],
+            **_fresh(reading.freshness[0]),
+            "as_of": rfc3339_ms(reading.now_ms),
+            "version": reading.version,
+        }
+        return _json(body)
+
+    async def get_entities_features(
+        project_id: ProjectDep,
+        entity: Annotated[str, Path(description="An entity of the deployed features")],
+        request: Request,
+        service: FeatureServiceDep,
+    ) -> Response:
+        limit = service.max_batch_users * (MAX_ENTITY_ID_LENGTH * 6 + 8) + _BYTES_FOR_REST
+        try:
+            _check_entity(entity)
+            batch = _parse_entity_batch(await _read_body(request, limit), service.max_batch_users)
+            reading = await service.read_entities(project_id, entity, batch.ids, batch.features)
+        except DPSError as exc:
+            count("entity_batch", exc)
+            raise
+        count("entity_batch", None)
+        items = [
+            {"id": entity_id, "features": values, **_fresh(fresh)}
+            for entity_id, values, fresh in zip(
+                batch.ids, reading.values, reading.freshness, strict=True
+            )
+        ]
+        return _json(
+            {"entities": items, "as_of": rfc3339_ms(reading.now_ms), "version": reading.version}
+        )
+
+    router.add_api_route(
+        "/{project_id}/{entity}/batch",
+        get_entities_features,
+        methods=["POST"],
+        summary="Feature values of many entities of one kind (one store read)",
+        response_model=EntityBatchResponse,
+        responses=error_responses(401, 404, 413, 422, 503),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ENTITY_BATCH_SCHEMA}},
+            }
+        },
+    )
+    router.add_api_route(
+        "/{project_id}/{entity}/{entity_id}",
+        get_entity_features,
+        methods=["GET"],
+        summary="Feature values of one entity (e.g. a product)",
+        response_model=EntityFeaturesResponse,
+        responses=error_responses(401, 404, 422, 503),
+    )
 
 
 def _batch_body(user_ids: Sequence[str], reading: Reading) -> dict[str, Any]:

@@ -3,18 +3,33 @@ its enabled features), how many users a batch may hold, and when "now" is."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from app.core.errors import BatchTooLarge, FieldError, ProjectNotFound, UnknownFeature
+from app.core.errors import (
+    BatchTooLarge,
+    EntityNotFound,
+    FieldError,
+    ProjectNotFound,
+    UnknownFeature,
+)
 from app.schemas.deployment import ConfigSnapshot
+from app.tiles.entities import entity_scope, store_id
 from app.tiles.features import FeatureSpec
 from runtime.serving.plan import Selection, ServingPlan, UnknownFeatureKeys
 from runtime.serving.reader import Clock, FeatureReader, Freshness
 
 SpecsOf = Callable[[ConfigSnapshot], Sequence[FeatureSpec]]
 """Returns the specs of a snapshot's enabled features (compute's own conversion)."""
+
+EntitySpecsOf = Callable[[ConfigSnapshot], Mapping[str, Sequence[FeatureSpec]]]
+"""Returns the per-entity specs of a snapshot by entity name (compute's own conversion)."""
+
+
+def no_entities(snapshot: ConfigSnapshot) -> Mapping[str, Sequence[FeatureSpec]]:
+    """An `EntitySpecsOf` for a service that serves users only."""
+    return {}
 
 
 class SnapshotSource(Protocol):
@@ -44,10 +59,14 @@ class FeatureService:
         specs_of: SpecsOf,
         clock: Clock,
         max_batch_users: int,
+        entity_specs_of: EntitySpecsOf = no_entities,
     ) -> None:
         self._loader = loader
         self._reader = reader
         self._specs_of = specs_of
+        self._entity_specs_of = entity_specs_of
+        # (project, entity) -> the plan of the live version; only entities that exist.
+        self._entity_plans: dict[tuple[str, str], ServingPlan] = {}
         self._clock = clock
         self.max_batch_users = max_batch_users
         # The plan of the live version per project; replaced when a deploy changes it.
@@ -67,6 +86,45 @@ class FeatureService:
             plan = ServingPlan.build(project_id, snapshot.version, self._specs_of(snapshot))
             self._plans[project_id] = plan
         return plan
+
+    async def entity_plan(self, project_id: str, entity: str) -> ServingPlan:
+        """Returns the plan of the per-entity features of `entity` in the deployed version.
+
+        Raises ProjectNotFound (no successful deployment) and EntityNotFound (no enabled
+        feature of the deployed version is per `entity`).
+        """
+        snapshot = await self._loader.get(project_id)
+        if snapshot is None:
+            raise ProjectNotFound(f"Project {project_id!r} not found")
+        plan = self._entity_plans.get((project_id, entity))
+        if plan is None or plan.version != snapshot.version:
+            specs = self._entity_specs_of(snapshot).get(entity)
+            if not specs:
+                self._entity_plans.pop((project_id, entity), None)
+                raise EntityNotFound(
+                    f"No feature per entity {entity!r} in deployed version {snapshot.version}"
+                )
+            plan = ServingPlan.build(project_id, snapshot.version, specs)
+            self._entity_plans[(project_id, entity)] = plan
+        return plan
+
+    async def read_entities(
+        self, project_id: str, entity: str, ids: Sequence[str], keys: Sequence[str] | None
+    ) -> Reading:
+        """Returns the values of each entity id, in request order, from one store read
+        (ids are percent-encoded into store keys: `entities.store_id`).
+
+        Raises BatchTooLarge beyond `max_batch_users` ids, ProjectNotFound,
+        EntityNotFound, UnknownFeature.
+        """
+        if len(ids) > self.max_batch_users:
+            raise BatchTooLarge(f"A batch holds at most {self.max_batch_users} ids, got {len(ids)}")
+        plan = await self.entity_plan(project_id, entity)
+        selection = _select(plan, keys)
+        now_ms = self._clock()
+        scope = entity_scope(project_id, entity)
+        read = await self._reader.read_many(scope, [store_id(i) for i in ids], selection, now_ms)
+        return Reading(plan.version, now_ms, [v for v, _ in read], [f for _, f in read])
 
     async def read_user(self, project_id: str, user_id: str, keys: Sequence[str] | None) -> Reading:
         """Returns one user's values (every enabled feature when `keys` is None).
