@@ -119,8 +119,10 @@ class RebuildService:
         """
         specs = build_specs(snapshot)
         report = RebuildReport(snapshot.project_id, snapshot.version)
-        if specs.ttl_seconds is None:
-            return report  # no feature: nothing is stored per user
+        if specs.ttl_seconds is None or not specs.specs:
+            # No per-user feature: nothing to rebuild (per-entity and user x entity
+            # features are compute's alone: `app/tiles/entities.py`).
+            return report
         after: str | None = None
         while True:
             users = await self._history.user_page(snapshot.project_id, after, self._chunk_users)
@@ -198,10 +200,15 @@ class RebuildService:
             offsets[partition] = applied
         for partition, offset in archived_offsets.items():
             offsets[str(partition)] = max(offsets.get(str(partition), -1), offset)
-        return {
+        rebuilt = {
             "features": features,
             "offsets": offsets,
             "ids": merge_ids(current.get("ids"), recent, now_ms, self._dedup),
             "updated_ms": now_ms,
             "last_event_ms": max(last_event_ms, 0),
         }
+        if "pairs" in current:
+            # User x entity features are not rebuilt from the archive: kept as compute
+            # wrote them (the offsets above cover them, so dropping them would lose them).
+            rebuilt["pairs"] = current["pairs"]
+        return rebuilt

@@ -13,8 +13,16 @@ from app.schemas.pipeline import EventDefinition, EventField, FieldType
 from app.schemas.template import PipelineTemplate, SuggestedFeature
 
 
-def _f(name: str, type_: FieldType, required: bool = False, description: str = "") -> EventField:
-    return EventField(name=name, type=type_, required=required, description=description)
+def _f(
+    name: str,
+    type_: FieldType,
+    required: bool = False,
+    description: str = "",
+    entity: str | None = None,
+) -> EventField:
+    return EventField(
+        name=name, type=type_, required=required, description=description, entity=entity
+    )
 
 
 def _event(name: str, description: str, *fields: EventField) -> EventDefinition:
@@ -31,6 +39,7 @@ def _feature(
     *,
     size: int | None = None,
     where: dict[str, object] | None = None,
+    entity: str | list[str] = "user",
 ) -> SuggestedFeature:
     return SuggestedFeature(
         name=name,
@@ -41,11 +50,13 @@ def _feature(
         time_windows=windows,
         size=size,
         filter=FeatureFilter.model_validate(where) if where is not None else None,
+        entity=entity,
     )
 
 
-_PRODUCT = _f("product_id", "string", True, "Catalogue id of the product")
-_CATEGORY = _f("category", "string", False, "Product category path")
+# Entity keys: features may aggregate per product, or per user x category.
+_PRODUCT = _f("product_id", "string", True, "Catalogue id of the product", entity="product")
+_CATEGORY = _f("category", "string", False, "Product category path", entity="category")
 _PRICE = _f("price", "number", False, "Unit price")
 _CURRENCY = _f("currency", "string", False, "ISO 4217 code")
 _QUANTITY = _f("quantity", "number", False, "Units")
@@ -111,6 +122,22 @@ _BEHAVIORAL = PipelineTemplate(
             "COUNT_DISTINCT",
             ["24h", "7d"],
             "product_id",
+        ),
+        _feature(
+            "category_views",
+            "This user's product views per category ({category: views})",
+            "product_view",
+            "COUNT",
+            ["7d"],
+            entity=["user", "category"],
+        ),
+        _feature(
+            "product_cart_adds",
+            "Times each product was added to a cart, by anyone (read per product)",
+            "add_to_cart",
+            "COUNT",
+            ["1h", "24h"],
+            entity="product",
         ),
         _feature("cart_adds", "Add-to-cart actions", "add_to_cart", "COUNT", ["5m", "1h", "24h"]),
         _feature(

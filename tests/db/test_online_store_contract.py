@@ -34,10 +34,14 @@ from app.db.online_store import OnlineStore, RecordWrite, StoredRecord, WriteCon
 from app.db.redis_online import record_key
 from app.db.sqlite_online import store_path
 from app.tiles.aggregations import NUMERIC_AGGREGATIONS, Aggregation
+from app.tiles.entities import PairApplier, entity_scope, read_pairs, store_id
 from app.tiles.features import FeatureSpec
 from app.tiles.filters import Condition, FeatureFilter
+from app.tiles.merge import Merger
 from app.tiles.record import AppliedEvent, apply_batch, serve
 from app.tiles.windows import parse_window
+from runtime.compute.entity_writer import EntityWriter
+from runtime.compute.specs import EntitySpecs, ProjectSpecs
 from tests.conftest import AEROSPIKE_HOSTS, REDIS_URL, requires_aerospike, unique
 from tests.support.online import DelegatingStore
 
@@ -614,3 +618,70 @@ class TestAerospikeCallsAgainstTheInstalledClient:
         key = ("features", RECORD_SET, aerospike_key("proj", "u1"))
         done = offline_client.batch_write(BatchRecords([Write(key, ops, meta=meta, policy=policy)]))
         assert done.result != 0
+
+
+class TestEntityRecords:
+    """Per-entity records (`app/tiles/entities.py`) and user x entity state, on every store."""
+
+    HOSTILE = ["$where", "../x", "a:b", "sku/1?x=%2F", "é ü", "42"]
+
+    async def test_entity_records_keep_hostile_ids_apart_from_each_other_and_from_users(
+        self, kit: Kit
+    ) -> None:
+        scope = entity_scope(kit.project, "product")
+        for n, entity_id in enumerate(self.HOSTILE):
+            await kit.store.put(scope, store_id(entity_id), a_record(n), TTL, None)
+        # A user whose id spells the entity's key must not meet it.
+        await created(kit, "product:42", a_record(99))
+        got = await kit.store.get_many(scope, [store_id(i) for i in self.HOSTILE])
+        assert [None if r is None else r.record for r in got] == [
+            a_record(n) for n in range(len(self.HOSTILE))
+        ]
+        user = await kit.store.get(kit.project, "product:42")
+        assert user is not None
+        assert user.record == a_record(99)
+        assert await kit.store.get(kit.project, store_id("42")) is None
+
+    async def test_concurrent_workers_writing_one_hot_entity_lose_no_event(self, kit: Kit) -> None:
+        # Two workers, one partition each, write one product at once, batch after batch:
+        # compare-and-set makes the loser re-read and re-apply; nothing is lost or twice.
+        spec = FeatureSpec("buys", Aggregation.COUNT, None, (parse_window("1h"),))
+        entity = EntitySpecs("product", {"order": (spec,)}, {"order": "sku"}, (spec,), TTL)
+        specs = ProjectSpecs("p", 1, {}, (), TTL, entities={"product": entity})
+        now = int(time.time() * 1000)
+
+        def events(partition: int, start: int) -> list[AppliedEvent]:
+            return [
+                AppliedEvent(partition, start + i, "order", now - 1000, {"sku": "hot"}, None)
+                for i in range(25)
+            ]
+
+        writers = [EntityWriter(kit.store, now_ms=lambda: now) for _ in range(2)]
+        for round_ in range(4):
+            await asyncio.gather(
+                *(
+                    w.write(kit.project, specs, events(p, round_ * 25))
+                    for p, w in enumerate(writers)
+                )
+            )
+        # A redelivery of a whole round changes nothing (offsets per partition).
+        await writers[0].write(kit.project, specs, events(0, 50))
+        stored = await kit.store.get(entity_scope(kit.project, "product"), store_id("hot"))
+        assert stored is not None
+        assert serve(stored.record, [spec], now) == {"buys_1h": 200}
+        assert stored.record["offsets"] == {"0": 99, "1": 99}
+
+    async def test_a_user_record_with_pairs_round_trips_and_serves_the_same(self, kit: Kit) -> None:
+        spend = FeatureSpec("spend", Aggregation.SUM, "price", (parse_window("1d"),), key="cat")
+        events = [
+            AppliedEvent(0, i, "order", NOW - i * 60_000,
+                         {"price": 1.5 * i, "cat": ["shoes", "$where", "a:b"][i % 3]}, f"e{i}")
+            for i in range(30)
+        ]  # fmt: skip
+        record = apply_batch(None, {}, events, NOW).record
+        record["pairs"] = PairApplier({"order": (spend,)}, NOW).apply(None, events, NOW).pairs
+        stored = await created(kit, "pairs", record)
+        assert stored.record == record
+        merged = Merger([spend], NOW)(stored.record)
+        assert merged == read_pairs(record["pairs"], spend, NOW)
+        assert set(merged["spend_1d"]) == {"shoes", "$where", "a:b"}

@@ -47,10 +47,12 @@ FEATURE_KEYS = {
     "time_windows",
     "size",
     "filter",
+    "entity",
     "enabled",
 }
 EVENT_DEFAULTS: dict[str, Any] = {"description": "", "enabled": True, "fields": []}
-FIELD_DEFAULTS: dict[str, Any] = {"required": False, "description": ""}
+# `entity`: the entity this property is the key of (e.g. product), none by default.
+FIELD_DEFAULTS: dict[str, Any] = {"required": False, "description": "", "entity": None}
 
 
 class DefinitionError(ValueError):
@@ -141,6 +143,7 @@ def feature_body(wanted: Json, pipeline_id: str) -> Json:
         "time_windows": list(wanted.get("time_windows") or []),
         "size": wanted.get("size"),
         "filter": wanted.get("filter"),
+        "entity": wanted.get("entity", "user"),
         "enabled": wanted.get("enabled", True),
     }
 
@@ -225,6 +228,8 @@ def _clean_event(event: Json) -> Json:
             item["required"] = True
         if f.get("description"):
             item["description"] = f["description"]
+        if f.get("entity"):
+            item["entity"] = f["entity"]
         fields.append(item)
     if fields:
         out["fields"] = fields
@@ -247,6 +252,8 @@ def _clean_feature(feature: Json, pipeline: str) -> Json:
         out["size"] = feature["size"]
     if feature.get("filter"):
         out["filter"] = feature["filter"]
+    if feature.get("entity", "user") != "user":
+        out["entity"] = feature["entity"]
     if feature.get("enabled") is False:
         out["enabled"] = False
     return out
