@@ -176,20 +176,12 @@ class TrainingSetService:
     def _served(
         self, snapshot: ConfigSnapshot, features: Sequence[str] | None
     ) -> tuple[list[tuple[FeatureSpec, Window]], list[str]]:
-        built = build_specs(snapshot)
-        specs = built.specs
+        specs = build_specs(snapshot).specs
         served = [(s, w) for s in specs for w in s.windows]
         keys = [f"{s.name}_{w.label}" for s, w in served]
         if features is None:
             return served, keys
         unknown = sorted(set(features) - set(keys))
-        keyed = [s for e in built.entities.values() for s in e.specs] + list(built.pairs)
-        per_entity = [k for k in unknown if any(k.startswith(f"{s.name}_") for s in keyed)]
-        if per_entity:
-            raise UnknownTrainingFeature(
-                f"per-entity and user x entity features are not in training sets (rows are "
-                f"per user and time): {per_entity}"
-            )
         if unknown:
             # Entity features (per entity, per user x entity) are served by entity id:
             # a training row is (user, timestamp), so they are refused by name.
