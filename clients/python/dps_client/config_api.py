@@ -7,7 +7,8 @@ deploy twice), except on 429/503, which the platform answers before doing anythi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -135,6 +136,79 @@ class ConfigClient:
         """Returns the new deployment, with `draft_reset` and `discarded_changes`."""
         result: Json = self._write("POST", f"/deployments/{deployment_id}/rollback")
         return result
+
+    # -- training sets -----------------------------------------------------------------------
+    def training_set(
+        self,
+        rows: Sequence[tuple[str, int]],
+        features: Sequence[str] | None = None,
+        *,
+        format: str = "csv",
+        job: bool | None = None,
+        poll_s: float = 1.0,
+        wait_s: float = 3600.0,
+        on_progress: Callable[[Json], None] | None = None,
+    ) -> bytes:
+        """Returns the training set of `(user_id, epoch ms)` rows: CSV (or Parquet with
+        `format="parquet"`) bytes. Up to the platform's synchronous limit (10,000 rows)
+        it is answered at once; larger sets (or `job=True`) run as a job, which this
+        polls every `poll_s` (`on_progress` gets each status) until it is done, then
+        downloads. Raises ApiError (413 `TrainingJobTooLarge` above the job limit, the
+        job's failure as `TrainingJobFailed`), TimeoutError after `wait_s`."""
+        started = self.submit_training_set(rows, features, format=format, job=job)
+        if isinstance(started, bytes):
+            return started
+        deadline = time.monotonic() + wait_s
+        status = started
+        while status["state"] not in ("succeeded", "failed"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"training-set job {status['job_id']} still {status['state']}")
+            time.sleep(poll_s)
+            status = self.training_job(status["job_id"])
+            if on_progress is not None:
+                on_progress(status)
+        if status["state"] == "failed":
+            raise ApiError(500, "TrainingJobFailed", str(status.get("error")))
+        return self.training_job_result(status["job_id"])
+
+    def submit_training_set(
+        self,
+        rows: Sequence[tuple[str, int]],
+        features: Sequence[str] | None = None,
+        *,
+        format: str = "csv",
+        job: bool | None = None,
+    ) -> bytes | Json:
+        """Sends the rows once (as CSV). Returns the answer's bytes when it came at once,
+        else the started job (`job_id`, `state`, `status_url`)."""
+        body = "user_id,timestamp\n" + "".join(f"{u},{int(t)}\n" for u, t in rows)
+        params: dict[str, str] = {"format": format}
+        if features is not None:
+            params["features"] = ",".join(features)
+        if job:
+            params["job"] = "true"
+        response = self._http.post(
+            self._root + "/training-sets",
+            params=params,
+            content=body.encode(),
+            headers={"content-type": "text/csv"},
+        )
+        if response.status_code >= 400:
+            raise ApiError.from_response(response)
+        if response.status_code == 202:
+            started: Json = response.json()
+            return started
+        return response.content
+
+    def training_job(self, job_id: str) -> Json:
+        """A training-set job: `state`, `rows_done`, `rows_total`, `result_url`..."""
+        result: Json = self._get(f"/training-sets/jobs/{quote(job_id, safe='')}")
+        return result
+
+    def training_job_result(self, job_id: str) -> bytes:
+        """A succeeded job's answer (CSV or Parquet bytes)."""
+        path = f"{self._root}/training-sets/jobs/{quote(job_id, safe='')}/result"
+        return call(lambda: self._http.get(path), self.retry).content
 
     def template(self, name: str) -> Json:
         response = call(
