@@ -6,12 +6,13 @@ No server needed: records are built by the compute code itself (`record.apply_ba
 for 20 features x 5 windows (5m 1h 24h 7d 30d) over the eight basic aggregations, the
 features of compute_bench's size figures, with event ids as Kafka delivers them.
 
-Users, by events in the last 30 days (spread at random over them, applied in batches of
-100 at the time of the batch's last event):
+Users, by events in the last 30 days (spread at random over them; each hour's events
+applied together a second after the last, so ids are remembered as in production):
 
     light 3, regular 30, active 300, heavy 3,000, and the two of compute_bench:
     10,000 events ~5 minutes apart (the README's 151 KB), and the worst case, 40,000
-    events ~1 minute apart (every tile of every window filled, sketches included).
+    events ~1 minute apart (every tile of every window filled, sketches included);
+    and for CPU also serving_bench's record: 50 features, ~10 events in two weeks.
 
 Printed per user class: bytes stored before (the record as one compact JSON, ids
 inside, as every store kept it) and now (`codec.encode_record`: the tiles blob that
@@ -46,6 +47,7 @@ from bench.common import EVENT_NAMES, feature_snapshot
 from runtime.compute.specs import build_specs, event_key
 
 DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
 END_MS = 1_790_000_000_000
 # (class, events, span of event time): 30 days, or the span compute_bench's gaps give.
 CLASSES = [
@@ -56,35 +58,34 @@ CLASSES = [
     ("10k, 5 min apart", 10_000, 10_000 * 300_000),
     ("worst, 1 min apart", 40_000, 40_000 * 60_000),
 ]
+# serving_bench's records: 50 features, ~10 events over two weeks (not in the mix).
+SERVING = ("serving_bench's", 10, 14 * DAY_MS)
 # Share of users per class in the realistic mix.
 MIX = {"light": 0.80, "regular": 0.15, "active": 0.04, "heavy": 0.01}
 
 
-def build_record(events: int, span_ms: int, seed: int = 1) -> dict[str, Any]:
-    """One user's record after `events` events spread at random over `span_ms`."""
+def build_record(events: int, span_ms: int, features: int = 20, seed: int = 1) -> dict[str, Any]:
+    """One user's record after `events` events spread at random over `span_ms`, applied
+    as compute applies them: each hour's events in one batch, a second after the last
+    (so the remembered ids are those of the last 24 hours, as in production)."""
     snapshot = feature_snapshot(
-        "bench", "pipeline", 20, ["5m", "1h", "24h", "7d", "30d"], pipeline_name="bench"
+        "bench", "pipeline", features, ["5m", "1h", "24h", "7d", "30d"], pipeline_name="bench"
     )
     specs = build_specs(snapshot)
     rng = random.Random(seed)
     times = sorted(END_MS - rng.randrange(span_ms) for _ in range(events))
+    hours: dict[int, list[AppliedEvent]] = {}
+    for i, t_ms in enumerate(times):
+        properties = {
+            "product_id": f"sku-{rng.randrange(1000)}",
+            "price": rng.randrange(100, 20_000) / 100,
+        }
+        name = event_key("pipeline", EVENT_NAMES[i % len(EVENT_NAMES)])
+        event = AppliedEvent(0, i, name, t_ms, properties, f"evt-{seed}-{i}")
+        hours.setdefault(t_ms // HOUR_MS, []).append(event)
     record = None
-    for start in range(0, events, 100):
-        batch = [
-            AppliedEvent(
-                0,
-                i,
-                event_key("pipeline", EVENT_NAMES[i % len(EVENT_NAMES)]),
-                times[i],
-                {
-                    "product_id": f"sku-{rng.randrange(1000)}",
-                    "price": rng.randrange(100, 20_000) / 100,
-                },
-                f"evt-{seed}-{i}",
-            )
-            for i in range(start, min(events, start + 100))
-        ]
-        record = apply_batch(record, specs.by_event, batch, batch[-1].t_ms).record
+    for batch in hours.values():
+        record = apply_batch(record, specs.by_event, batch, batch[-1].t_ms + 1_000).record
     assert record is not None
     return record
 
@@ -120,6 +121,7 @@ def main() -> None:
     args = parser.parse_args()
 
     records = {name: build_record(events, span) for name, events, span in CLASSES}
+    records[SERVING[0]] = build_record(SERVING[1], SERVING[2], features=50)
     print("bytes per user: 20 features x 5 windows (5m 1h 24h 7d 30d), 8 aggregations")
     print(
         f"  {'user':20} {'events':>6} {'JSON before':>11} {'tiles now':>9} {'ids now':>8}"
@@ -148,7 +150,7 @@ def main() -> None:
         f"  {'user':20} {'encode':>8} {'decode, serving':>16} {'decode, compute':>16}"
         f" {'JSON enc ms':>11} {'JSON dec ms':>11}"
     )
-    for name, _, _ in CLASSES:
+    for name, _, _ in [*CLASSES, SERVING]:
         record = records[name]
         as_json = to_json(record)
         tiles, ids = encode_record(record)

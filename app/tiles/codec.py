@@ -11,19 +11,23 @@ are compute's business, so `decode_record(features)` alone is a record without "
 - `{` (0x7B): JSON of the whole record, ids included, as every version before this one
   wrote it. Still read, so records stored before the upgrade serve unchanged; the next
   write stores them in the current form.
-- 0x01: zstd of compact JSON `[rest, strings, features]` where `rest` holds the
-  record's other keys (offsets, updated_ms, last_event_ms) and `features` one
-  `[name, fingerprint, [[label, tile keys, values], ...]]` per feature. Tile keys are
-  integers, delta-encoded (consecutive tiles cost `1,`), and each window's partials are
-  one column (`_column`): integers as deltas, pairs split in two columns (AVG's sum and
+- 0x01 (a record whose features hold many tiles): zstd of compact JSON
+  `[rest, strings, features]`: `rest` holds the record's other keys (offsets,
+  updated_ms, last_event_ms), `features` one `[name, fingerprint, window labels, tiles
+  per window, tile numbers, partials]` per feature, its windows laid end to end. Tile
+  numbers are delta-encoded (consecutive tiles cost `1,`), and the partials are one
+  column (`_column`): integers as deltas, pairs split in two columns (AVG's sum and
   count, LAST's time and value), strings as indexes into `strings`, the record's one
-  sorted table of distinct strings (the 50 product ids of a COUNT_DISTINCT tile repeat
-  across its windows and features). zstd then finds what repeats across columns.
-- 0x02: zstd of the JSON of the record, for a record of another shape (never built by
+  sorted table of distinct strings (the product ids of COUNT_DISTINCT tiles repeat
+  across windows and features; sorted, a tile's sorted list has small index steps).
+  zstd then finds what repeats across columns.
+- 0x02: zstd of the JSON of the record (ids apart), for a record with a few tiles per
+  feature (`COMPACT_FROM_TILES_PER_FEATURE`), or of another shape (never built by
   compute; kept so any JSON-compatible dict round-trips).
 
-Measured by `bench/record_bench.py` (20 features x 5 windows after 10,000 events): the
-tiles take 150 KB as JSON and ~N KB as 0x01 (see the README's benchmark table).
+Measured by `bench/record_bench.py` (20 features x 5 windows): 10,000 events ~5 minutes
+apart take 152 KB as JSON, 21 KB as 0x01 (7.3x); a user with 3 events a month 2.7 KB,
+0.6 KB as 0x02 (4.4x).
 
 `ids` is empty for a record without "ids", else 0x01 then, per apply-time bucket, the
 bucket (8 bytes, big-endian, signed), its hash count (4 bytes) and the hashes as stored
@@ -52,10 +56,14 @@ COMPACT_FORMAT = 1
 PLAIN_FORMAT = 2
 _COMPACT = bytes((COMPACT_FORMAT,))
 _PLAIN = bytes((PLAIN_FORMAT,))
-# Records whose JSON is at most this long are stored as zstd of that JSON: as small as
-# the compact form at this size (the names and fingerprints dominate, and zstd finds
-# their repeats), at a fraction of its CPU (bench/record_bench.py).
-PLAIN_UP_TO = 8192
+# Records with fewer tiles than this per feature are stored as zstd of their JSON. The
+# compact form costs a few Python steps per feature to encode and decode, where JSON is
+# all C, and gains little where features hold a few tiles each: zstd finds the repeats
+# (names, fingerprints) itself. Measured (bench/record_bench.py; serving_bench's records
+# of ~10 events, ~7 tiles a feature): zstd of JSON decodes in 1.1-1.5x JSON's time and is
+# 4-10x smaller; the compact form decodes in 2.5-3.7x and is 6-7x smaller where features
+# hold 15 tiles or more (a user with 30 events a month), 12x on sparse ones.
+COMPACT_FROM_TILES_PER_FEATURE = 12
 IDS_FORMAT = 1
 IDS_JSON_FORMAT = 2
 # zstd level 3 (its default): level 1 is no faster here and 6+ costs 3x the CPU for 5%.
@@ -92,11 +100,22 @@ def encode_record(record: Mapping[str, Any]) -> EncodedRecord:
     not a string...)."""
     rest = {k: v for k, v in record.items() if k != "ids"}
     ids = b"" if "ids" not in record else _encode_ids(record["ids"])
-    payload = _json(rest)
-    compact = _compact(rest) if len(payload) > PLAIN_UP_TO else None
+    dense = _tiles_per_feature(rest.get("features")) >= COMPACT_FROM_TILES_PER_FEATURE
+    compact = _compact(rest) if dense else None
     if compact is None:
-        return EncodedRecord(_PLAIN + zstd.compress(payload, _LEVEL), ids)
+        return EncodedRecord(_PLAIN + zstd.compress(_json(rest), _LEVEL), ids)
     return EncodedRecord(_COMPACT + zstd.compress(_json(compact), _LEVEL), ids)
+
+
+def _tiles_per_feature(features: Any) -> float:
+    """The mean number of tiles a feature holds (0 for features of another shape)."""
+    if not isinstance(features, dict) or not features:
+        return 0.0
+    try:
+        windows = chain.from_iterable(entry["w"].values() for entry in features.values())
+        return sum(map(len, windows)) / len(features)
+    except (AttributeError, KeyError, TypeError):
+        return 0.0
 
 
 def decode_record(features: bytes | str, ids: bytes | None = None) -> dict[str, Any]:
@@ -147,8 +166,12 @@ def _from_json(raw: bytes | str) -> Any:
     try:
         return from_json(raw)
     except ValueError:
+        pass
+    try:
         # from_json refuses an escaped lone surrogate, which json.dumps may have written.
         return json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"not a stored record: {exc}") from exc
 
 
 def _unzstd(blob: bytes) -> bytes:

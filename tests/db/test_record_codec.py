@@ -208,7 +208,7 @@ class TestRefusals:
         ids=["json", "format", "zstd", "empty zstd", "empty"],
     )
     def test_bytes_that_are_no_record_are_refused(self, blob: bytes) -> None:
-        with pytest.raises(ValueError, match=r"(?i)json|not a stored record|EOF"):
+        with pytest.raises(ValueError, match="not a stored record"):
             decode_record(blob)
 
     def test_ids_cut_short_are_refused(self) -> None:
@@ -228,7 +228,9 @@ class TestSize:
         as_json = json.dumps(without, separators=(",", ":")).encode()
         assert len(as_json) >= 4 * len(encode_record(record).features)
 
-    def test_a_small_record_is_stored_as_zstd_of_its_json_and_a_large_one_compact(self) -> None:
+    def test_a_record_with_few_tiles_a_feature_is_zstd_of_its_json_a_dense_one_compact(
+        self,
+    ) -> None:
         assert encode_record(heavy_record(5)).features[:1] == b"\x02"
         assert encode_record(heavy_record(500)).features[:1] == b"\x01"
 
