@@ -100,12 +100,25 @@ async def run(args: argparse.Namespace) -> None:
 
             print(f"load average at start: {os.getloadavg()}")
             plains = [await median_s(1, count("")) for _ in range(3)]
-            final = await median_s(args.rounds, count("FINAL"))
+
+            def report(name: str, seconds: float) -> None:
+                # Printed as soon as measured, against the plain counts so far.
+                plain = statistics.median(plains)
+                print(
+                    f"{name:<28} {seconds * 1000:11.1f} ms {seconds / plain:9.1f}x "
+                    f"(plain count() median {plain * 1000:.1f} ms of {len(plains)}; "
+                    f"load {os.getloadavg()[0]:.1f})",
+                    flush=True,
+                )
+
+            report("count() plain", statistics.median(plains))
+            report("count() FINAL", await median_s(args.rounds, count("FINAL")))
             rows_total = (
                 await archive.query_rows(
                     "SELECT count() FROM event_archive FINAL WHERE project_id = 'bench'"
                 )
             )[0][0]
+            print(f"events (deduped): {rows_total:,}; users: {args.users:,}", flush=True)
 
             recommender = args.mix == "recommender"
             snapshot = feature_snapshot(
@@ -121,27 +134,21 @@ async def run(args: argparse.Namespace) -> None:
                 TrainingRow(f"u{rng.randrange(args.users)}", now - rng.randrange(7 * DAY_MS))
                 for _ in range(args.rows)
             ]
-            training = TrainingSetService(archive)
-            train = await median_s(args.rounds, lambda: training.build(snapshot, rows))
-            print(f"training set: {train:.1f} s")
-            plains += [await median_s(1, count("")) for _ in range(3)]
-
-            rebuild_service = RebuildService(archive, store, now_ms=lambda: now)
-            rebuilt = await median_s(args.rounds, lambda: rebuild_service.rebuild(snapshot))
-            print(f"rebuild: {rebuilt:.1f} s")
-            plains += [await median_s(1, count("")) for _ in range(3)]
-            plain = statistics.median(plains)
+            if "train" in args.parts:
+                training = TrainingSetService(archive)
+                train = await median_s(args.rounds, lambda: training.build(snapshot, rows))
+                plains += [await median_s(1, count("")) for _ in range(3)]
+                report(f"training set {args.rows:,} rows", train)
+            if "rebuild" in args.parts:
+                rebuild_service = RebuildService(archive, store, now_ms=lambda: now)
+                rebuilt = await median_s(args.rounds, lambda: rebuild_service.rebuild(snapshot))
+                plains += [await median_s(1, count("")) for _ in range(3)]
+                report(f"rebuild {args.users:,} users", rebuilt)
             print(f"plain count() runs (ms): {[round(p * 1000, 1) for p in plains]}")
             print(f"load average at end: {os.getloadavg()}")
         finally:
             await store.close()
             await archive.close()
-
-    print(f"events (deduped): {rows_total:,}; users: {args.users:,}; median of {args.rounds}")
-    print(f"count() plain          {plain * 1000:9.1f} ms   1.0x")
-    print(f"count() FINAL          {final * 1000:9.1f} ms   {final / plain:6.1f}x")
-    print(f"training set {args.rows:>6,} rows {train * 1000:9.1f} ms   {train / plain:6.1f}x")
-    print(f"rebuild {args.users:>6,} users    {rebuilt * 1000:9.1f} ms   {rebuilt / plain:6.1f}x")
 
 
 def main() -> None:
@@ -151,6 +158,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--mix", choices=["recommender", "basic"], default="recommender")
+    parser.add_argument(
+        "--parts", nargs="+", choices=["train", "rebuild"], default=["train", "rebuild"]
+    )
     asyncio.run(run(parser.parse_args()))
 
 
