@@ -15,15 +15,19 @@ import asyncio
 import json
 import sqlite3
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 from pymongo import ASCENDING, AsyncMongoClient
+from pymongo.errors import PyMongoError
 
 from app.core.settings import BackendSettings
+from app.db.config_store import ConfigStoreUnavailable
+from app.db.mongodb import _FAIL_FAST, _is_outage
 
 JobState = Literal["queued", "running", "succeeded", "failed"]
 ACTIVE: tuple[JobState, ...] = ("queued", "running")
@@ -73,6 +77,17 @@ class TrainingJobStore(ABC):
         `before_ms`. Returns how many."""
 
 
+@contextmanager
+def _outages_as_unavailable() -> Iterator[None]:
+    """An outage of MongoDB is ConfigStoreUnavailable (503), as in the config store."""
+    try:
+        yield
+    except PyMongoError as exc:
+        if _is_outage(exc):
+            raise ConfigStoreUnavailable(f"mongodb: {type(exc).__name__}: {exc}") from exc
+        raise
+
+
 class MongoTrainingJobStore(TrainingJobStore):
     """Jobs in the `training_jobs` collection of `settings.mongodb_database`."""
 
@@ -89,7 +104,7 @@ class MongoTrainingJobStore(TrainingJobStore):
 
     async def initialize(self) -> None:
         if self._client is None:
-            self._client = AsyncMongoClient(self._url, serverSelectionTimeoutMS=5000)
+            self._client = AsyncMongoClient(self._url, **_FAIL_FAST)
         await self._jobs.create_index([("state", ASCENDING), ("updated_ms", ASCENDING)])
 
     async def close(self) -> None:
@@ -100,10 +115,12 @@ class MongoTrainingJobStore(TrainingJobStore):
     async def insert(self, job: TrainingJob) -> None:
         data = job.model_dump()
         data["_id"] = data.pop("id")
-        await self._jobs.insert_one(data)
+        with _outages_as_unavailable():
+            await self._jobs.insert_one(data)
 
     async def get(self, project_id: str, job_id: str) -> TrainingJob | None:
-        raw = await self._jobs.find_one({"_id": job_id, "project_id": project_id})
+        with _outages_as_unavailable():
+            raw = await self._jobs.find_one({"_id": job_id, "project_id": project_id})
         if raw is None:
             return None
         raw["id"] = raw.pop("_id")
@@ -113,14 +130,16 @@ class MongoTrainingJobStore(TrainingJobStore):
         query: dict[str, Any] = {"_id": job_id}
         if only_active:
             query["state"] = {"$in": list(ACTIVE)}
-        result = await self._jobs.update_one(query, {"$set": changes})
+        with _outages_as_unavailable():
+            result = await self._jobs.update_one(query, {"$set": changes})
         return bool(result.matched_count)
 
     async def fail_stale(self, before_ms: int, error: str, now_ms: int) -> int:
-        result = await self._jobs.update_many(
-            {"state": {"$in": list(ACTIVE)}, "updated_ms": {"$lt": before_ms}},
-            {"$set": {"state": "failed", "error": error, "updated_ms": now_ms}},
-        )
+        with _outages_as_unavailable():
+            result = await self._jobs.update_many(
+                {"state": {"$in": list(ACTIVE)}, "updated_ms": {"$lt": before_ms}},
+                {"$set": {"state": "failed", "error": error, "updated_ms": now_ms}},
+            )
         return int(result.modified_count)
 
 
