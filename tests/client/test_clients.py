@@ -136,6 +136,48 @@ class TestReadingFeatures:
         assert (err.value.status_code, err.value.error) == (422, "UnknownFeature")
 
 
+class TestReadingEntities:
+    """Per-product features (the behavioral template's `product_cart_adds`), read by
+    `entity="product"`: the client's paths and body key (`ids`) are the server's."""
+
+    KEY = "product_cart_adds_1h"
+
+    def test_a_products_features_are_read_one_and_many(self, shop: Deployed, features):
+        with EventsClient(shop.ingest_url, shop.secret) as events:
+            events.send_batch([cart("buyer-1"), cart("buyer-2"), cart("buyer-2")])
+        vector = eventually(
+            lambda: features.get("sku-1", entity="product", features=[self.KEY]),
+            lambda v: v.features[self.KEY] == 3,
+        )
+        assert (vector.entity_id, vector.features, vector.version) == ("sku-1", {self.KEY: 3}, 1)
+        assert vector.raw["entity"] == "product"
+        assert vector.updated_at is not None
+        ids = ["sku-1", "$where/../x", "sku-1"]
+        many = features.get_many(ids, entity="product", features=[self.KEY])
+        assert [(v.entity_id, v.features[self.KEY]) for v in many] == [
+            ("sku-1", 3),
+            ("$where/../x", 0),
+            ("sku-1", 3),
+        ]
+
+    async def test_async_reader_gets_entities_one_and_many(self, platform: RunningStandalone, shop):
+        async with AsyncFeaturesClient(
+            platform.base_url, platform.token, shop.project, batch_size=1
+        ) as f:
+            one = await f.get("nothing-sold", entity="product")
+            many = await f.get_many(["a", "b"], entity="product", features=[self.KEY])
+        assert one.features == {"product_cart_adds_1h": 0, "product_cart_adds_24h": 0}
+        assert [(v.entity_id, v.features) for v in many] == [
+            ("a", {self.KEY: 0}),
+            ("b", {self.KEY: 0}),
+        ]
+
+    def test_an_entity_without_features_is_raised_as_a_404_not_retried(self, features):
+        with pytest.raises(ApiError) as err:
+            features.get("sku-1", entity="brand")
+        assert (err.value.status_code, err.value.error) == (404, "EntityNotFound")
+
+
 class TestRetries:
     def test_nothing_listening_is_connection_failed_after_the_attempts(self):
         dead = f"http://127.0.0.1:{free_port()}"

@@ -186,7 +186,9 @@ def parser() -> argparse.ArgumentParser:
     rollback.add_argument("version", type=int)
     get = add("get", "read one user's (or entity's) features")
     get.add_argument("id", help="user id (or entity id with --entity)")
-    get.add_argument("--entity", default="users", help="entity kind in the URL (default users)")
+    get.add_argument(
+        "--entity", default="users", help="entity in the URL, e.g. product (default: users)"
+    )
     get.add_argument("--features", help="comma-separated keys, e.g. cart_adds_5m,page_views_1h")
     get.add_argument(
         "--serving-url",

@@ -3,7 +3,7 @@
     with FeaturesClient("http://serving:8002", token, "shop_1") as features:
         user = features.get("user-1")                       # GET /features/shop_1/users/user-1
         users = features.get_many(["user-2", "user-3"], features=["cart_adds_5m"])
-        product = features.get("sku-9", entity="products")  # GET /features/shop_1/products/sku-9
+        product = features.get("sku-9", entity="product")   # GET /features/shop_1/product/sku-9
 
 One client holds one connection pool: build it once per process and reuse it. Reads
 are retried (connection errors, timeouts, 503, 429 honouring Retry-After); 404/422
