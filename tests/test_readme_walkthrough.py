@@ -15,6 +15,7 @@ import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -80,6 +81,21 @@ def test_the_readme_walkthrough_runs_as_written(platform: RunningStandalone, tmp
     assert any(a.get("version") == 5 and a.get("status") == "success" for a in answers)
     for key in ("recently_viewed_7d", "top_categories_30d", "since_cart_add_24h", "shoe_views_7d"):
         assert f'"{key}"' in out
+    # The per-product feature by curl, its deploy, a product and a batch of them read back.
+    assert any(a.get("name") == "product_revenue" and a.get("entity") == "product" for a in answers)
+    assert any(a.get("version") == 6 and a.get("status") == "success" for a in answers)
+    # Read by curl and by `dps get sku-001 --entity product`: the same answer's keys.
+    products = [a for a in answers if a.get("entity") == "product" and a.get("id") == "sku-001"]
+    assert products
+    assert set(cast(dict[str, object], products[0]["features"])) == {
+        "product_cart_adds_1h",
+        "product_cart_adds_24h",
+        "product_revenue_1h",
+        "product_revenue_24h",
+    }
+    [batch] = [a for a in answers if "entities" in a]
+    entities = cast(list[dict[str, object]], batch["entities"])
+    assert [e["id"] for e in entities] == ["sku-002", "sku-003"]
 
 
 def printed_objects(out: str) -> list[dict[str, object]]:
