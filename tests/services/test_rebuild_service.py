@@ -18,6 +18,7 @@ from app.db.online_store import OnlineStore
 from app.schemas.deployment import FeatureSnapshot
 from app.schemas.feature import FeatureFilter, FilterCondition
 from app.services.rebuild_service import RebuildService
+from app.tiles.entities import read_pairs
 from app.tiles.record import serve
 from runtime.archive.metrics import ArchiveMetrics
 from runtime.archive.worker import ArchiveOptions, ArchiveWorker
@@ -291,3 +292,54 @@ class TestRebuild:
             assert serve(rebuilt.record, specs, NOW) == serve(live.record, specs, NOW)
         finally:
             await lost.close()
+
+
+class TestEntityFeaturesAndRebuild:
+    async def test_user_x_entity_state_survives_a_rebuild_and_entity_only_projects_are_left_alone(
+        self, kit: ComputeKit, archive: ChdbSink
+    ) -> None:
+        # Rebuild recomputes per-user features only; the user x entity state compute wrote
+        # stays in the rebuilt record (its offsets cover those events, so dropping the
+        # state would lose them for good).
+        project, pl = unique("proj"), new_id()
+        keyed = pipeline(pl, "add_to_cart")
+        event = keyed.events[0]
+        fields = [f.model_copy(update={"entity": "product"}) if f.name == "product_id" else f
+                  for f in event.fields]  # fmt: skip
+        keyed = keyed.model_copy(update={"events": [event.model_copy(update={"fields": fields})]})
+        per_pair = feature("spend_by_product", pl, "SUM", ["1h"]).model_copy(
+            update={"entity": ["user", "product"]}
+        )
+        snapshot = config(project, 1, [keyed], [feature("n", pl, "COUNT", ["1h"]), per_pair])
+        await kit.publish(snapshot)
+        events = [
+            RawEvent(f"u{n % 2}", pl, "add_to_cart", NOW - n * MINUTE,
+                     {"product_id": f"sku-{n % 3}", "price": n})
+            for n in range(12)
+        ]  # fmt: skip
+        await kit.produce(project, events, 1)
+        compute = kit.run()
+        await compute.wait_processed(len(events))
+        await compute.stop()
+        await archive_all(kit, archive, unique("archive"), len(events))
+        before = {u: await kit.store.get(project, u) for u in ("u0", "u1")}
+        report = await RebuildService(archive, kit.store, now_ms=kit.clock).rebuild(snapshot)
+        assert report.written == 2
+        for user, stored in before.items():
+            after = await kit.store.get(project, user)
+            assert stored is not None
+            assert after is not None
+            assert after.record["pairs"] == stored.record["pairs"]
+            mine = [e for e in events if e.user_id == user]
+            want: dict[str, float] = {}
+            for e in mine:
+                key = str(e.properties["product_id"])
+                want[key] = want.get(key, 0) + float(e.properties["price"])
+            spec = build_specs(snapshot).pairs[0]
+            assert read_pairs(after.record["pairs"], spec, NOW) == {"spend_by_product_1h": want}
+
+        only_entities = config(unique("proj"), 1, [keyed], [
+            feature("buys", pl, "COUNT", ["1h"]).model_copy(update={"entity": "product"})
+        ])  # fmt: skip
+        report = await RebuildService(archive, kit.store, now_ms=kit.clock).rebuild(only_entities)
+        assert report.written == 0
