@@ -1,6 +1,7 @@
 """Filters in SQL accept exactly the events the pure filter accepts: hypothesis draws
-filters and event properties, chDB evaluates `FilterSql`'s condition over the JSON the
-archive stores, and `FeatureFilter.compile()` (the definition) is the oracle."""
+filters and event properties, chDB (and a ClickHouse server where CLICKHOUSE_URL is set)
+evaluates `FilterSql`'s condition over the JSON the archive stores, and
+`FeatureFilter.compile()` (the definition) is the oracle."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.core.settings import BackendSettings
-from app.db.clickhouse import ChdbSink
+from app.db.clickhouse import ChdbSink, ClickHouseClientSink, ClickHouseSink
 from app.db.filter_sql import FilterSql
 from app.tiles.filters import OPS, Condition, FeatureFilter
+from tests.conftest import CLICKHOUSE_URL
 
 FIELDS = ["price", "category", "flag", "tags"]
 # Numbers within 2**53: the SQL compares numbers as 64-bit floats (see filter_sql.py).
@@ -49,9 +51,23 @@ filters = st.builds(
 properties = st.dictionaries(st.sampled_from(FIELDS), values, max_size=4)
 
 
-@pytest.fixture
-async def chdb(backend_settings: BackendSettings) -> AsyncIterator[ChdbSink]:
-    sink = ChdbSink(backend_settings)
+@pytest.fixture(
+    params=[
+        "chdb",
+        pytest.param(
+            "clickhouse",
+            marks=pytest.mark.skipif(
+                not CLICKHOUSE_URL, reason="CLICKHOUSE_URL is not set: no ClickHouse server"
+            ),
+        ),
+    ]
+)
+async def archive(
+    request: pytest.FixtureRequest, backend_settings: BackendSettings
+) -> AsyncIterator[ClickHouseClientSink]:
+    """chDB, and a ClickHouse server where CLICKHOUSE_URL is set: the same SQL on both."""
+    kind = ChdbSink if request.param == "chdb" else ClickHouseSink
+    sink = kind(backend_settings)
     await sink.initialize()
     try:
         yield sink
@@ -60,7 +76,9 @@ async def chdb(backend_settings: BackendSettings) -> AsyncIterator[ChdbSink]:
 
 
 class TestFilterSqlEqualsTheFilter:
-    async def test_sql_accepts_the_same_events_as_the_pure_filter(self, chdb: ChdbSink) -> None:
+    async def test_sql_accepts_the_same_events_as_the_pure_filter(
+        self, archive: ClickHouseClientSink
+    ) -> None:
         cases: list[tuple[FeatureFilter, list[dict[str, Any]]]] = []
 
         @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
@@ -74,7 +92,7 @@ class TestFilterSqlEqualsTheFilter:
             condition = builder.condition(feature_filter)
             # Stored as compute's messages carry them: json.dumps of the properties.
             texts_ = [json.dumps(p) for p in events]
-            rows = await chdb.query_rows(
+            rows = await archive.query_rows(
                 f"SELECT {condition} FROM (SELECT arrayJoin({{events:Array(String)}}) "  # noqa: S608
                 "AS properties)",
                 {"events": texts_, **builder.params},
