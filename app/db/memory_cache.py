@@ -14,7 +14,19 @@ import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 
 from app.core.settings import BackendSettings
-from app.db.cache import DONE, PENDING, Cache, ClaimState, claim_state
+from app.db.cache import (
+    DONE,
+    PENDING,
+    Admission,
+    Admitted,
+    Cache,
+    ClaimState,
+    RateWindow,
+    Verdict,
+    claim_state,
+    seconds_until_room,
+    sliding_count,
+)
 
 # A subscriber that stops reading must not grow memory without bound: past this many
 # pending messages the oldest is dropped (notices are "something changed" pings, so
@@ -31,6 +43,9 @@ class MemoryCache(Cache):
         # sweep checks the dict before deleting.
         self._expiries: list[tuple[float, str]] = []
         self._subscribers: dict[str, set[asyncio.Queue[bytes]]] = {}
+        # Rate windows: key -> (fixed window index, its count, the previous one's count).
+        # One entry per project and pipeline, so they are never swept.
+        self._windows: dict[str, tuple[int, int, int]] = {}
 
     async def ping(self) -> None:
         """Always answers."""
@@ -73,9 +88,7 @@ class MemoryCache(Cache):
         """Removes the key if present."""
         self._values.pop(key, None)
 
-    async def claim_many(
-        self, keys: Sequence[str], pending_ttl_seconds: int, *, guarded: bool = False
-    ) -> list[ClaimState]:
+    async def claim_many(self, keys: Sequence[str], pending_ttl_seconds: int) -> list[ClaimState]:
         """See Cache.claim_many; atomic because nothing here awaits. ValueError for ttl ≤ 0."""
         if pending_ttl_seconds <= 0:
             raise ValueError("pending_ttl_seconds must be positive")
@@ -88,8 +101,6 @@ class MemoryCache(Cache):
                 states.append(ClaimState.CLAIMED)
                 continue
             states.append(claim_state(value))
-            if guarded and len(states) == 1:
-                return states + [ClaimState.SKIPPED] * (len(keys) - 1)
         return states
 
     async def confirm_many(self, ttls: Mapping[str, int]) -> None:
@@ -106,6 +117,54 @@ class MemoryCache(Cache):
         for key in keys:
             if self._live(key, now) == PENDING:
                 del self._values[key]
+
+    async def admit_many(
+        self, admissions: Sequence[Admission], pending_ttl_seconds: int
+    ) -> list[Admitted]:
+        """See Cache.admit_many; atomic because nothing here awaits. Windows follow the
+        wall clock (as Redis' TIME does); ValueError for ttl ≤ 0."""
+        if pending_ttl_seconds <= 0:
+            raise ValueError("pending_ttl_seconds must be positive")
+        return [self._admit(a, pending_ttl_seconds) for a in admissions]
+
+    def _admit(self, admission: Admission, ttl: int) -> Admitted:
+        now, wall = time.monotonic(), time.time()
+        guard = self._live(admission.guard, now)
+        if guard is not None:
+            return Admitted(Verdict.GUARD_HELD, guard_state=claim_state(guard))
+        found = [self._live(key, now) for key in admission.claims]
+        if admission.exclusive and PENDING in found:
+            return Admitted(Verdict.IN_FLIGHT)
+        counts = [self._window(w, wall) for w in admission.windows]
+        for index, (window, (current, previous, elapsed)) in enumerate(
+            zip(admission.windows, counts, strict=True)
+        ):
+            count = sliding_count(current, previous, elapsed, window.window_s)
+            if count + admission.cost > window.limit:
+                room = window.limit - admission.cost
+                wait = seconds_until_room(current, previous, elapsed, window.window_s, room)
+                return Admitted(Verdict.LIMITED, limited=index, retry_after_s=wait)
+        for window, (current, previous, _) in zip(admission.windows, counts, strict=True):
+            index = int(wall // window.window_s)
+            self._windows[window.key] = (index, current + admission.cost, previous)
+        self._store(admission.guard, PENDING, ttl, now)
+        states = []
+        for key, value in zip(admission.claims, found, strict=True):
+            if value is None:
+                self._store(key, PENDING, ttl, now)
+                states.append(ClaimState.CLAIMED)
+            else:
+                states.append(claim_state(value))
+        return Admitted(Verdict.ADMITTED, claims=tuple(states))
+
+    def _window(self, window: RateWindow, wall: float) -> tuple[int, int, float]:
+        """Returns (current count, previous count, seconds into the current window)."""
+        index, elapsed = divmod(wall, window.window_s)
+        stored, current, previous = self._windows.get(window.key, (-2, 0, 0))
+        if stored != index:
+            previous = current if stored == index - 1 else 0
+            current = 0
+        return current, previous, elapsed
 
     async def publish(self, channel: str, message: bytes) -> None:
         """Queues the message for every current subscriber of the channel."""
@@ -129,7 +188,3 @@ class MemoryCache(Cache):
             subscribers.discard(queue)
             if not subscribers and self._subscribers.get(channel) is subscribers:
                 del self._subscribers[channel]
-
-    def rate_limit_storage_uri(self) -> str:
-        """Returns `async+memory://`: the `limits` in-process async storage."""
-        return "async+memory://"

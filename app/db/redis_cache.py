@@ -29,7 +29,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.core.settings import BackendSettings
-from app.db.cache import DONE, PENDING, Cache, CacheUnavailable, ClaimState
+from app.db.cache import (
+    DONE,
+    PENDING,
+    Admission,
+    Admitted,
+    Cache,
+    CacheUnavailable,
+    ClaimState,
+    Verdict,
+)
 
 _CONNECT_TIMEOUT_S = 1.0
 # Every command here takes well under a millisecond on a healthy Redis (a 2,500-key claim
@@ -47,8 +56,7 @@ _SUBSCRIBE_PONG_DEADLINE_S = 3.0
 _OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
 
 # Claims (see app/db/cache.py). Lua, so that a batch is one round trip (and one command
-# for redis-py to encode, not 2,500), and the guard key is checked and the rest claimed in
-# one atomic step: a refused guard leaves no trace. All
+# for redis-py to encode, not 2,500), atomic as a whole. All
 # keys of a script must live on one node: fine on a single Redis (or a primary with
 # replicas); Redis Cluster would need hash-tagged keys. A plain SET NX (not SET NX GET,
 # Redis 7+) keeps it working on older servers.
@@ -59,15 +67,11 @@ for i, key in ipairs(KEYS) do
     states[i] = 0
   else
     states[i] = redis.call('GET', key) == '{PENDING.decode()}' and 1 or 2
-    if i == 1 and ARGV[2] == '1' then
-      for j = 2, #KEYS do states[j] = 3 end
-      return states
-    end
   end
 end
 return states
 """
-_CLAIM_STATES = (ClaimState.CLAIMED, ClaimState.PENDING, ClaimState.DONE, ClaimState.SKIPPED)
+_CLAIM_STATES = (ClaimState.CLAIMED, ClaimState.PENDING, ClaimState.DONE)
 _RELEASE = f"""
 for _, key in ipairs(KEYS) do
   if redis.call('GET', key) == '{PENDING.decode()}' then redis.call('DEL', key) end
@@ -78,7 +82,81 @@ _CONFIRM = f"""
 for i, key in ipairs(KEYS) do redis.call('SET', key, '{DONE.decode()}', 'EX', ARGV[i]) end
 return 0
 """
-_SCRIPTS = {"claim": _CLAIM, "confirm": _CONFIRM, "release": _RELEASE}
+# Admissions (see Cache.admit_many and the sliding count in app/db/cache.py), any number
+# in one call. KEYS, per admission: guard, claims, windows. ARGV: pending TTL, admission
+# count, then per admission: claim count, window count, cost, exclusive (0/1), and
+# (limit, seconds) per window. Per admission it returns {verdict, guard state, limited
+# window (0-based, -1: none), retry-after, claim states...}, codes as in _VERDICTS and
+# _CLAIM_STATES. The clock is Redis' TIME, the same for every ingestion replica (scripts
+# replicate their effects, so reading the clock is allowed).
+_ADMIT = f"""
+local ttl = ARGV[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local out = {{}}
+local k, a = 1, 3
+for n = 1, tonumber(ARGV[2]) do
+  local nclaims, nwindows = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local cost, exclusive = tonumber(ARGV[a + 2]), ARGV[a + 3] == '1'
+  a = a + 4
+  local guard, claims_at, windows_at = KEYS[k], k + 1, k + 1 + nclaims
+  k = windows_at + nwindows
+  local verdict = nil
+  local held = redis.call('GET', guard)
+  if held then verdict = {{1, held == '{PENDING.decode()}' and 1 or 2, -1, 0}} end
+  local found = {{}}
+  if not verdict then
+    for i = 1, nclaims do
+      found[i] = redis.call('GET', KEYS[claims_at + i - 1])
+      if exclusive and found[i] == '{PENDING.decode()}' then verdict = {{2, 0, -1, 0}} end
+    end
+  end
+  local windows = {{}}
+  if not verdict then
+    for i = 1, nwindows do
+      local key = KEYS[windows_at + i - 1]
+      local limit, size = tonumber(ARGV[a + 2 * i - 2]), tonumber(ARGV[a + 2 * i - 1])
+      local index = math.floor(now / size)
+      local elapsed = now - index * size
+      local h = redis.call('HMGET', key, 'w', 'c', 'p')
+      local w, c, p = tonumber(h[1]), tonumber(h[2]) or 0, tonumber(h[3]) or 0
+      if w ~= index then
+        if w == index - 1 then p = c else p = 0 end
+        c = 0
+      end
+      windows[i] = {{key, index, c + cost, p, 2 * size}}
+      if p * (size - elapsed) / size + c + cost > limit then
+        local room, wait = limit - cost, 0
+        if c <= room then wait = size - (room - c) * size / p - elapsed
+        else wait = (size - elapsed) + size * (1 - room / c) end
+        verdict = {{3, 0, i - 1, math.max(1, math.ceil(wait))}}
+        break
+      end
+    end
+  end
+  a = a + 2 * nwindows
+  if not verdict then
+    redis.call('SET', guard, '{PENDING.decode()}', 'EX', ttl)
+    for _, w in ipairs(windows) do
+      redis.call('HSET', w[1], 'w', w[2], 'c', w[3], 'p', w[4])
+      redis.call('EXPIRE', w[1], w[5])
+    end
+    verdict = {{0, 0, -1, 0}}
+    for i = 1, nclaims do
+      if found[i] then
+        verdict[4 + i] = found[i] == '{PENDING.decode()}' and 1 or 2
+      else
+        redis.call('SET', KEYS[claims_at + i - 1], '{PENDING.decode()}', 'EX', ttl)
+        verdict[4 + i] = 0
+      end
+    end
+  end
+  out[n] = verdict
+end
+return out
+"""
+_VERDICTS = (Verdict.ADMITTED, Verdict.GUARD_HELD, Verdict.IN_FLIGHT, Verdict.LIMITED)
+_SCRIPTS = {"claim": _CLAIM, "confirm": _CONFIRM, "release": _RELEASE, "admit": _ADMIT}
 
 
 @contextmanager
@@ -87,6 +165,24 @@ def _unavailable_on_outage(what: str) -> Iterator[None]:
         yield
     except _OUTAGE_ERRORS as exc:
         raise CacheUnavailable(f"redis {what} failed: {exc!r}") from exc
+    except RuntimeError as exc:
+        # redis-py on uvloop: reconnecting a pooled connection whose transport Redis
+        # closed (killed mid-stream) raises uvloop's RuntimeError "... the handler is
+        # closed" instead of a ConnectionError. Found by the Redis fault test as a 500.
+        if "handler is closed" not in str(exc):
+            raise
+        raise CacheUnavailable(f"redis {what} failed: {exc!r}") from exc
+
+
+def _admitted(reply: list[int]) -> Admitted:
+    verdict, guard, limited, retry_after, *claims = (int(code) for code in reply)
+    return Admitted(
+        _VERDICTS[verdict],
+        guard_state=_CLAIM_STATES[guard],
+        claims=tuple(_CLAIM_STATES[code] for code in claims),
+        limited=None if limited < 0 else limited,
+        retry_after_s=retry_after,
+    )
 
 
 class RedisCache(Cache):
@@ -163,9 +259,7 @@ class RedisCache(Cache):
         with _unavailable_on_outage("DEL"):
             await self._redis().delete(key)
 
-    async def claim_many(
-        self, keys: Sequence[str], pending_ttl_seconds: int, *, guarded: bool = False
-    ) -> list[ClaimState]:
+    async def claim_many(self, keys: Sequence[str], pending_ttl_seconds: int) -> list[ClaimState]:
         """One Lua script for all keys (one round trip, atomic); see Cache.claim_many.
         Raises CacheUnavailable, ValueError for ttl ≤ 0."""
         if pending_ttl_seconds <= 0:
@@ -176,9 +270,7 @@ class RedisCache(Cache):
         # claimed by the first run come back PENDING: the caller refuses its own event
         # as "in flight" until the claims expire. Safe (nothing is acknowledged), and rare.
         with _unavailable_on_outage("claim script"):
-            codes = await self._script("claim")(
-                keys=list(keys), args=[pending_ttl_seconds, 1 if guarded else 0]
-            )
+            codes = await self._script("claim")(keys=list(keys), args=[pending_ttl_seconds])
         return [_CLAIM_STATES[int(code)] for code in codes]
 
     async def confirm_many(self, ttls: Mapping[str, int]) -> None:
@@ -198,6 +290,32 @@ class RedisCache(Cache):
             return
         with _unavailable_on_outage("release script"):
             await self._script("release")(keys=list(keys))
+
+    async def admit_many(
+        self, admissions: Sequence[Admission], pending_ttl_seconds: int
+    ) -> list[Admitted]:
+        """One Lua script for all admissions (one round trip); see Cache.admit_many.
+        Raises CacheUnavailable, ValueError for ttl ≤ 0."""
+        if pending_ttl_seconds <= 0:
+            raise ValueError("pending_ttl_seconds must be positive")
+        if not admissions:
+            return []
+        keys: list[str] = []
+        args: list[int | str] = [pending_ttl_seconds, len(admissions)]
+        for admission in admissions:
+            keys.append(admission.guard)
+            keys.extend(admission.claims)
+            keys.extend(w.key for w in admission.windows)
+            args += (len(admission.claims), len(admission.windows), admission.cost)
+            args.append(1 if admission.exclusive else 0)
+            for window in admission.windows:
+                args += (window.limit, window.window_s)
+        # A reply lost and the script run again by the client's one retry finds its own
+        # guard pending: the request is refused as in flight (nothing acknowledged,
+        # nothing charged twice), as for claim_many.
+        with _unavailable_on_outage("admit script"):
+            replies = await self._script("admit")(keys=keys, args=args)
+        return [_admitted(reply) for reply in replies]
 
     def _script(self, name: str) -> AsyncScript:
         script = self._scripts.get(name)
@@ -251,10 +369,3 @@ class RedisCache(Cache):
             # The connection may already be dead; closing must not mask the real error.
             with suppress(*_OUTAGE_ERRORS):
                 await pubsub.aclose()
-
-    def rate_limit_storage_uri(self) -> str:
-        """Returns `async+<redis url>` (e.g. `async+redis://host:port/0`), the `limits` 5.x
-        async Redis storage on this same Redis. `limits` defaults to the `coredis`
-        driver, which is not installed: build it with
-        `storage_from_string(uri, implementation="redispy")`."""
-        return f"async+{self._url}"

@@ -6,6 +6,10 @@ than any produce: INGEST_PRODUCE_TIMEOUT_SECONDS + a margin), produces, and only
 confirms them *done* (dedup: INGEST_DEDUP_TTL_SECONDS, 24 h; replay: twice the
 signature tolerance). What a later request finds under a key decides its answer:
 
+A request takes its claims with its rate-limit charge in one atomic step
+(`Claims.admit`, Cache.admit_many): admitted whole, or refused with nothing claimed or
+charged, so a refusal has nothing to release.
+
 - nothing: it claims the key and goes on;
 - done: a duplicate (200, nothing produced) or a replayed webhook (409 ReplayedWebhook);
 - pending: another request is producing it right now, or died (or lost the cache)
@@ -24,7 +28,7 @@ Failure cases, the reason for the two phases:
   again: a duplicate record in the log, which compute drops by event id (each user
   record remembers the event ids it applied: app/tiles/record.py). Ingestion is
   at-least-once into the log, never at-most-once; these claims only spare the log.
-- the claim itself fails (cache down): 503, and nothing is released: the claim script
+- the claim itself fails (cache down): 503, and nothing is released: the admit script
   is atomic, so either nothing was claimed or the reply was lost after it ran; in the
   second case releasing would also free claims of concurrent requests.
 """
@@ -36,7 +40,7 @@ import logging
 from collections.abc import Mapping, Sequence
 
 from app.core.errors import EventInFlight, ReplayedWebhook, ServiceUnavailable
-from app.db.cache import Cache, CacheUnavailable, ClaimState
+from app.db.cache import Admission, Admitted, Cache, CacheUnavailable, ClaimState
 from runtime.ingestion.metrics import IngestionMetrics
 from runtime.ingestion.producer import RETRY_AFTER_S
 
@@ -93,11 +97,21 @@ class Claims:
         self.dedup_ttl_s = dedup_ttl_s
         self.replay_ttl_s = replay_ttl_s
 
-    async def claim(self, keys: Sequence[str], *, guarded: bool = False) -> list[ClaimState]:
+    async def admit(self, admission: Admission) -> Admitted:
+        """Returns the cache's verdict on the admission (see Cache.admit_many), its
+        claims now held pending if ADMITTED. Raises ServiceUnavailable (503,
+        Retry-After) when the cache is down."""
+        try:
+            [admitted] = await self._cache.admit_many([admission], self._pending_ttl_s)
+        except CacheUnavailable as exc:
+            raise cache_down(exc) from exc
+        return admitted
+
+    async def claim(self, keys: Sequence[str]) -> list[ClaimState]:
         """Returns the state of each key (see Cache.claim_many), CLAIMED ones now held
         pending. Raises ServiceUnavailable (503, Retry-After) when the cache is down."""
         try:
-            return await self._cache.claim_many(keys, self._pending_ttl_s, guarded=guarded)
+            return await self._cache.claim_many(keys, self._pending_ttl_s)
         except CacheUnavailable as exc:
             raise cache_down(exc) from exc
 

@@ -19,7 +19,7 @@ from app.core.service import Backend, Resources, StartupHook, build_app
 from app.core.settings import IngestionSettings
 from runtime.ingestion.metrics import IngestionMetrics, metrics_router
 from runtime.ingestion.producer import EventSink
-from runtime.ingestion.ratelimit import IngestRateLimiter
+from runtime.ingestion.ratelimit import RateLimits
 from runtime.ingestion.routes import INGESTION_SERVICE, ingestion_router
 from runtime.ingestion.service import IngestionService
 from runtime.ingestion.signature import MAX_TOLERANCE_SECONDS
@@ -49,21 +49,19 @@ def ingestion_startup(settings: IngestionSettings, metrics: IngestionMetrics) ->
         def on_limited(scope: str) -> None:
             metrics.rate_limited.labels(scope=scope).inc()
 
-        limiter = IngestRateLimiter(
-            resources.cache.rate_limit_storage_uri(),
+        limits = RateLimits(
             project_limit=settings.rate_limit_project,
             pipeline_limit=settings.rate_limit_pipeline,
             overrides=settings.rate_limit_overrides,
             on_limited=on_limited,
         )
-        stack.push_async_callback(limiter.close)
         resources.extras[INGESTION_SERVICE] = IngestionService(
             settings,
             configs=loader,
             secrets=secrets,
             cache=resources.cache,
             sink=EventSink(resources.producer, metrics, timeout_s=settings.produce_timeout_seconds),
-            limiter=limiter,
+            limits=limits,
             metrics=metrics,
         )
         stack.callback(resources.extras.pop, INGESTION_SERVICE, None)

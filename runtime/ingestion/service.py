@@ -3,24 +3,24 @@ before every check passed, and nothing is acknowledged before the log stored it.
 
 Single event:
     size (route) → project/pipeline in the deployed config (404/409) → signature (401)
-    → JSON (422) → validation (422) → claims: replay and dedup in one atomic call (409
-    ReplayedWebhook or EventInFlight; or a duplicate) → rate limit (429) → produce (503)
-    → confirm the claims → 202 (200 for a duplicate)
+    → JSON (422) → validation (422) → admission: replay claim, dedup claim and rate limit
+    in one atomic call (409 ReplayedWebhook or EventInFlight, 429; or a duplicate)
+    → produce (503) → confirm the claims → 202 (200 for a duplicate)
 Batch:
-    size → project/pipeline → signature → replay claim (409) → JSON (422) → rate limit
-    (429) → validation (per item) → dedup claims (per item) → produce (503) → confirm → 202
+    size → project/pipeline → signature → JSON (422, 413) → admission: replay claim and
+    rate limit (409, 429) → validation (per item) → dedup claims (per item) → produce
+    (503) → confirm → 202
 
-Why the orders differ. A replayed webhook must be refused before any effect, a
-rate-limit charge included, so the replay claim precedes the rate limit. For a single
-event, parsing and validation are pure and cheap, so they go first and both of its
-claims are one round trip; a 429 then releases them. A batch's claims are up to 2,500
-keys: claiming and releasing them for every request the rate limit refuses would let a
-flood drive Redis, so a batch meets the rate limit before any per-item work, and its
-replay claim is a call of its own.
+Why the orders differ. A single event's parsing and validation are pure and cheap, so
+they go first and everything it needs of Redis before producing is one round trip. A
+batch's claims are up to 2,500 keys, and validating 2,500 items is not cheap: a flood of
+batches that the rate limit refuses must cost neither, so a batch is admitted (replay
+claim and charge) before any per-item work. In both, a refused admission takes nothing:
+a replay is refused before any effect, a 429 holds no claim.
 
-Redis round trips of an accepted request: single event 4 (claims, two rate-limit
-scripts, confirm); batch 5 (replay claim, two rate-limit scripts, dedup claims, confirm)
-whatever its size.
+Redis round trips of an accepted request: single event 2 (admission, confirm); batch 3
+(admission, dedup claims, confirm) whatever its size. Kafka: one produce, whose records
+share produce requests with the concurrent requests' (the producer's linger).
 
 Claims are two-phase, pending while producing and done after (runtime/ingestion/claims.py
 has the protocol and its failure cases):
@@ -54,7 +54,7 @@ from app.core.errors import (
     PipelineNotFound,
 )
 from app.core.settings import IngestionSettings
-from app.db.cache import Cache, ClaimState
+from app.db.cache import Admission, Admitted, Cache, ClaimState, Verdict
 from app.schemas.common import OBJECT_ID_PATTERN
 from app.schemas.deployment import ConfigSnapshot
 from app.schemas.event import EventMessage, loads_json, parse_envelope, shown
@@ -62,7 +62,7 @@ from app.schemas.pipeline import WebhookSecrets
 from runtime.ingestion.claims import Claims, check_replay, dedup_key, in_flight, replay_key
 from runtime.ingestion.metrics import IngestionMetrics
 from runtime.ingestion.producer import RETRY_AFTER_S, EventSink
-from runtime.ingestion.ratelimit import IngestRateLimiter
+from runtime.ingestion.ratelimit import RateLimits
 from runtime.ingestion.signature import verify_signature
 from runtime.ingestion.validator import (
     CompiledCache,
@@ -132,7 +132,7 @@ class IngestionService:
         secrets: SecretSource,
         cache: Cache,
         sink: EventSink,
-        limiter: IngestRateLimiter,
+        limits: RateLimits,
         metrics: IngestionMetrics,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
@@ -147,7 +147,7 @@ class IngestionService:
             replay_ttl_s=2 * settings.signature_tolerance_seconds,
         )
         self._sink = sink
-        self._limiter = limiter
+        self._limits = limits
         self.metrics = metrics
         self._compiled = CompiledCache()
         self._clock_ms = clock_ms
@@ -190,16 +190,12 @@ class IngestionService:
         message = self._message(target, valid, valid.event_id or webhook_id, now_ms)
         replay = replay_key(target.project_id, webhook_id)
         dedup = dedup_key(target.project_id, message.event_id)
-        # The replay key guards the dedup key: a replay is refused with no claim made.
-        replay_state, dedup_state = await self._claims.claim([replay, dedup], guarded=True)
-        check_replay(webhook_id, replay_state)
-        new = dedup_state is ClaimState.CLAIMED
+        windows = self._limits.windows(target.project_id, target.pipeline_id, 1)
+        admission = Admission(replay, (dedup,), windows, cost=1, exclusive=True)
+        admitted = await self._claims.admit(admission)
+        self._refuse_unless_admitted(target, webhook_id, admitted, message.event_id)
+        new = admitted.claims[0] is ClaimState.CLAIMED
         try:
-            if dedup_state is ClaimState.PENDING:
-                raise in_flight(
-                    f"An event with event_id {shown(message.event_id)} is being produced"
-                )
-            await self._limiter.charge(target.project_id, target.pipeline_id, 1)
             if new:
                 await self._sink.produce([message])
         except BaseException:
@@ -226,11 +222,14 @@ class IngestionService:
         event over the per-event limit).
         """
         webhook_id = await self._authenticate(target, body, headers)
+        events = self._batch_events(loads_json(body.decode()), len(body))
         replay = replay_key(target.project_id, webhook_id)
-        [replay_state] = await self._claims.claim([replay])
-        check_replay(webhook_id, replay_state)
+        cost = len(events)
+        windows = self._limits.windows(target.project_id, target.pipeline_id, cost)
+        admitted = await self._claims.admit(Admission(replay, windows=windows, cost=cost))
+        self._refuse_unless_admitted(target, webhook_id, admitted, None)
         try:
-            result, produced = await self._batch(target, body, webhook_id)
+            result, produced = await self._batch(target, events, webhook_id)
         except BaseException:
             await self._claims.release([replay])
             raise
@@ -249,12 +248,22 @@ class IngestionService:
             body, headers, secrets, tolerance_s=self.settings.signature_tolerance_seconds
         )
 
+    def _refuse_unless_admitted(
+        self, target: Target, webhook_id: str, admitted: Admitted, event_id: str | None
+    ) -> None:
+        """Returns if the request was admitted; raises ReplayedWebhook or EventInFlight
+        (its webhook-id, or `event_id`, is held) or RateLimited."""
+        if admitted.verdict is Verdict.GUARD_HELD:
+            check_replay(webhook_id, admitted.guard_state)
+        if admitted.verdict is Verdict.IN_FLIGHT:
+            raise in_flight(f"An event with event_id {shown(event_id)} is being produced")
+        if admitted.verdict is Verdict.LIMITED:
+            raise self._limits.refusal(target.project_id, admitted)
+
     async def _batch(
-        self, target: Target, body: bytes, webhook_id: str
+        self, target: Target, events: list[Any], webhook_id: str
     ) -> tuple[IngestResult, list[str]]:
         """Returns the result and the dedup keys of the events it produced."""
-        events = self._batch_events(loads_json(body.decode()), len(body))
-        await self._limiter.charge(target.project_id, target.pipeline_id, len(events))
         now_ms = self._clock_ms()
         result = IngestResult()
         candidates: list[tuple[int, EventMessage]] = []

@@ -1,5 +1,6 @@
 """Cache contract: the same behaviour from RedisCache (real Redis) and MemoryCache,
-two-phase claims (claim_many / confirm_many / release_many) included.
+two-phase claims (claim_many / confirm_many / release_many) and admissions (claims with
+a rate-limit charge, admit_many) included.
 
 The Redis outage tests start a redis-server of their own on a free port and kill it by
 pid; the shared test server is never touched.
@@ -12,28 +13,31 @@ import signal
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import pytest
-from limits import parse
-from limits.aio.storage import Storage
-from limits.aio.strategies import MovingWindowRateLimiter
-from limits.storage import storage_from_string
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from app.core.settings import BackendSettings
-from app.db.cache import Cache, CacheUnavailable, ClaimState
+from app.db.cache import (
+    Admission,
+    Admitted,
+    Cache,
+    CacheUnavailable,
+    ClaimState,
+    RateWindow,
+    Verdict,
+    seconds_until_room,
+    sliding_count,
+)
 from app.db.memory_cache import MemoryCache
 from app.db.redis_cache import RedisCache
-from tests.conftest import REDIS_URL, unique
+from tests.conftest import unique
 from tests.support.own_redis import OwnRedis, free_port
 from tests.support.tcp_relay import TcpRelay
 
-CLAIMED, PENDING, DONE, SKIPPED = (
-    ClaimState.CLAIMED,
-    ClaimState.PENDING,
-    ClaimState.DONE,
-    ClaimState.SKIPPED,
-)
+CLAIMED, PENDING, DONE = ClaimState.CLAIMED, ClaimState.PENDING, ClaimState.DONE
 PROBE = b"__probe__"
 # Upper bound for anything that must "fail fast": a hang fails the test instead of
 # blocking the suite. Not a timing assertion.
@@ -182,29 +186,163 @@ class TestClaims:
         assert await cache.claim_many([key], 1) == [CLAIMED]
 
 
-class TestGuardedClaims:
+def window(limit: int, seconds: int = 60) -> RateWindow:
+    return RateWindow(unique("rl"), limit, seconds)
+
+
+async def admit(cache: Cache, *admissions: Admission) -> list[Admitted]:
+    return await cache.admit_many(admissions, 60)
+
+
+class TestAdmissions:
+    async def test_an_admission_claims_its_guard_and_claims_and_charges_its_windows(
+        self, cache: Cache
+    ) -> None:
+        guard, free, done = unique("guard"), unique("claim"), unique("claim")
+        await cache.confirm_many({done: 60})
+        limit = window(3)
+        [admitted] = await admit(cache, Admission(guard, (free, done), (limit,), cost=2))
+        assert admitted == Admitted(Verdict.ADMITTED, claims=(CLAIMED, DONE))
+        assert await cache.claim_many([guard, free, done], 60) == [PENDING, PENDING, DONE]
+        # 2 of 3 charged: one more fits, then the window is full.
+        verdicts = [a.verdict for a in await admit(cache, *fresh_admissions(limit, 2))]
+        assert verdicts == [Verdict.ADMITTED, Verdict.LIMITED]
+
     @pytest.mark.parametrize("guard_state", [PENDING, DONE])
-    async def test_a_taken_guard_leaves_the_other_keys_untouched(
+    async def test_a_held_guard_refuses_with_nothing_claimed_or_charged(
         self, cache: Cache, guard_state: ClaimState
     ) -> None:
-        guard, other = unique("guard"), unique("claim")
+        guard, other, limit = unique("guard"), unique("claim"), window(1)
         await cache.claim_many([guard], 60)
         if guard_state is DONE:
             await cache.confirm_many({guard: 60})
-        assert await cache.claim_many([guard, other], 60, guarded=True) == [guard_state, SKIPPED]
+        [refused] = await admit(cache, Admission(guard, (other,), (limit,), cost=1))
+        assert refused == Admitted(Verdict.GUARD_HELD, guard_state=guard_state)
         assert await cache.get(other) is None
+        [admitted] = await admit(cache, *fresh_admissions(limit, 1))
+        assert admitted.verdict is Verdict.ADMITTED
 
-    async def test_a_free_guard_claims_it_and_the_rest_as_usual(self, cache: Cache) -> None:
-        guard, free, done = unique("guard"), unique("claim"), unique("claim")
-        await cache.confirm_many({done: 60})
-        states = await cache.claim_many([guard, free, done], 60, guarded=True)
-        assert states == [CLAIMED, CLAIMED, DONE]
+    async def test_an_exclusive_admission_with_a_pending_claim_takes_nothing(
+        self, cache: Cache
+    ) -> None:
+        guard, busy, limit = unique("guard"), unique("claim"), window(1)
+        await cache.claim_many([busy], 60)
+        [refused] = await admit(cache, Admission(guard, (busy,), (limit,), 1, exclusive=True))
+        assert refused.verdict is Verdict.IN_FLIGHT
+        assert await cache.get(guard) is None
+        [admitted] = await admit(cache, *fresh_admissions(limit, 1))
+        assert admitted.verdict is Verdict.ADMITTED
 
-    async def test_only_the_first_key_guards(self, cache: Cache) -> None:
-        guard, taken, after = unique("guard"), unique("claim"), unique("claim")
-        await cache.claim_many([taken], 60)
-        states = await cache.claim_many([guard, taken, after], 60, guarded=True)
-        assert states == [CLAIMED, PENDING, CLAIMED]
+    async def test_a_shared_admission_reports_pending_claims_and_takes_the_rest(
+        self, cache: Cache
+    ) -> None:
+        guard, busy, free = unique("guard"), unique("claim"), unique("claim")
+        await cache.claim_many([busy], 60)
+        [admitted] = await admit(cache, Admission(guard, (busy, free)))
+        assert admitted == Admitted(Verdict.ADMITTED, claims=(PENDING, CLAIMED))
+
+    async def test_a_full_window_refuses_with_its_index_and_a_retry_after(
+        self, cache: Cache
+    ) -> None:
+        roomy, tight = window(100), window(2, seconds=60)
+        first = await admit(cache, *fresh_admissions(tight, 2, also=roomy))
+        assert [a.verdict for a in first] == [Verdict.ADMITTED, Verdict.ADMITTED]
+        guard, claim = unique("guard"), unique("claim")
+        [refused] = await admit(cache, Admission(guard, (claim,), (roomy, tight), cost=1))
+        assert refused.verdict is Verdict.LIMITED
+        assert refused.limited == 1
+        assert 1 <= refused.retry_after_s <= 120
+        assert [await cache.get(guard), await cache.get(claim)] == [None, None]
+        # The refused request was not charged to the roomy window either: 98 still fit.
+        [fits] = await admit(cache, Admission(unique("guard"), windows=(roomy,), cost=98))
+        assert fits.verdict is Verdict.ADMITTED
+
+    async def test_admissions_of_one_call_are_decided_in_order(self, cache: Cache) -> None:
+        limit = window(1)
+        guard = unique("guard")
+        verdicts = await admit(
+            cache,
+            Admission(guard, windows=(limit,), cost=1),
+            Admission(guard, windows=(limit,), cost=1),
+            Admission(unique("guard"), windows=(limit,), cost=1),
+        )
+        assert [v.verdict for v in verdicts] == [
+            Verdict.ADMITTED,
+            Verdict.GUARD_HELD,
+            Verdict.LIMITED,
+        ]
+
+    async def test_concurrent_admissions_never_exceed_the_limit(self, cache: Cache) -> None:
+        limit = window(5)
+        results = await asyncio.gather(
+            *(admit(cache, *fresh_admissions(limit, 1)) for _ in range(20))
+        )
+        verdicts = [a.verdict for [a] in results]
+        assert verdicts.count(Verdict.ADMITTED) == 5
+        assert verdicts.count(Verdict.LIMITED) == 15
+
+    async def test_a_full_window_admits_again_once_it_slid_past(self, cache: Cache) -> None:
+        limit = window(1, seconds=1)
+        [first] = await admit(cache, *fresh_admissions(limit, 1))
+        assert first.verdict is Verdict.ADMITTED
+        refused: list[Admitted] = []
+        async with asyncio.timeout(FAIL_FAST_BOUND_S):
+            while True:
+                [later] = await admit(cache, *fresh_admissions(limit, 1))
+                if later.verdict is Verdict.ADMITTED:
+                    break
+                refused.append(later)
+                await asyncio.sleep(0.1)
+        # Refused while the first charge was in the window, and told to wait a second.
+        assert refused
+        assert {r.retry_after_s for r in refused} <= {1, 2}
+
+    async def test_no_admissions_is_no_call(self, cache: Cache) -> None:
+        assert await cache.admit_many([], 60) == []
+
+    async def test_a_non_positive_ttl_is_refused(self, cache: Cache) -> None:
+        with pytest.raises(ValueError, match="ttl"):
+            await cache.admit_many([Admission(unique("guard"))], 0)
+
+
+def fresh_admissions(
+    limit: RateWindow, count: int, also: RateWindow | None = None
+) -> list[Admission]:
+    """`count` admissions of cost 1 with fresh guards, charged to `limit` (and `also`)."""
+    windows = (limit,) if also is None else (also, limit)
+    return [Admission(unique("guard"), windows=windows, cost=1) for _ in range(count)]
+
+
+class TestSlidingWindow:
+    """The sliding count and the Retry-After derived from it, against a brute-force
+    walk of the clock (the same arithmetic runs in Lua on Redis)."""
+
+    @staticmethod
+    def count_after(current: int, previous: int, elapsed: float, size: int, wait: float) -> float:
+        at = elapsed + wait
+        if at < size:
+            return previous * (size - at) / size + current
+        if at < 2 * size:
+            return current * (2 * size - at) / size
+        return 0.0
+
+    @given(
+        size=st.integers(1, 3600),
+        current=st.integers(0, 500),
+        previous=st.integers(0, 500),
+        fraction=st.floats(0, 0.999),
+        room=st.integers(0, 499),
+    )
+    def test_retry_after_is_the_first_whole_second_with_room(
+        self, size: int, current: int, previous: int, fraction: float, room: int
+    ) -> None:
+        elapsed = fraction * size
+        assume(sliding_count(current, previous, elapsed, size) > room + 1e-6)
+        wait = seconds_until_room(current, previous, elapsed, size, room)
+        assert wait >= 1
+        assert self.count_after(current, previous, elapsed, size, wait) <= room + 1e-6
+        if wait > 1:
+            assert self.count_after(current, previous, elapsed, size, wait - 1) > room - 1e-6
 
 
 class TestConfirmAndRelease:
@@ -276,26 +414,6 @@ class TestPubSub:
         await cache.publish(channel, b"nobody listens")
 
 
-class TestRateLimitStorage:
-    async def test_the_uri_gives_a_working_limits_storage(self, cache: Cache) -> None:
-        uri = cache.rate_limit_storage_uri()
-        # limits defaults to the coredis driver, which is not installed (see RedisCache).
-        options: dict[str, Any] = {"implementation": "redispy"} if "redis" in uri else {}
-        storage = cast(Storage, storage_from_string(uri, **options))
-        limiter = MovingWindowRateLimiter(storage)
-        item, key = parse("2/minute"), unique("rl")
-        assert [await limiter.hit(item, key) for _ in range(3)] == [True, True, False]
-
-    @pytest.mark.redis
-    async def test_redis_uri_points_at_the_same_redis(
-        self, backend_settings: BackendSettings
-    ) -> None:
-        assert RedisCache(backend_settings).rate_limit_storage_uri() == f"async+{REDIS_URL}"
-
-    async def test_memory_uri_is_the_async_memory_storage(self) -> None:
-        assert MemoryCache().rate_limit_storage_uri() == "async+memory://"
-
-
 # --- Redis outages, on a redis-server of our own -----------------------------------
 
 
@@ -311,6 +429,7 @@ class TestRedisOutage:
             own_cache.set("k", b"v"),
             own_cache.delete("k"),
             own_cache.claim_many(["d"], 10),
+            own_cache.admit_many([Admission("g", ("d",), (RateWindow("rl", 1, 1),), 1)], 10),
             own_cache.confirm_many({"d": 10}),
             own_cache.release_many(["d"]),
             own_cache.publish("ch", b"m"),

@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from app.core.settings import IngestionSettings
 from app.schemas.event import EventMessage
 from runtime.ingestion.claims import dedup_key, replay_key
+from runtime.ingestion.ratelimit import window_key
 from tests.conftest import unique
 from tests.runtime.ingestion.conftest import IngestApp, Pipeline, deploy_pipeline, running
 from tests.runtime.ingestion.conftest import ingestion_settings as base_settings
@@ -90,9 +91,9 @@ async def wait_for_key(redis_url: str, pattern: str) -> None:
 
 
 async def rate_limit_charged(redis_url: str, project_id: str) -> None:
-    """Returns once the project's rate limit was charged: the last Redis step of a
-    single event before it produces (the project window is charged after the pipeline's)."""
-    await wait_for_key(redis_url, f"LIMITS:{{LIMITER/project/{project_id}/*")
+    """Returns once the project's rate limit was charged: the request was admitted (its
+    claims and its charge are one atomic step), the last Redis step before it produces."""
+    await wait_for_key(redis_url, window_key("project", project_id, ""))
 
 
 async def claim_value(pipe: Pipeline, key: str) -> bytes | None:

@@ -1,7 +1,7 @@
 """Two-phase replay and dedup claims through the HTTP API, on the real servers.
 
 Another replica's request in flight is a *pending* claim in Redis: those are written here
-directly (as that replica's `claim_many` would); TestConcurrentRequests sends real
+directly (as that replica's admission would); TestConcurrentRequests sends real
 concurrent requests. Nothing is ever acknowledged on behalf of a pending claim.
 """
 
@@ -103,7 +103,7 @@ class TestSingleEvent:
             await cache_of(pipeline).get(dedup_key(pipeline.project_id, other["event_id"])) is None
         )
 
-    async def test_rate_limited_event_releases_both_claims(self, ingest: IngestApp) -> None:
+    async def test_rate_limited_event_holds_no_claim(self, ingest: IngestApp) -> None:
         pipe = await deploy_pipeline(ingest, ingest.limited_projects[0])
         for _ in range(3):
             assert (await pipe.post(event())).status_code == 202
@@ -116,8 +116,8 @@ class TestSingleEvent:
 
 
 class TestSingleEventOrder:
-    """Signature → JSON → validation → claims → rate limit: one claim call for both keys,
-    and a rate-limit charge only for a valid event that is not a replay."""
+    """Signature → JSON → validation → admission (claims and rate limit in one call): a
+    rate-limit charge only for a valid event that is not a replay nor in flight."""
 
     async def test_replays_are_refused_without_being_charged(self, ingest: IngestApp) -> None:
         pipe = await deploy_pipeline(ingest, ingest.limited_projects[1])  # 3 events a minute

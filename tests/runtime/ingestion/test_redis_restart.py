@@ -10,11 +10,12 @@ import asyncio
 import pytest
 
 from app.core.config_loader import publish_config
-from app.core.errors import ServiceUnavailable
 from app.core.secrets import write_secrets
+from app.core.settings import BackendSettings
+from app.db.cache import Admission, CacheUnavailable, RateWindow, Verdict
+from app.db.redis_cache import RedisCache
 from app.schemas.pipeline import WebhookSecrets
 from app.services.webhook_secrets import generate_secret
-from runtime.ingestion.ratelimit import IngestRateLimiter
 from tests.conftest import unique
 from tests.factories import deployment_document, pipeline_document
 from tests.runtime.ingestion.conftest import IngestApp, Pipeline, ingestion_settings, running
@@ -59,20 +60,24 @@ async def test_first_request_after_redis_restart_is_served(own_redis: OwnRedis) 
     assert [code for code, _ in statuses] == [202, 202, 202], statuses
 
 
-async def test_every_pooled_limiter_connection_heals_after_a_restart(own_redis: OwnRedis) -> None:
-    limiter = IngestRateLimiter(
-        f"async+{own_redis.url}", project_limit="100000/minute", pipeline_limit="100000/minute"
-    )
+async def test_every_pooled_admission_connection_heals_after_a_restart(
+    own_redis: OwnRedis,
+) -> None:
+    cache = RedisCache(BackendSettings(redis_url=own_redis.url))
+    await cache.initialize()
+    window = RateWindow("dps:rl:project:shop", 100_000, 60)
+
+    async def admit() -> Verdict:
+        [admitted] = await cache.admit_many([Admission(unique("g"), windows=(window,))], 60)
+        return admitted.verdict
+
     try:
-        # 16 charges at once leave 16 pooled connections, all dead after the restart.
-        await asyncio.gather(*(limiter.charge("shop", "web", 1) for _ in range(16)))
+        # 16 admissions at once leave 16 pooled connections, all dead after the restart.
+        assert set(await asyncio.gather(*(admit() for _ in range(16)))) == {Verdict.ADMITTED}
         own_redis.kill()
-        with pytest.raises(ServiceUnavailable) as refused:
-            await limiter.charge("shop", "web", 1)
-        assert refused.value.headers is not None
-        assert refused.value.headers["Retry-After"] == "1"
+        with pytest.raises(CacheUnavailable):
+            await admit()
         own_redis.start()
-        for _ in range(16):
-            await limiter.charge("shop", "web", 1)
+        assert set(await asyncio.gather(*(admit() for _ in range(16)))) == {Verdict.ADMITTED}
     finally:
-        await limiter.close()
+        await cache.close()
