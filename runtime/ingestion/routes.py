@@ -45,6 +45,7 @@ from app.core.errors import (
     UnsupportedMediaType,
     error_responses,
 )
+from app.core.routing import served_by
 from app.core.service import get_resources
 from app.schemas.event import BatchIngestResponse, EventEnvelopeDoc, SingleIngestResponse
 from runtime.ingestion.service import IngestionService
@@ -167,8 +168,27 @@ def ingestion_router() -> APIRouter:
         "additionalProperties": False,
     }
 
-    @router.post(
+    async def serve_one(request: Request) -> JSONResponse:
+        params = request.path_params
+        return await _handle(request, params["project_id"], params["pipeline_id"], batch=False)
+
+    async def serve_batch(request: Request) -> JSONResponse:
+        params = request.path_params
+        return await _handle(request, params["project_id"], params["pipeline_id"], batch=True)
+
+    # The endpoints below are what OpenAPI describes; requests are served by `serve_*`
+    # above, without FastAPI's per-request dependency solving (app/core/routing.py): the
+    # only parameters are the two path strings, checked by IngestionService.target.
+    async def ingest_one(request: Request, project_id: str, pipeline_id: str) -> JSONResponse:
+        return await _handle(request, project_id, pipeline_id, batch=False)
+
+    async def ingest_batch(request: Request, project_id: str, pipeline_id: str) -> JSONResponse:
+        return await _handle(request, project_id, pipeline_id, batch=True)
+
+    router.add_api_route(
         "/ingest/{project_id}/{pipeline_id}",
+        ingest_one,
+        methods=["POST"],
         summary="Ingest one signed event",
         description=(
             "Standard Webhooks signature required (webhook-id, webhook-timestamp, "
@@ -180,12 +200,12 @@ def ingestion_router() -> APIRouter:
         response_model=SingleIngestResponse,
         responses={200: {"model": SingleIngestResponse}, **_ERRORS},
         openapi_extra=_body_doc(envelope, "One event envelope (at most 32 KB)"),
+        route_class_override=served_by(serve_one),
     )
-    async def ingest_one(request: Request, project_id: str, pipeline_id: str) -> JSONResponse:
-        return await _handle(request, project_id, pipeline_id, batch=False)
-
-    @router.post(
+    router.add_api_route(
         "/ingest/{project_id}/{pipeline_id}/batch",
+        ingest_batch,
+        methods=["POST"],
         summary="Ingest a signed batch of events",
         description=(
             'Body `{"events": [envelope, ...]}`: at most 2,500 events and 500 KB, each '
@@ -198,8 +218,6 @@ def ingestion_router() -> APIRouter:
         response_model=BatchIngestResponse,
         responses=_ERRORS,
         openapi_extra=_body_doc(batch_body, "A batch of event envelopes"),
+        route_class_override=served_by(serve_batch),
     )
-    async def ingest_batch(request: Request, project_id: str, pipeline_id: str) -> JSONResponse:
-        return await _handle(request, project_id, pipeline_id, batch=True)
-
     return router

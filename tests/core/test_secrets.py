@@ -85,6 +85,27 @@ class TestProvider:
         assert raw is not None
         assert WebhookSecrets.model_validate_json(raw) == got
 
+    async def test_concurrent_requests_for_an_expired_copy_share_one_read(
+        self, config_store, cache, project_id
+    ):
+        pipeline_id = new_id()
+        secrets = WebhookSecrets(current=generate_secret())
+        assert await SecretPublisher(cache).publish(project_id, pipeline_id, secrets)
+        reads: list[str] = []
+        real_get = cache.get
+
+        async def counted_get(key: str) -> bytes | None:  # the real cache, counted
+            reads.append(key)
+            return await real_get(key)
+
+        cache.get = counted_get
+        provider = SecretProvider(cache, config_store, ttl_s=0.01)
+        for _ in range(3):  # the held copy expires between the rounds
+            got = await asyncio.gather(*(provider.get(project_id, pipeline_id) for _ in range(32)))
+            assert got == [secrets] * 32
+            await asyncio.sleep(0.02)
+        assert reads == [secrets_key(project_id, pipeline_id)] * 3
+
     async def test_an_unknown_pipeline_has_no_secrets(self, config_store, cache, project_id):
         assert await SecretProvider(cache, config_store).get(project_id, new_id()) is None
 
