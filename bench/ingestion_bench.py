@@ -2,6 +2,7 @@
 against the raw aiokafka producer, measured in the same run.
 
     .venv/bin/python bench/ingestion_bench.py [--requests 3000] [--rate 300] [--seconds 5]
+        [--rounds 3] [--before DIR]
 
 Loopback only, bounded (about a minute). Needs Kafka and Redis from `scripts/servers.sh
 start` (KAFKA_BOOTSTRAP, REDIS_URL); the config store is a SQLite file in a temp dir.
@@ -24,15 +25,26 @@ Figures:
    from the scheduled send time): p50/p99; the raw producer's send_and_wait at that rate;
 3. batches of 500 events, closed loop at concurrency 2: events/s; the raw producer sending
    the same 500 messages and waiting for all, at concurrency 2.
-Each printed as ratios: ingestion / bare endpoint and ingestion / raw producer.
+Each printed as ratios: ingestion / bare endpoint and ingestion / raw producer, medians of
+`--rounds` rounds whose server order alternates (A/B/A...: the machine is shared).
+`--before DIR` adds an older checkout's ingestion process (`git archive <commit> | tar -x
+-C DIR`) to the same rounds, so before and after are measured together.
+
+Round trips: the closed loop's Redis calls per single event (admissions and confirms,
+each carrying the concurrent requests' items) are read from the process's
+`ingest_cache_calls_total` before and after; sent one at a time an event costs 2
+(tests/runtime/ingestion/test_round_trips.py counts them at the clients), and one
+produce, whose records share produce requests with the concurrent ones (linger 5 ms).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -45,6 +57,7 @@ from typing import Any
 # Run as a script (`make bench`): the repository root is not on sys.path by itself.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import httpx
 from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -297,9 +310,20 @@ async def raw_producer_figures(
 
 
 # -- the run ----------------------------------------------------------------------------------
+async def cache_calls(port: int) -> float | None:
+    """Returns the process's ingest_cache_calls_total summed over calls (None: no such
+    metric, e.g. an older checkout or the bare endpoint)."""
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"http://127.0.0.1:{port}/metrics")
+    found = re.findall(r"^ingest_cache_calls_total\{[^}]*\} (\S+)$", response.text, re.MULTILINE)
+    return sum(float(v) for v in found) if response.status_code == 200 and found else None
+
+
 async def measure(port: int, target: Target, args: argparse.Namespace) -> dict[str, float]:
     await closed_loop(port, target.single(200), CONCURRENCY)  # warm-up
+    calls_before = await cache_calls(port)
     rps, single_errors = await closed_loop(port, target.single(args.requests), CONCURRENCY)
+    calls_after = await cache_calls(port)
     fixed = target.single(int(args.rate * args.seconds))
     latencies, rate_errors = await http_fixed_rate(port, fixed, args.rate, args.seconds)
     batch_rps, batch_errors = await closed_loop(
@@ -308,12 +332,19 @@ async def measure(port: int, target: Target, args: argparse.Namespace) -> dict[s
     errors = single_errors + rate_errors + batch_errors
     if errors:
         print(f"  !! {errors} non-2xx answers on port {port}", flush=True)
-    return {
+    figures = {
         "single_rps": rps,
         "p50": statistics.median(latencies),
         "p99": percentile(latencies, 0.99),
         "batch_eps": batch_rps * BATCH_SIZE,
     }
+    if calls_before is not None and calls_after is not None:
+        figures["redis_per_event"] = (calls_after - calls_before) / args.requests
+    return figures
+
+
+def medians(rounds: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
 
 
 async def run(args: argparse.Namespace, tmp: Path) -> None:
@@ -346,22 +377,38 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
     python = sys.executable
     ingest_cmd = [python, "-m", "runtime.ingestion.main"]
     bare_cmd = [python, __file__, "--serve-bare", str(bare_port)]
-    with (
-        process(ingest_cmd, env, tmp / "ingest.log") as ingest,
-        process(bare_cmd, env, tmp / "bare.log") as bare,
-    ):
-        wait_port(ingest_port, ingest, tmp / "ingest.log")
-        wait_port(bare_port, bare, tmp / "bare.log")
-        print(f"ingestion :{ingest_port}, bare :{bare_port}, kafka {KAFKA_BOOTSTRAP}", flush=True)
-        got = await measure(ingest_port, target, args)
-        floor = await measure(bare_port, target, args)
-    total = args.requests + int(args.rate * args.seconds) + args.batches * BATCH_SIZE
+    before_port = free_port()
+    (tmp / "before").mkdir()
+    before_env = {**env, "INGEST_PORT": str(before_port), "DATA_DIR": str(tmp / "before")}
+    before_env["PYTHONPATH"] = str(args.before)
+    servers: list[tuple[str, int]] = [("ingestion", ingest_port), ("bare", bare_port)]
+    with contextlib.ExitStack() as stack:
+        children = [
+            (ingest_port, tmp / "ingest.log", process(ingest_cmd, env, tmp / "ingest.log")),
+            (bare_port, tmp / "bare.log", process(bare_cmd, env, tmp / "bare.log")),
+        ]
+        if args.before is not None:
+            log = tmp / "before.log"
+            children.append((before_port, log, process(ingest_cmd, before_env, log, args.before)))
+            servers.insert(1, ("before", before_port))
+        for port, log, started in children:
+            wait_port(port, stack.enter_context(started), log)
+        print(f"servers {servers}, kafka {KAFKA_BOOTSTRAP}", flush=True)
+        figures: dict[str, list[dict[str, float]]] = {name: [] for name, _ in servers}
+        for round_no in range(args.rounds):
+            order = servers if round_no % 2 == 0 else servers[::-1]
+            for name, port in order:
+                figures[name].append(await measure(port, target, args))
+            print(f"round {round_no + 1}/{args.rounds} done", flush=True)
+    rounds_total = args.rounds * len(servers)
+    total = rounds_total * (args.requests + int(args.rate * args.seconds))
+    total += rounds_total * args.batches * BATCH_SIZE
     raw = await raw_producer_figures(messages(target, total), args, f"{topic}_raw")
-    report(got, floor, raw, args)
+    report({name: medians(rounds) for name, rounds in figures.items()}, raw, args)
 
 
 def report(
-    got: dict[str, float], bare: dict[str, float], raw: dict[str, float], args: argparse.Namespace
+    got: dict[str, dict[str, float]], raw: dict[str, float], args: argparse.Namespace
 ) -> None:
     rows = [
         (f"single events/s (closed loop, c={CONCURRENCY})", "single_rps"),
@@ -369,14 +416,25 @@ def report(
         (f"p99 ms at {args.rate:g}/s", "p99"),
         (f"batch events/s ({BATCH_SIZE}/batch, c={BATCH_CONCURRENCY})", "batch_eps"),
     ]
-    print()
-    print(f"{'':44} {'ingestion':>10} {'bare':>10} {'raw prod':>10} {'/bare':>7} {'/raw':>7}")
+    bare = got["bare"]
+    measured = [name for name in got if name != "bare"]
+    print(f"\nmedians of {args.rounds} round(s); load average {os.getloadavg()[0]:.1f}\n")
+    head = "".join(f"{name:>11}" for name in [*measured, "bare", "raw prod"])
+    ratios = "".join(f"{name[:6] + '/bare':>12}{name[:6] + '/raw':>12}" for name in measured)
+    print(f"{'':44}{head}{ratios}")
     for label, key in rows:
-        print(
-            f"{label:44} {got[key]:10.1f} {bare[key]:10.1f} {raw[key]:10.1f} "
-            f"{got[key] / bare[key]:7.2f} {got[key] / raw[key]:7.2f}"
-        )
+        values = "".join(f"{got[name][key]:11.1f}" for name in [*measured, "bare"])
+        line = f"{label:44}{values}{raw[key]:11.1f}"
+        for name in measured:
+            line += f"{got[name][key] / bare[key]:12.2f}{got[name][key] / raw[key]:12.2f}"
+        print(line)
     print("\n(ratios are ingestion / reference: < 1 for rates means slower, > 1 for latencies)")
+    if "redis_per_event" in got["ingestion"]:
+        print(
+            f"Redis round trips per single event in the closed loop: "
+            f"{got['ingestion']['redis_per_event']:.2f} (2 when sent one at a time); "
+            "Kafka: one produce per event, sharing produce requests (linger 5 ms)"
+        )
 
 
 def main() -> None:
@@ -385,6 +443,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=300.0, help="fixed rate, requests/s")
     parser.add_argument("--seconds", type=float, default=5.0, help="fixed-rate duration")
     parser.add_argument("--batches", type=int, default=20, help="batches of 500 events")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds (medians)")
+    parser.add_argument(
+        "--before", type=Path, help="an older checkout whose ingestion is measured alongside"
+    )
     parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:

@@ -214,6 +214,9 @@ class IngestionSettings(ServiceSettings):
     # Per-project override of both limits:
     # INGEST_RATE_LIMIT_OVERRIDES='{"shop1": "100/second"}'
     rate_limit_overrides: dict[str, str] = Field(default_factory=dict)
+    # uvicorn's access line per request (see runtime/ingestion/main.py); off by default,
+    # as in serving, for its cost.
+    access_log: bool = False
 
     @model_validator(mode="after")
     def _body_limit_is_the_batch_limit(self) -> Self:

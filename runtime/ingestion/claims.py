@@ -103,16 +103,20 @@ class Claims:
         self._pending_ttl_s = pending_ttl_s
         self.dedup_ttl_s = dedup_ttl_s
         self.replay_ttl_s = replay_ttl_s
+        self._admit_calls = metrics.cache_calls.labels("admit")
+        self._confirm_calls = metrics.cache_calls.labels("confirm")
         self._admissions = Coalescer(self._admit_many, max_items=_MAX_COALESCED, failure=_copy)
         self._confirms = Coalescer(self._confirm_many, max_items=_MAX_COALESCED, failure=_copy)
 
     async def _admit_many(self, admissions: list[Admission]) -> list[Admitted]:
+        self._admit_calls.inc()
         return await self._cache.admit_many(admissions, self._pending_ttl_s)
 
     async def _confirm_many(self, ttls: list[Mapping[str, int]]) -> list[None]:
         merged: dict[str, int] = {}
         for one in ttls:
             merged.update(one)
+        self._confirm_calls.inc()
         await self._cache.confirm_many(merged)
         return [None] * len(ttls)
 

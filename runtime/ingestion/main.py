@@ -8,6 +8,7 @@ event log and replay/dedup/rate-limit state to the cache. `ingestion_startup` an
 
 from __future__ import annotations
 
+import logging
 from contextlib import AsyncExitStack
 
 from fastapi import FastAPI
@@ -73,6 +74,10 @@ def create_app(settings: IngestionSettings | None = None) -> FastAPI:
     """Returns the ingestion app (settings from the environment when not given)."""
     settings = settings or IngestionSettings()
     metrics = IngestionMetrics()
+    # uvicorn writes its access line whenever "uvicorn.access" reaches a handler (ours
+    # are on the root logger): not propagating is what turns it off. /metrics counts
+    # requests and refusals either way; refusals are logged by the routes.
+    logging.getLogger("uvicorn.access").propagate = settings.access_log
     return build_app(
         settings=settings,
         title="Data Platform Service: event ingestion",

@@ -72,6 +72,13 @@ class IngestionMetrics:
             "their retries get 409 EventInFlight until the claims expire",
             registry=self.registry,
         )
+        self.cache_calls = Counter(
+            "ingest_cache_calls",
+            "Admission and confirm calls to the cache (one Redis round trip each), each "
+            "carrying the requests that arrived meanwhile: per event, the round trips paid",
+            ("call",),
+            registry=self.registry,
+        )
         self.produce_seconds = Histogram(
             "ingest_produce_seconds",
             "Time until the event log acknowledged one request's records",
