@@ -7,8 +7,12 @@ aggregators (`initialize` / `agg` / `result`):
 - `add(partial, t_ms, value)`: a NEW partial holding one more input (None: empty tile);
   partials are immutable values, never modified in place (`record.py` relies on it);
 - `combine(partials)`: the feature value of tile partials given in tile order;
-- `read(tiles, span)`: `combine` of the tiles `span` covers; the serving hot path, so
-  subclasses spell the range filter out instead of sorting when order cannot matter;
+- `read(tiles, span)`: `combine` of the tiles `span` covers;
+- `whole(partials)`: `combine` of partials given in ANY order, or `NEEDS_ORDER` when
+  their order decides this result (then `combine` takes them in tile order). The
+  serving hot path (`merge.py`): a window's tiles usually all lie in the span read
+  (compute prunes old ones on write), so they are combined as stored, without a
+  sort, with C-level builtins where they can;
 - `empty()`: the value served when no event is in the window.
 
 Partials, JSON-compatible so a record round-trips through every store unchanged:
@@ -30,7 +34,6 @@ read it from here.
 from __future__ import annotations
 
 import functools
-import heapq
 import json
 import math
 from abc import ABC, abstractmethod
@@ -62,25 +65,18 @@ class TileSpan:
     """The tiles `lo..hi` a window reads at one `now`; `keys` maps each one's key, as
     compute writes it (`str(tile)`), to its index, so a stored key is tested with one
     set lookup instead of an `int()` (a key written some other way is still parsed and
-    compared, so the result is the same for any key)."""
+    compared, so the result is the same for any key). Usually every stored tile is in
+    range (compute prunes the others on write): `tiles.keys() <= span.inside`, one
+    subset test in C, then lets `Aggregator.whole` take the map's values as they are."""
 
-    __slots__ = ("hi", "keys", "lo")
+    __slots__ = ("hi", "inside", "keys", "lo")
 
     def __init__(self, lo: int, hi: int) -> None:
         self.lo = lo
         self.hi = hi
         self.keys = {str(tile): tile for tile in range(lo, hi + 1)}
-
-    def partials(self, tiles: Tiles) -> Collection[Any]:
-        """Returns the partials of the tiles in range, in the map's order."""
-        keys = self.keys
-        # Usually every stored tile is in range (compute prunes the others on write):
-        # one subset test in C then hands the map's values over as they are. Reads of
-        # a 100-user batch spent a third of their merge time building these lists.
-        if tiles.keys() <= keys.keys():
-            return tiles.values()
-        lo, hi = self.lo, self.hi
-        return [p for k, p in tiles.items() if k in keys or lo <= int(k) <= hi]
+        # `tiles.keys() <= span.inside`: every stored tile is in range (one C-level test).
+        self.inside = self.keys.keys()
 
     def ordered(self, tiles: Tiles) -> list[Any]:
         """Returns the partials of the tiles in range, in tile order."""
@@ -96,6 +92,9 @@ class TileSpan:
         found.sort(key=_first)
         return [p for _, p in found]
 
+
+NEEDS_ORDER: Any = object()
+"""What `Aggregator.whole` returns when only `combine`, in tile order, can answer."""
 
 # LAST/FIRST partials are [event time, value], AVG partials [sum, count].
 _first = itemgetter(0)
@@ -172,7 +171,16 @@ class Aggregator(ABC):
 
     def read(self, tiles: Tiles, span: TileSpan) -> Any:
         """Returns `combine` of the partials of `tiles` inside `span`, in tile order."""
+        if tiles.keys() <= span.inside:
+            value = self.whole(tiles.values())
+            if value is not NEEDS_ORDER:
+                return value
         return self.combine(span.ordered(tiles))
+
+    def whole(self, partials: Collection[Any]) -> Any:
+        """Returns `combine(partials)` for partials given in any order, or NEEDS_ORDER
+        when their order decides the result."""
+        return NEEDS_ORDER
 
     # Whether `finish` does anything: readers skip the call when it does not.
     finishes: ClassVar[bool] = False
@@ -198,8 +206,8 @@ class Count(Aggregator):
     def combine(self, partials: Sequence[Any]) -> Any:
         return sum(int(p) for p in partials)
 
-    def read(self, tiles: Tiles, span: TileSpan) -> Any:
-        return sum(map(int, span.partials(tiles)))
+    def whole(self, partials: Collection[Any]) -> Any:
+        return sum(map(int, partials))
 
 
 class Sum(Aggregator):
@@ -219,8 +227,8 @@ class Sum(Aggregator):
         # fsum: the result does not depend on how events fell into tiles (nor on order).
         return math.fsum(partials)
 
-    def read(self, tiles: Tiles, span: TileSpan) -> Any:
-        return math.fsum(span.partials(tiles))
+    def whole(self, partials: Collection[Any]) -> Any:
+        return math.fsum(partials)
 
 
 class Avg(Aggregator):
@@ -238,8 +246,7 @@ class Avg(Aggregator):
         count = sum(int(p[1]) for p in partials)
         return math.fsum(p[0] for p in partials) / count if count else None
 
-    def read(self, tiles: Tiles, span: TileSpan) -> Any:
-        partials = span.partials(tiles)
+    def whole(self, partials: Collection[Any]) -> Any:
         count = sum(map(int, map(_second, partials)))
         return math.fsum(map(_first, partials)) / count if count else None
 
@@ -257,13 +264,12 @@ class Min(Aggregator):
     def combine(self, partials: Sequence[Any]) -> Any:
         return float(min(partials)) if partials else None
 
-    def read(self, tiles: Tiles, span: TileSpan) -> Any:
-        partials = span.partials(tiles)
+    def whole(self, partials: Collection[Any]) -> Any:
         if not partials:
             return None
         least = min(partials)
         # 0.0 and -0.0 compare equal, and `combine` keeps the first in tile order.
-        return float(least if least != 0 else min(span.ordered(tiles)))
+        return float(least) if least != 0 else NEEDS_ORDER
 
 
 class Max(Aggregator):
@@ -279,12 +285,11 @@ class Max(Aggregator):
     def combine(self, partials: Sequence[Any]) -> Any:
         return float(max(partials)) if partials else None
 
-    def read(self, tiles: Tiles, span: TileSpan) -> Any:
-        partials = span.partials(tiles)
+    def whole(self, partials: Collection[Any]) -> Any:
         if not partials:
             return None
         most = max(partials)
-        return float(most if most != 0 else max(span.ordered(tiles)))
+        return float(most) if most != 0 else NEEDS_ORDER
 
 
 class Last(Aggregator):
@@ -297,8 +302,8 @@ class Last(Aggregator):
     def combine(self, partials: Sequence[Any]) -> Any:
         return max(partials, key=_first)[1] if partials else None
 
-    def read(self, tiles: Tiles, span: TileSpan) -> Any:
-        partials = span.partials(tiles)  # event times decide, not tile order
+    def whole(self, partials: Collection[Any]) -> Any:
+        # Event times decide, not tile order (tiles never share a time).
         return max(partials, key=_first)[1] if partials else None
 
 
@@ -312,8 +317,7 @@ class First(Aggregator):
     def combine(self, partials: Sequence[Any]) -> Any:
         return min(partials, key=_first)[1] if partials else None
 
-    def read(self, tiles: Tiles, span: TileSpan) -> Any:
-        partials = span.partials(tiles)
+    def whole(self, partials: Collection[Any]) -> Any:
         return min(partials, key=_first)[1] if partials else None
 
 
@@ -332,12 +336,11 @@ class CountDistinct(Aggregator):
     def combine(self, partials: Sequence[Any]) -> Any:
         return sketch.count_distinct(partials) if partials else 0
 
-    def read(self, tiles: Tiles, span: TileSpan) -> Any:
+    def whole(self, partials: Collection[Any]) -> Any:
         union: set[str] = set()
-        for p in span.partials(tiles):
+        for p in partials:
             if isinstance(p, str):
-                # A sketch: unions are taken in tile order, as `combine` does.
-                return sketch.count_distinct(span.ordered(tiles))
+                return NEEDS_ORDER  # a sketch: unions are taken in tile order
             union.update(p)  # exact values: the union is a set, in any order
         return len(union)
 
@@ -370,23 +373,28 @@ class LastN(Aggregator):
         return kept[: self.size]
 
     def combine(self, partials: Collection[Any]) -> Any:  # any order: times decide
-        entries = [e for p in partials for e in p]
-        # Stable: tiles never share a time, and inside a tile `add` ordered equal times.
-        entries.sort(key=_newest_first)
+        if len(partials) == 1:
+            (entries,) = partials  # one tile: already newest first, distinct
+        else:
+            entries = [e for p in partials for e in p]
+            # Newest first, stable (a reversed sort keeps equal keys in order): tiles
+            # never share a time, and inside a tile `add` ordered equal times.
+            entries.sort(key=_first, reverse=True)
         seen: set[str | None] = set()
         out: list[Any] = []
+        size = self.size
         for _, value in entries:
-            key = distinct_key(value)
+            key = value if type(value) is str else distinct_key(value)
             if key in seen:
                 continue
             seen.add(key)
             out.append(value)
-            if len(out) == self.size:
+            if len(out) == size:
                 break
         return out
 
-    def read(self, tiles: Tiles, span: TileSpan) -> Any:
-        return self.combine(span.partials(tiles))
+    def whole(self, partials: Collection[Any]) -> Any:
+        return self.combine(partials)
 
 
 def _newest_first(entry: Sequence[Any]) -> int:
@@ -429,19 +437,23 @@ class TopK(Aggregator):
         return counts
 
     def combine(self, partials: Collection[Any]) -> Any:  # any order: sums
-        total: dict[str, int] = {}
-        for p in partials:
-            for k, c in p.items():
-                total[k] = total.get(k, 0) + c
-        best = heapq.nsmallest(self.size or 0, total.items(), key=_most_frequent)
-        return [{"value": k, "count": c} for k, c in best]
+        total: Mapping[str, int]
+        if len(partials) == 1:
+            (total,) = partials  # read only
+        else:
+            sums: dict[str, int] = {}
+            total = sums
+            for p in partials:
+                for k, c in p.items():
+                    sums[k] = sums.get(k, 0) + c
+        # Most frequent first, ties by value: two stable sorts with C-level keys
+        # instead of one sort keyed by a Python function.
+        best = sorted(total.items())
+        best.sort(key=_second, reverse=True)
+        return [{"value": k, "count": c} for k, c in best[: self.size]]
 
-    def read(self, tiles: Tiles, span: TileSpan) -> Any:
-        return self.combine(span.partials(tiles))  # sums: tile order cannot matter
-
-
-def _most_frequent(item: tuple[str, int]) -> tuple[int, str]:
-    return -item[1], item[0]
+    def whole(self, partials: Collection[Any]) -> Any:
+        return self.combine(partials)  # sums: tile order cannot matter
 
 
 class Recency(Aggregator):
@@ -466,8 +478,7 @@ class Recency(Aggregator):
     def combine(self, partials: Sequence[Any]) -> Any:
         return max(partials) if partials else None
 
-    def read(self, tiles: Tiles, span: TileSpan) -> Any:
-        partials = span.partials(tiles)
+    def whole(self, partials: Collection[Any]) -> Any:
         return max(partials) if partials else None
 
     def finish(self, value: Any, now_ms: int) -> Any:
