@@ -24,10 +24,14 @@ three parts, none of them new:
   `COMPUTE_DEDUP_MAX_IDS` ids (~213 KB) rewritten on every batch, and forget copies
   past that cap.
 
-Known limit: while a consumer-group rebalance briefly gives one partition to two
-workers, the slower one may judge a second copy new from a user record read before
-the faster one wrote the first copy's id; that copy then counts twice in entity
-features (never in the user's own, whose compare-and-set re-reads).
+A rebalance that briefly gives one partition to two workers is covered: each reads the
+partition in order from the committed offset, so the first copy of an id reaches a
+worker's user record (its own write, or the other's, re-read after a conflict) before
+the second copy does, and events both apply are skipped by the entity's offsets. Known
+limit: after the topic's partition count grows, a user's two copies can sit on two
+partitions; two workers judging them at the same moment from one user record may both
+pass a copy to the entity records (the user's own features still count it once, as
+their compare-and-set re-reads).
 
 A hot product never stalls the stream: its events of a whole batch, from any number
 of users, are applied in one pass and written with one put (no write per event), and
