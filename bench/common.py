@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI
 
-from app.schemas.deployment import ConfigSnapshot, FeatureSnapshot, PipelineSnapshot
+from app.schemas.deployment import AggregateFeatureSnapshot, ConfigSnapshot, PipelineSnapshot
 from app.schemas.pipeline import EventDefinition, EventField
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,7 +200,7 @@ def feature_snapshot(
             )
         ],
         features=[
-            FeatureSnapshot(
+            AggregateFeatureSnapshot(
                 id=f"{n:024x}",
                 name=name_format.format(n=n, aggregation=kinds[n % len(kinds)].lower()),
                 pipeline_id=pipeline_id,

@@ -14,14 +14,19 @@ from typing import Any
 
 from bson import ObjectId
 
-from app.db.documents import DeploymentDocument, FeatureDocument, PipelineDocument
+from app.db.documents import (
+    FEATURE_DOCUMENT,
+    DeploymentDocument,
+    FeatureDocument,
+    PipelineDocument,
+)
 from app.schemas.deployment import (
     Change,
     ConfigSnapshot,
-    FeatureSnapshot,
     PipelineSnapshot,
 )
 from app.schemas.pipeline import EventDefinition
+from app.services.config_diff import feature_snapshot
 
 _counter = itertools.count(1)
 
@@ -135,7 +140,7 @@ def feature_document(project_id: str, pipeline_id: str, **overrides: Any) -> Fea
         "updated_at": t,
     }
     data.update(overrides)
-    return FeatureDocument.model_validate(data)
+    return FEATURE_DOCUMENT.validate_python(data)
 
 
 def snapshot(
@@ -154,10 +159,7 @@ def snapshot(
             )
             for p in pipelines or []
         ],
-        features=[
-            FeatureSnapshot.model_validate(f.model_dump(include=set(FeatureSnapshot.model_fields)))
-            for f in features or []
-        ],
+        features=[feature_snapshot(f) for f in features or []],
     )
 
 

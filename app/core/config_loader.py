@@ -83,10 +83,22 @@ def live_pipelines(snapshot: ConfigSnapshot) -> list[PipelineSnapshot]:
 
 
 def live_features(snapshot: ConfigSnapshot) -> list[FeatureSnapshot]:
-    """Returns the enabled features whose pipeline is active and source event enabled
-    (a validated deployment has no other enabled feature; this filter makes sure)."""
-    events = {(p.id, e.name) for p in live_pipelines(snapshot) for e in p.events}
-    return [f for f in snapshot.features if f.enabled and (f.pipeline_id, f.source_event) in events]
+    """Returns the enabled features whose pipeline is active and, for an aggregate,
+    whose source event is enabled (a validated deployment has no other enabled feature;
+    this filter makes sure)."""
+    pipelines = live_pipelines(snapshot)
+    active = {p.id for p in pipelines}
+    events = {(p.id, e.name) for p in pipelines for e in p.events}
+    return [
+        f
+        for f in snapshot.features
+        if f.enabled
+        and (
+            f.pipeline_id in active
+            if f.kind == "derived"
+            else (f.pipeline_id, f.source_event) in events
+        )
+    ]
 
 
 ChangeCallback = Callable[[ConfigSnapshot], Awaitable[None] | None]

@@ -374,6 +374,10 @@ class FieldInUse(Conflict):
     """The edit removes or retypes a field a feature aggregates."""
 
 
+class FeatureInUse(Conflict):
+    """A derived feature reads a served key the delete or update would remove."""
+
+
 class ServedKeyConflict(Conflict):
     """Another feature already produces one of the served keys `{name}_{window}`."""
 

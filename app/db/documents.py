@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
+
+from pydantic import Discriminator, Tag, TypeAdapter
 
 from app.schemas.deployment import ConfigSnapshot, DeploymentRead
-from app.schemas.feature import FeatureRead
+from app.schemas.feature import AggregateFeatureRead, DerivedFeatureRead, feature_kind
 from app.schemas.pipeline import PipelineRead
 
 
@@ -17,8 +20,21 @@ class PipelineDocument(PipelineRead):
     previous_secret_expires_at: datetime | None = None
 
 
-class FeatureDocument(FeatureRead):
-    """A feature definition as stored."""
+class AggregateFeatureDocument(AggregateFeatureRead):
+    """An aggregate feature definition as stored."""
+
+
+class DerivedFeatureDocument(DerivedFeatureRead):
+    """A derived feature definition as stored."""
+
+
+FeatureDocument = Annotated[
+    Annotated[AggregateFeatureDocument, Tag("aggregate")]
+    | Annotated[DerivedFeatureDocument, Tag("derived")],
+    Discriminator(feature_kind),
+]
+FEATURE_DOCUMENT: TypeAdapter[FeatureDocument] = TypeAdapter(FeatureDocument)
+"""Validates a stored feature (`FEATURE_DOCUMENT.validate_python(row)`) as its kind."""
 
 
 class DeploymentDocument(DeploymentRead):

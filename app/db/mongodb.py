@@ -29,7 +29,14 @@ from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailur
 from app.core.settings import BackendSettings
 from app.db.config_common import is_object_id, normalize_times, require_str, to_storage_time
 from app.db.config_store import ConfigStore, ConfigStoreUnavailable, DuplicateKey
-from app.db.documents import DeploymentDocument, FeatureDocument, PipelineDocument
+from app.db.documents import (
+    FEATURE_DOCUMENT,
+    AggregateFeatureDocument,
+    DeploymentDocument,
+    DerivedFeatureDocument,
+    FeatureDocument,
+    PipelineDocument,
+)
 from app.schemas.deployment import DeploymentStatus
 from app.schemas.pipeline import Category, PipelineStatus
 
@@ -68,7 +75,7 @@ def _oid(value: str) -> ObjectId | None:
 def _to_mongo(doc: PipelineDocument | FeatureDocument | DeploymentDocument) -> Doc:
     data = normalize_times(doc).model_dump(mode="python", exclude={"id"})
     data["_id"] = ObjectId(doc.id)
-    if isinstance(doc, FeatureDocument):
+    if isinstance(doc, AggregateFeatureDocument | DerivedFeatureDocument):
         if not is_object_id(doc.pipeline_id):
             raise ValueError(f"pipeline_id {doc.pipeline_id!r} is not an ObjectId")
         data["pipeline_id"] = ObjectId(doc.pipeline_id)
@@ -351,11 +358,11 @@ class MongoConfigStore(ConfigStore):
         if enabled is not None:
             query["enabled"] = bool(enabled)
         rows, total = await self._page(self._features, query, _DRAFT_ORDER, limit, offset)
-        return [FeatureDocument.model_validate(r) for r in rows], total
+        return [FEATURE_DOCUMENT.validate_python(r) for r in rows], total
 
     async def get_feature(self, project_id: str, feature_id: str) -> FeatureDocument | None:
         raw = await self._get(self._features, project_id, feature_id)
-        return FeatureDocument.model_validate(raw) if raw is not None else None
+        return FEATURE_DOCUMENT.validate_python(raw) if raw is not None else None
 
     async def insert_feature(self, doc: FeatureDocument) -> None:
         await self._insert(self._features, doc, "name")

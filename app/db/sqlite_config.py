@@ -23,7 +23,12 @@ from typing import Any, Generic, TypeVar
 from app.core.settings import BackendSettings
 from app.db.config_common import is_object_id, normalize_times, require_str, to_millis
 from app.db.config_store import ConfigStore, DuplicateKey
-from app.db.documents import DeploymentDocument, FeatureDocument, PipelineDocument
+from app.db.documents import (
+    FEATURE_DOCUMENT,
+    DeploymentDocument,
+    FeatureDocument,
+    PipelineDocument,
+)
 from app.schemas.deployment import DeploymentStatus
 from app.schemas.pipeline import Category, PipelineStatus
 
@@ -79,17 +84,14 @@ def _dup_key(exc: sqlite3.IntegrityError, default: str) -> DuplicateKey:
 
 @dataclass(frozen=True)
 class _Table(Generic[D]):
-    """One table of `_SCHEMA`: the document class its `doc` column holds, the columns
+    """One table of `_SCHEMA`: how to read the document its `doc` column holds, the columns
     copied out of a document besides id, project_id and doc (in the schema's order), and
     the business key that a UNIQUE violation other than the id's is reported as."""
 
     name: str
-    model: type[D]
+    parse: Callable[[str], D]
     columns: Callable[[D], dict[str, Any]]
     key: str
-
-    def parse(self, raw: str) -> D:
-        return self.model.model_validate_json(raw)
 
 
 def _pipeline_columns(doc: PipelineDocument) -> dict[str, Any]:
@@ -116,9 +118,11 @@ def _deployment_columns(doc: DeploymentDocument) -> dict[str, Any]:
     return {"version": doc.version, "status": doc.status, "created_ms": to_millis(doc.created_at)}
 
 
-_PIPELINES = _Table("pipelines", PipelineDocument, _pipeline_columns, "name")
-_FEATURES = _Table("features", FeatureDocument, _feature_columns, "name")
-_DEPLOYMENTS = _Table("deployments", DeploymentDocument, _deployment_columns, "version")
+_PIPELINES = _Table("pipelines", PipelineDocument.model_validate_json, _pipeline_columns, "name")
+_FEATURES = _Table("features", FEATURE_DOCUMENT.validate_json, _feature_columns, "name")
+_DEPLOYMENTS = _Table(
+    "deployments", DeploymentDocument.model_validate_json, _deployment_columns, "version"
+)
 
 
 class SQLiteConfigStore(ConfigStore):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Discriminator, Field, Tag
 
 from app.schemas.common import USER_ENTITY, ObjectIdStr, RequestModel, ResponseModel
-from app.schemas.feature import Aggregation, FeatureEntity, FeatureFilter
+from app.schemas.feature import Aggregation, FeatureEntity, FeatureFilter, feature_kind
 from app.schemas.pipeline import Category, EventDefinition, PipelineStatus
 
 DeploymentStatus = Literal["pending", "deploying", "success", "failed", "rolled_back"]
@@ -34,9 +34,10 @@ class PipelineSnapshot(ResponseModel):
     events: list[EventDefinition]
 
 
-class FeatureSnapshot(ResponseModel):
-    """A feature as deployed."""
+class AggregateFeatureSnapshot(ResponseModel):
+    """An aggregate feature as deployed."""
 
+    kind: Literal["aggregate"] = "aggregate"
     id: str
     name: str
     description: str = ""
@@ -49,6 +50,25 @@ class FeatureSnapshot(ResponseModel):
     filter: FeatureFilter | None = None
     entity: FeatureEntity = USER_ENTITY
     enabled: bool
+
+
+class DerivedFeatureSnapshot(ResponseModel):
+    """A derived feature as deployed: its expression in canonical form."""
+
+    kind: Literal["derived"] = "derived"
+    id: str
+    name: str
+    description: str = ""
+    pipeline_id: str
+    expression: str
+    enabled: bool
+
+
+FeatureSnapshot = Annotated[
+    Annotated[AggregateFeatureSnapshot, Tag("aggregate")]
+    | Annotated[DerivedFeatureSnapshot, Tag("derived")],
+    Discriminator(feature_kind),
+]
 
 
 class ConfigSnapshot(ResponseModel):

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
+    Discriminator,
     Field,
     SerializerFunctionWrapHandler,
     StrictBool,
@@ -13,6 +14,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     StringConstraints,
+    Tag,
     model_serializer,
     model_validator,
 )
@@ -110,12 +112,36 @@ def entity_problem(entity: str | list[str]) -> str | None:
 
 MAX_WINDOWS = 10
 WINDOW_PATTERN = r"^[1-9][0-9]{0,4}[mhd]$"
+# What an expression may reference: aggregations whose served value is one number (or
+# null). LAST and FIRST qualify when their field is a number (checked against the event).
+NUMBER_VALUED_AGGREGATIONS: frozenset[str] = frozenset(
+    {"COUNT", "SUM", "AVG", "MIN", "MAX", "COUNT_DISTINCT", "RECENCY", "LAST", "FIRST"}
+)
+MAX_EXPRESSION_LENGTH = 500
+
+FeatureKind = Literal["aggregate", "derived"]
 
 
-class FeatureBase(RequestModel):
+def feature_kind(value: Any) -> str:
+    """The discriminator of the feature unions: `kind`, "aggregate" when absent (every
+    feature stored or sent before derived features existed is an aggregate)."""
+    if isinstance(value, dict):
+        return str(value.get("kind", "aggregate"))
+    return str(getattr(value, "kind", "aggregate"))
+
+
+class FeatureCommon(RequestModel):
     name: Identifier = Field(examples=["cart_adds"])
     description: Description = ""
     pipeline_id: ObjectIdStr
+    enabled: bool = True
+
+
+class AggregateFeatureBase(FeatureCommon):
+    """One aggregation of one event's field (or of its occurrences) over time windows;
+    served as `{name}_{window}`."""
+
+    kind: Literal["aggregate"] = "aggregate"
     source_event: Identifier = Field(examples=["add_to_cart"])
     aggregation: Aggregation
     field: PropertyName | None = Field(
@@ -139,7 +165,6 @@ class FeatureBase(RequestModel):
         'or `["user", "<entity>"]` for a value per user and entity (`{"shoes": 3}`)',
         examples=["user", "product", ["user", "category"]],
     )
-    enabled: bool = True
 
     @model_validator(mode="after")
     def _entity_shape(self) -> Self:
@@ -149,22 +174,67 @@ class FeatureBase(RequestModel):
         return self
 
 
-class FeatureCreate(FeatureBase):
-    """POST body."""
+class DerivedFeatureBase(FeatureCommon):
+    """Arithmetic over other features' served values, evaluated at read time; served
+    as `{name}` (no window of its own: the keys it reads carry theirs)."""
+
+    kind: Literal["derived"]
+    expression: str = Field(
+        max_length=MAX_EXPRESSION_LENGTH,
+        examples=["purchases_7d / page_views_7d"],
+        description="Served keys of aggregate features (numbers: not LAST_N or TOP_K), "
+        "numbers, + - * /, parentheses, min(), max(), coalesce(). x / 0 and any null "
+        "input give null (coalesce excepted); results are floats. Stored in canonical form",
+    )
 
 
-class FeatureUpdate(FeatureBase):
+class AggregateFeatureCreate(AggregateFeatureBase):
+    """POST body of an aggregate feature (`kind` may be omitted)."""
+
+
+class DerivedFeatureCreate(DerivedFeatureBase):
+    """POST body of a derived feature (`"kind": "derived"`)."""
+
+
+class AggregateFeatureUpdate(AggregateFeatureBase):
     """PUT body: a full replacement. `revision` must match the stored one (else 409)."""
 
     revision: int = Field(ge=1)
 
 
-class FeatureRead(ResponseModel):
+class DerivedFeatureUpdate(DerivedFeatureBase):
+    """PUT body: a full replacement. `revision` must match the stored one (else 409)."""
+
+    revision: int = Field(ge=1)
+
+
+FeatureBase = AggregateFeatureBase | DerivedFeatureBase
+FeatureCreate = Annotated[
+    Annotated[AggregateFeatureCreate, Tag("aggregate")]
+    | Annotated[DerivedFeatureCreate, Tag("derived")],
+    Discriminator(feature_kind),
+]
+FeatureUpdate = Annotated[
+    Annotated[AggregateFeatureUpdate, Tag("aggregate")]
+    | Annotated[DerivedFeatureUpdate, Tag("derived")],
+    Discriminator(feature_kind),
+]
+
+
+class _FeatureReadCommon(ResponseModel):
     id: ObjectIdStr
     project_id: str
     pipeline_id: str
     name: str
     description: str
+    enabled: bool
+    revision: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class AggregateFeatureRead(_FeatureReadCommon):
+    kind: Literal["aggregate"] = "aggregate"
     source_event: str
     aggregation: Aggregation
     field: str | None
@@ -172,7 +242,16 @@ class FeatureRead(ResponseModel):
     size: int | None = None
     filter: FeatureFilter | None = None
     entity: FeatureEntity = USER_ENTITY
-    enabled: bool
-    revision: int
-    created_at: datetime
-    updated_at: datetime
+
+
+class DerivedFeatureRead(_FeatureReadCommon):
+    kind: Literal["derived"]
+    expression: str
+
+
+# A feature as the API answers it, by `kind`.
+FeatureRead = Annotated[
+    Annotated[AggregateFeatureRead, Tag("aggregate")]
+    | Annotated[DerivedFeatureRead, Tag("derived")],
+    Discriminator(feature_kind),
+]

@@ -25,15 +25,18 @@ from collections.abc import Iterable, Sequence
 from app.core.errors import FieldError
 from app.schemas.common import USER_ENTITY
 from app.schemas.deployment import (
+    AggregateFeatureSnapshot,
     Change,
     ChangeType,
     ConfigSnapshot,
+    DerivedFeatureSnapshot,
     FeatureSnapshot,
     PipelineSnapshot,
     ResourceType,
 )
 from app.schemas.feature import FeatureFilter, FeatureRead
 from app.schemas.pipeline import EventDefinition, EventField, PipelineRead
+from app.services.derived_rules import ServedValue, catalogue, expression_problems
 from app.services.feature_rules import event_problems, spec_of
 from app.tiles.windows import parse_window
 
@@ -55,7 +58,16 @@ def pipeline_snapshot(pipeline: PipelineRead) -> PipelineSnapshot:
 
 def feature_snapshot(feature: FeatureRead) -> FeatureSnapshot:
     """Returns the deployable part of a feature."""
-    return FeatureSnapshot(
+    if feature.kind == "derived":
+        return DerivedFeatureSnapshot(
+            id=feature.id,
+            name=feature.name,
+            description=feature.description,
+            pipeline_id=feature.pipeline_id,
+            expression=feature.expression,
+            enabled=feature.enabled,
+        )
+    return AggregateFeatureSnapshot(
         id=feature.id,
         name=feature.name,
         description=feature.description,
@@ -173,6 +185,21 @@ def _feature_changes(
         before = pipeline_names.get(old.pipeline_id, old.pipeline_id)
         after = pipeline_names.get(new.pipeline_id, new.pipeline_id)
         parts.append(f"pipeline {before} {ARROW} {after}")
+    if old.kind == "aggregate" and new.kind == "aggregate":
+        parts.extend(_aggregate_changes(old, new))
+    elif old.kind == "derived" and new.kind == "derived":
+        if old.expression != new.expression:
+            parts.append(f"expression {old.expression} {ARROW} {new.expression}")
+    else:
+        before = _definition(old, pipeline_names)
+        parts.append(f"{before} {ARROW} {_definition(new, pipeline_names)}")
+    if old.description != new.description:
+        parts.append("description changed")
+    return parts
+
+
+def _aggregate_changes(old: AggregateFeatureSnapshot, new: AggregateFeatureSnapshot) -> list[str]:
+    parts: list[str] = []
     if old.source_event != new.source_event:
         parts.append(f"source event {old.source_event} {ARROW} {new.source_event}")
     if old.aggregation != new.aggregation:
@@ -187,8 +214,6 @@ def _feature_changes(
         parts.append(f"filter {_filter_text(old.filter)} {ARROW} {_filter_text(new.filter)}")
     if old.entity != new.entity:
         parts.append(f"entity {entity_text(old.entity)} {ARROW} {entity_text(new.entity)}")
-    if old.description != new.description:
-        parts.append("description changed")
     return parts
 
 
@@ -212,7 +237,11 @@ def _filter_text(f: FeatureFilter | None) -> str:
     )
 
 
-def _feature_summary(f: FeatureSnapshot, pipeline_names: dict[str, str]) -> str:
+def _definition(f: FeatureSnapshot, pipeline_names: dict[str, str]) -> str:
+    """e.g. `SUM of price over storefront/add_to_cart, windows 1h,24h`, or
+    `derived cart_adds_1h / page_views_1h`."""
+    if f.kind == "derived":
+        return f"derived {f.expression}"
     of = f" of {f.field}" if f.field else ""
     if f.size is not None:
         of = f" {f.size}{of}"
@@ -221,11 +250,14 @@ def _feature_summary(f: FeatureSnapshot, pipeline_names: dict[str, str]) -> str:
     if f.entity != USER_ENTITY:
         of = f"{of} per {entity_text(f.entity)}"
     pipeline = pipeline_names.get(f.pipeline_id, f.pipeline_id)
-    state = "" if f.enabled else ", disabled"
     return (
-        f"{f.aggregation}{of} over {pipeline}/{f.source_event}, "
-        f"windows {_windows(f.time_windows)}{state}"
+        f"{f.aggregation}{of} over {pipeline}/{f.source_event}, windows {_windows(f.time_windows)}"
     )
+
+
+def _feature_summary(f: FeatureSnapshot, pipeline_names: dict[str, str]) -> str:
+    state = "" if f.enabled else ", disabled"
+    return f"{_definition(f, pipeline_names)}{state}"
 
 
 def _event_diff(
@@ -309,7 +341,10 @@ def _problem(feature: FeatureSnapshot, attr: str, kind: str, msg: str) -> FieldE
 
 
 def _check_feature(
-    f: FeatureSnapshot, pipelines: dict[str, PipelineSnapshot], served: dict[str, str]
+    f: FeatureSnapshot,
+    pipelines: dict[str, PipelineSnapshot],
+    served: dict[str, str],
+    keys: dict[str, ServedValue],
 ) -> list[FieldError]:
     problems: list[FieldError] = []
     pipeline = pipelines.get(f.pipeline_id)
@@ -322,6 +357,16 @@ def _check_feature(
     if pipeline.status != "active":
         msg = f"pipeline {pipeline.name} is {pipeline.status}; activate it or disable the feature"
         problems.append(_problem(f, "pipeline_id", "pipeline_inactive", msg))
+    if f.kind == "derived":
+        _, found = expression_problems(f.expression, keys, ["expression"])
+        problems.extend(_problem(f, "expression", p.type, p.msg) for p in found)
+        owner = served.get(f.name)
+        if owner is not None:
+            msg = f"served key {f.name} is also produced by feature {owner}"
+            problems.append(_problem(f, "name", "duplicate_key", msg))
+        else:
+            served[f.name] = f.name
+        return problems
     event = next((e for e in pipeline.events if e.name == f.source_event), None)
     if event is None:
         msg = f"event {f.source_event} does not exist in pipeline {pipeline.name}"
@@ -351,19 +396,43 @@ def _check_feature(
     return problems
 
 
+def _live_keys(
+    snapshot: ConfigSnapshot, pipelines: dict[str, PipelineSnapshot]
+) -> dict[str, ServedValue]:
+    """The keys a derived feature may read once deployed: those of the enabled
+    aggregates whose pipeline is active and source event enabled."""
+    events = {
+        (p.id, e.name): e
+        for p in pipelines.values()
+        if p.status == "active"
+        for e in p.events
+        if e.enabled
+    }
+    live = [
+        f
+        for f in snapshot.features
+        if f.kind == "aggregate" and f.enabled and (f.pipeline_id, f.source_event) in events
+    ]
+    derived = [f.name for f in snapshot.features if f.kind == "derived" and f.enabled]
+    return catalogue(live, derived, lambda f: events.get((f.pipeline_id, f.source_event)))
+
+
 def validate_draft(snapshot: ConfigSnapshot) -> list[FieldError]:
     """Returns every reason the snapshot cannot go live (empty if it can).
 
-    Only enabled features are checked: each needs an existing, active pipeline; an
-    existing, enabled source event; a field for every aggregation but COUNT, present in
-    the event and of type `number` for SUM/AVG/MIN/MAX; windows that parse; and served
-    keys `{name}_{window}` no other enabled feature (or window of its own) produces.
+    Only enabled features are checked: each needs an existing, active pipeline. An
+    aggregate needs an existing, enabled source event; a field for every aggregation
+    but COUNT, present in the event and of type `number` for SUM/AVG/MIN/MAX; windows
+    that parse. A derived feature's expression parses and reads only number-valued keys
+    of live aggregates (`derived_rules`). Served keys (`{name}_{window}`, a derived
+    feature's `{name}`) are produced by one enabled feature only.
     Each problem's `loc` is `["features", feature_id, attribute]`.
     """
     pipelines = {p.id: p for p in snapshot.pipelines}
+    keys = _live_keys(snapshot, pipelines)
     served: dict[str, str] = {}
     problems: list[FieldError] = []
     for feature in sorted(snapshot.features, key=lambda f: (f.name, f.id)):
         if feature.enabled:
-            problems.extend(_check_feature(feature, pipelines, served))
+            problems.extend(_check_feature(feature, pipelines, served, keys))
     return problems

@@ -24,7 +24,7 @@ from typing import TypeVar
 from app.core.errors import DraftChanged
 from app.core.secrets import secrets_of
 from app.db.config_store import ConfigStore, DuplicateKey
-from app.db.documents import FeatureDocument, PipelineDocument
+from app.db.documents import FEATURE_DOCUMENT, FeatureDocument, PipelineDocument
 from app.schemas.deployment import ConfigSnapshot, FeatureSnapshot, PipelineSnapshot
 from app.services.common import utc_now
 from app.services.config_diff import feature_snapshot, pipeline_snapshot
@@ -77,19 +77,8 @@ def _pipeline_values(p: PipelineSnapshot) -> dict[str, object]:
 
 
 def _feature_values(f: FeatureSnapshot) -> dict[str, object]:
-    return {
-        "name": f.name,
-        "description": f.description,
-        "pipeline_id": f.pipeline_id,
-        "source_event": f.source_event,
-        "aggregation": f.aggregation,
-        "field": f.field,
-        "time_windows": list(f.time_windows),
-        "size": f.size,
-        "filter": f.filter.model_copy(deep=True) if f.filter else None,
-        "entity": f.entity if isinstance(f.entity, str) else list(f.entity),
-        "enabled": f.enabled,
-    }
+    """The snapshot's definition as document fields (everything but the id)."""
+    return f.model_dump(exclude={"id"})
 
 
 async def reset_draft(
@@ -161,12 +150,20 @@ async def _restore_pipeline(store: ConfigStore, project_id: str, wanted: Pipelin
 
 
 async def _restore_feature(store: ConfigStore, project_id: str, wanted: FeatureSnapshot) -> None:
-    def change(cur: FeatureDocument) -> FeatureDocument | None:
-        if feature_snapshot(cur) == wanted:
-            return None
-        return cur.model_copy(update=_feature_values(wanted))
+    # mypy checks the lambda against the TypeVar itself, and a restore may change the
+    # document's class (aggregate <-> derived), so it is not a `D -> D`.
+    await _replace(  # type: ignore[misc]
+        lambda: store.get_feature(project_id, wanted.id),
+        store.replace_feature,
+        lambda cur: None if feature_snapshot(cur) == wanted else _rebuilt(cur, wanted),
+    )
 
-    await _replace(lambda: store.get_feature(project_id, wanted.id), store.replace_feature, change)
+
+def _rebuilt(cur: FeatureDocument, wanted: FeatureSnapshot) -> FeatureDocument:
+    """Returns `cur` with `wanted`'s definition: validated anew, not
+    model_copy(update=...), since the kind may change with it."""
+    kept = cur.model_dump(include={"id", "project_id", "revision", "created_at", "updated_at"})
+    return FEATURE_DOCUMENT.validate_python({**kept, **_feature_values(wanted)})
 
 
 async def _recreate_pipeline(
@@ -197,7 +194,7 @@ async def _recreate_pipeline(
 
 async def _recreate_feature(store: ConfigStore, project_id: str, wanted: FeatureSnapshot) -> None:
     now = utc_now()
-    doc = FeatureDocument.model_validate(
+    doc = FEATURE_DOCUMENT.validate_python(
         {
             "id": wanted.id,
             "project_id": project_id,

@@ -12,22 +12,40 @@ from dataclasses import dataclass
 
 from app.core.errors import FieldError
 from app.schemas.common import USER_ENTITY
-from app.schemas.deployment import FeatureSnapshot
+from app.schemas.deployment import AggregateFeatureSnapshot, DerivedFeatureSnapshot
 from app.schemas.feature import (
     FIELDLESS_AGGREGATIONS,
     MAX_IN_VALUES,
     MAX_SIZE,
     NUMERIC_AGGREGATIONS,
     SIZED_AGGREGATIONS,
+    AggregateFeatureBase,
+    AggregateFeatureRead,
     Aggregation,
-    FeatureBase,
+    DerivedFeatureBase,
+    DerivedFeatureRead,
     FeatureFilter,
-    FeatureRead,
     FilterCondition,
 )
 from app.schemas.pipeline import EventDefinition, EventField
-from app.schemas.template import SuggestedFeature
+from app.schemas.template import SuggestedAggregateFeature, SuggestedDerivedFeature
 from app.tiles.windows import parse_window
+
+AggregateDefinition = (
+    AggregateFeatureBase
+    | AggregateFeatureRead
+    | AggregateFeatureSnapshot
+    | SuggestedAggregateFeature
+)
+"""An aggregate feature as a request body, a stored document, a snapshot or a template
+suggestion."""
+AnyDefinition = (
+    AggregateDefinition
+    | DerivedFeatureBase
+    | DerivedFeatureRead
+    | DerivedFeatureSnapshot
+    | SuggestedDerivedFeature
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +62,7 @@ class FeatureSpec:
     entity: str | list[str] = USER_ENTITY
 
 
-def spec_of(
-    feature: FeatureBase | FeatureRead | FeatureSnapshot | SuggestedFeature,
-) -> FeatureSpec:
+def spec_of(feature: AggregateDefinition) -> FeatureSpec:
     """Returns the rule-relevant parts of a feature body, document, deployed snapshot or
     template suggestion."""
     return FeatureSpec(
@@ -205,21 +221,28 @@ def _condition_problem(c: FilterCondition, field: EventField) -> str | None:
 
 
 def served_keys(name: str, windows: Iterable[str]) -> list[str]:
-    """Returns the keys serving answers with for this feature: `{name}_{window}`."""
+    """Returns the keys serving answers with for this aggregate: `{name}_{window}`."""
     return [f"{name}_{window}" for window in windows]
 
 
-def served_key_clashes(
-    name: str, windows: Iterable[str], others: Iterable[FeatureSpec]
-) -> list[tuple[str, str]]:
-    """Returns `(key, other feature's name)` for every served key of `name`/`windows` that
-    another feature also produces.
+def served_keys_of(feature: AnyDefinition) -> list[str]:
+    """Returns the keys serving answers with for `feature`: `{name}_{window}` of an
+    aggregate, `{name}` of a derived feature."""
+    if feature.kind == "derived":
+        return [feature.name]
+    return served_keys(feature.name, feature.time_windows)
 
-    With unique feature names and windows that hold no `_`, two features cannot produce
-    the same key today; the check stays so that a wider window or name grammar can never
-    make two features overwrite each other's values unnoticed.
+
+def served_key_clashes(
+    keys: Iterable[str], others: Iterable[AnyDefinition]
+) -> list[tuple[str, str]]:
+    """Returns `(key, other feature's name)` for every key of `keys` that another
+    feature also serves.
+
+    Aggregates cannot clash with each other while names are unique and windows hold no
+    `_`; a derived feature named `cart_adds_5m` would clash with `cart_adds`' 5m window,
+    and the check also keeps a wider grammar from making two features overwrite each
+    other's values unnoticed.
     """
-    owners = {
-        key: other.name for other in others for key in served_keys(other.name, other.time_windows)
-    }
-    return [(key, owners[key]) for key in served_keys(name, windows) if key in owners]
+    owners = {key: other.name for other in others for key in served_keys_of(other)}
+    return [(key, owners[key]) for key in keys if key in owners]

@@ -8,10 +8,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from app.core.errors import FeatureNameTaken, FieldError, ServedKeyConflict, ValidationFailed
-from app.schemas.feature import FeatureCreate, FeatureRead
+from app.schemas.feature import (
+    AggregateFeatureCreate,
+    DerivedFeatureCreate,
+    FeatureCreate,
+    FeatureRead,
+)
 from app.schemas.pipeline import Category, EventDefinition, PipelineCreate
 from app.schemas.template import SuggestedFeature
-from app.services.feature_rules import event_problems, served_key_clashes, spec_of
+from app.services.derived_rules import catalogue, expression_problems
+from app.services.feature_rules import (
+    event_problems,
+    served_key_clashes,
+    served_keys_of,
+    spec_of,
+)
 from app.services.templates import get_template
 
 
@@ -26,8 +37,16 @@ class CreationPlan:
         ValidationFailed (it does not fit the events), FeatureNameTaken, ServedKeyConflict.
         """
         problems: list[FieldError] = []
+        events = {e.name: e for e in self.events}
+        aggregates = [f for f in self.features if f.kind == "aggregate"]
+        # A suggested derived feature reads the template's own suggested aggregates.
+        keys = catalogue(aggregates, [], lambda f: events.get(f.source_event))
         for suggestion in self.features:
-            for p in event_problems(spec_of(suggestion), self.events):
+            if suggestion.kind == "derived":
+                _, found = expression_problems(suggestion.expression, keys, ["body", "template"])
+            else:
+                found = event_problems(spec_of(suggestion), self.events)
+            for p in found:
                 msg = f"suggested feature {suggestion.name}: {p.msg}"
                 problems.append(FieldError(loc=["body", "events"], msg=msg, type=p.type))
         if problems:
@@ -36,8 +55,7 @@ class CreationPlan:
                 "create without `with_features` or keep the template's events",
                 fields=problems,
             )
-        specs = [spec_of(f) for f in existing]
-        taken = sorted({s.name for s in self.features} & {s.name for s in specs})
+        taken = sorted({s.name for s in self.features} & {f.name for f in existing})
         if taken:
             raise FeatureNameTaken(
                 "The template's suggested features already exist in this project: "
@@ -45,28 +63,42 @@ class CreationPlan:
                 + "; create the pipeline without `with_features`"
             )
         for suggestion in self.features:
-            clashes = served_key_clashes(suggestion.name, suggestion.time_windows, specs)
+            clashes = served_key_clashes(served_keys_of(suggestion), existing)
             if clashes:
                 key, owner = clashes[0]
                 raise ServedKeyConflict(f"Served key {key!r} is already produced by {owner!r}")
 
     def feature_bodies(self, pipeline_id: str) -> list[FeatureCreate]:
-        """Returns the create bodies of the suggested features for the new pipeline."""
-        return [
-            FeatureCreate(
-                name=s.name,
-                description=s.description,
-                pipeline_id=pipeline_id,
-                source_event=s.source_event,
-                aggregation=s.aggregation,
-                field=s.field,
-                time_windows=list(s.time_windows),
-                size=s.size,
-                filter=s.filter,
-                entity=s.entity,
+        """Returns the create bodies of the suggested features for the new pipeline
+        (aggregates first: a derived one is checked against them when created)."""
+        bodies: list[FeatureCreate] = []
+        for s in sorted(self.features, key=lambda f: f.kind == "derived"):
+            if s.kind == "derived":
+                bodies.append(
+                    DerivedFeatureCreate(
+                        kind="derived",
+                        name=s.name,
+                        description=s.description,
+                        pipeline_id=pipeline_id,
+                        expression=s.expression,
+                    )
+                )
+                continue
+            bodies.append(
+                AggregateFeatureCreate(
+                    name=s.name,
+                    description=s.description,
+                    pipeline_id=pipeline_id,
+                    source_event=s.source_event,
+                    aggregation=s.aggregation,
+                    field=s.field,
+                    time_windows=list(s.time_windows),
+                    size=s.size,
+                    filter=s.filter,
+                    entity=s.entity,
+                )
             )
-            for s in self.features
-        ]
+        return bodies
 
 
 def plan_creation(body: PipelineCreate) -> CreationPlan:

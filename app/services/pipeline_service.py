@@ -318,11 +318,11 @@ class PipelineService:
         # No multi-document transactions (FerretDB): the pipeline is saved first, then
         # each feature moves on its own revision, re-read on a concurrent save.
         for feature in await self._features.all_features(project_id, pipeline_id):
-            if feature.source_event != old:
+            if feature.kind == "derived" or feature.source_event != old:
                 continue
             for _ in range(_MAX_ATTEMPTS):
                 current = await self._store.get_feature(project_id, feature.id)
-                if current is None or current.source_event != old:
+                if current is None or current.kind == "derived" or current.source_event != old:
                     break
                 moved = current.model_copy(
                     update={

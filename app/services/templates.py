@@ -10,7 +10,11 @@ from __future__ import annotations
 
 from app.schemas.feature import Aggregation, FeatureFilter
 from app.schemas.pipeline import EventDefinition, EventField, FieldType
-from app.schemas.template import PipelineTemplate, SuggestedFeature
+from app.schemas.template import (
+    PipelineTemplate,
+    SuggestedAggregateFeature,
+    SuggestedDerivedFeature,
+)
 
 
 def _f(
@@ -40,8 +44,8 @@ def _feature(
     size: int | None = None,
     where: dict[str, object] | None = None,
     entity: str | list[str] = "user",
-) -> SuggestedFeature:
-    return SuggestedFeature(
+) -> SuggestedAggregateFeature:
+    return SuggestedAggregateFeature(
         name=name,
         description=description,
         source_event=source_event,
@@ -155,6 +159,11 @@ _BEHAVIORAL = PipelineTemplate(
         ),
         _feature("searches", "Searches run", "search", "COUNT", ["1h", "24h"]),
         _feature("last_search", "Most recent search query", "search", "LAST", ["24h"], "query"),
+        SuggestedDerivedFeature(
+            name="cart_rate_24h",
+            description="Cart adds per page view over 24 hours (null without page views)",
+            expression="cart_adds_24h / page_views_24h",
+        ),
     ],
 )
 

@@ -188,7 +188,7 @@ class TrainingSetService:
             entity = sorted(
                 f"{f.name}_{w}"
                 for f in snapshot.features
-                if f.entity != USER_ENTITY
+                if f.kind == "aggregate" and f.entity != USER_ENTITY
                 for w in f.time_windows
                 if f"{f.name}_{w}" in unknown
             )

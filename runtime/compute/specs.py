@@ -22,9 +22,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from app.schemas.common import USER_ENTITY
-from app.schemas.deployment import ConfigSnapshot
+from app.schemas.deployment import ConfigSnapshot, DerivedFeatureSnapshot
 from app.schemas.feature import FeatureFilter as FilterBody
 from app.tiles.aggregations import Aggregation
+from app.tiles.derived import DerivedSpec, ExpressionError, derived_spec
 from app.tiles.features import FeatureSpec
 from app.tiles.filters import Condition, FeatureFilter
 from app.tiles.record import record_ttl_seconds
@@ -90,7 +91,9 @@ class ProjectSpecs:
     with `key` set, kept in the user's record too); `entities` holds the per-entity
     features by entity name; `keyed_events` are the events feeding either of those.
     `ttl_seconds` is the user record's TTL, None when the project has no feature at
-    all (then there is nothing to store).
+    all (then there is nothing to store). `derived` are the derived features,
+    evaluated by serving and training sets over the per-user values of `specs`;
+    compute ignores them (nothing of theirs is stored).
     """
 
     project_id: str
@@ -108,6 +111,8 @@ class ProjectSpecs:
     def user_answer(self) -> tuple[FeatureSpec, ...]:
         """Returns the specs a user's read serves: per user, then user x entity."""
         return self.specs + self.pairs
+
+    derived: tuple[DerivedSpec, ...] = ()
 
 
 def build_specs(snapshot: ConfigSnapshot) -> ProjectSpecs:
@@ -128,7 +133,11 @@ def build_specs(snapshot: ConfigSnapshot) -> ProjectSpecs:
     pairs: list[FeatureSpec] = []
     per_entity: dict[str, list[tuple[str, str, FeatureSpec]]] = {}
     invalid: list[InvalidFeature] = []
+    derived_features: list[DerivedFeatureSnapshot] = []
     for feature in snapshot.features:
+        if feature.kind == "derived":
+            derived_features.append(feature)
+            continue
         source = event_key(feature.pipeline_id, feature.source_event)
         event = live_events.get(source)
         if not feature.enabled or event is None:
@@ -164,6 +173,9 @@ def build_specs(snapshot: ConfigSnapshot) -> ProjectSpecs:
             specs.append(spec)
     entities = {name: _entity_specs(name, items) for name, items in per_entity.items()}
     every = specs + pairs + [s for e in entities.values() for s in e.specs]
+    active = {p.id for p in snapshot.pipelines if p.status == "active"}
+    live_derived = [f for f in derived_features if f.enabled and f.pipeline_id in active]
+    derived = _derived_specs(live_derived, specs, invalid)
     return ProjectSpecs(
         project_id=snapshot.project_id,
         version=snapshot.version,
@@ -178,6 +190,7 @@ def build_specs(snapshot: ConfigSnapshot) -> ProjectSpecs:
         entities=entities,
         keyed_events=frozenset(pairs_by_event)
         | frozenset(k for e in entities.values() for k in e.by_event),
+        derived=derived,
     )
 
 
@@ -193,6 +206,30 @@ def _entity_specs(entity: str, items: list[tuple[str, str, FeatureSpec]]) -> Ent
         specs=specs,
         ttl_seconds=record_ttl_seconds(specs),
     )
+
+
+def _derived_specs(
+    features: list[DerivedFeatureSnapshot],
+    specs: list[FeatureSpec],
+    invalid: list[InvalidFeature],
+) -> tuple[DerivedSpec, ...]:
+    """Returns the specs of the derived features whose expression parses and reads only
+    keys `specs` serve; the others go to `invalid` (the deploy validation refuses them,
+    so this only guards against a bad snapshot)."""
+    served = {f"{s.name}_{w.label}" for s in specs for w in s.windows}
+    out: list[DerivedSpec] = []
+    for feature in features:
+        try:
+            spec = derived_spec(feature.name, feature.expression)
+        except ExpressionError as exc:
+            invalid.append(InvalidFeature(feature.name, str(exc)))
+            continue
+        missing = [k for k in spec.expression.keys if k not in served]
+        if missing:
+            invalid.append(InvalidFeature(feature.name, f"reads unserved keys {missing}"))
+            continue
+        out.append(spec)
+    return tuple(out)
 
 
 class SpecCache:

@@ -37,10 +37,11 @@ class EventLateness:
 
 
 def compile_lateness(snapshot: ConfigSnapshot) -> EventLateness:
-    """Collects the windows of every enabled feature by the event it reads."""
+    """Collects the windows of every enabled aggregate by the event it reads (a derived
+    feature reads no event)."""
     windows: dict[tuple[str, str], set[Window]] = {}
     for feature in snapshot.features:
-        if not feature.enabled:
+        if not feature.enabled or feature.kind == "derived":
             continue
         key = (feature.pipeline_id, feature.source_event)
         windows.setdefault(key, set()).update(parse_window(w) for w in feature.time_windows)

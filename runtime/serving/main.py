@@ -19,6 +19,7 @@ from app.core.server import serve
 from app.core.service import Backend, Resources, StartupHook, build_app
 from app.core.settings import ServingSettings
 from app.schemas.deployment import ConfigSnapshot
+from app.tiles.derived import DerivedSpec
 from app.tiles.features import FeatureSpec
 from runtime.compute.specs import build_specs
 from runtime.serving.metrics import ServingMetrics
@@ -27,11 +28,12 @@ from runtime.serving.routes import FEATURE_SERVICE, serving_router
 from runtime.serving.service import FeatureService
 
 
-def snapshot_specs(snapshot: ConfigSnapshot) -> Sequence[FeatureSpec]:
+def snapshot_specs(snapshot: ConfigSnapshot) -> tuple[Sequence[FeatureSpec], Sequence[DerivedSpec]]:
     """Returns the specs a user's read serves for `snapshot` (enabled features of active
-    pipelines' enabled events, per user and per user x entity): built by compute's own
-    code, so fingerprints match."""
-    return build_specs(snapshot).user_answer
+    pipelines' enabled events, per user and per user x entity), built by compute's own
+    code so fingerprints match, and its derived features."""
+    built = build_specs(snapshot)
+    return built.user_answer, built.derived
 
 
 def snapshot_entity_specs(snapshot: ConfigSnapshot) -> Mapping[str, Sequence[FeatureSpec]]:

@@ -15,13 +15,15 @@ from app.core.errors import (
     UnknownFeature,
 )
 from app.schemas.deployment import ConfigSnapshot
+from app.tiles.derived import DerivedSpec
 from app.tiles.entities import entity_scope, store_id
 from app.tiles.features import FeatureSpec
 from runtime.serving.plan import Selection, ServingPlan, UnknownFeatureKeys
 from runtime.serving.reader import Clock, FeatureReader, Freshness
 
-SpecsOf = Callable[[ConfigSnapshot], Sequence[FeatureSpec]]
-"""Returns the specs of a snapshot's enabled features (compute's own conversion)."""
+SpecsOf = Callable[[ConfigSnapshot], tuple[Sequence[FeatureSpec], Sequence[DerivedSpec]]]
+"""Returns the specs of a snapshot's enabled features (compute's own conversion) and
+its derived features."""
 
 EntitySpecsOf = Callable[[ConfigSnapshot], Mapping[str, Sequence[FeatureSpec]]]
 """Returns the per-entity specs of a snapshot by entity name (compute's own conversion)."""
@@ -83,7 +85,8 @@ class FeatureService:
             raise ProjectNotFound(f"Project {project_id!r} not found")
         plan = self._plans.get(project_id)
         if plan is None or plan.version != snapshot.version:
-            plan = ServingPlan.build(project_id, snapshot.version, self._specs_of(snapshot))
+            specs, derived = self._specs_of(snapshot)
+            plan = ServingPlan.build(project_id, snapshot.version, specs, derived)
             self._plans[project_id] = plan
         return plan
 

@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.schemas.deployment import ConfigSnapshot, FeatureSnapshot, PipelineSnapshot
+from app.schemas.deployment import AggregateFeatureSnapshot, ConfigSnapshot, PipelineSnapshot
 from app.schemas.pipeline import EventDefinition, EventField
 from app.services.config_diff import diff, snapshot_from_draft, validate_draft
 from tests.factories import feature_document, new_id, pipeline_document
@@ -42,7 +42,7 @@ def pipeline(**overrides: Any) -> PipelineSnapshot:
     return PipelineSnapshot(**data)
 
 
-def feature(pipeline_id: str, **overrides: Any) -> FeatureSnapshot:
+def feature(pipeline_id: str, **overrides: Any) -> AggregateFeatureSnapshot:
     data: dict[str, Any] = {
         "id": new_id(),
         "name": "cart_adds",
@@ -54,11 +54,11 @@ def feature(pipeline_id: str, **overrides: Any) -> FeatureSnapshot:
         "enabled": True,
     }
     data.update(overrides)
-    return FeatureSnapshot(**data)
+    return AggregateFeatureSnapshot(**data)
 
 
 def snap(
-    pipelines: list[PipelineSnapshot], features: list[FeatureSnapshot], version: int = 1
+    pipelines: list[PipelineSnapshot], features: list[AggregateFeatureSnapshot], version: int = 1
 ) -> ConfigSnapshot:
     return ConfigSnapshot(
         project_id=PROJECT, version=version, pipelines=pipelines, features=features
@@ -273,7 +273,7 @@ def snapshots(draw: st.DrawFn) -> ConfigSnapshot:
     ]
     feature_ids = draw(st.lists(st.sampled_from(_ids[3:]), unique=True, max_size=3))
     features = [
-        FeatureSnapshot(
+        AggregateFeatureSnapshot(
             id=fid,
             name=draw(_names),
             pipeline_id=draw(st.sampled_from(_ids[:3])),

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import pytest
 
+from app.schemas.deployment import AggregateFeatureSnapshot, DerivedFeatureSnapshot
 from app.schemas.pipeline import EventDefinition, EventField
+from app.schemas.template import PipelineTemplate
+from app.services.derived_rules import catalogue, expression_problems
 from app.services.feature_rules import (
     FeatureSpec,
     event_problems,
     normalize_windows,
     served_key_clashes,
     served_keys,
+    served_keys_of,
     spec_of,
 )
 from app.services.templates import list_templates
@@ -73,12 +77,32 @@ class TestServedKeys:
 
     def test_a_key_produced_by_another_feature_is_a_clash(self) -> None:
         # Impossible with today's grammars (windows hold no "_"); the guard must still work.
-        other = spec(name="a", time_windows=["b_5m"])
-        assert served_key_clashes("a_b", ["5m", "1h"], [other]) == [("a_b_5m", "a")]
+        other = snap(name="a", time_windows=["b_5m"])
+        assert served_key_clashes(["a_b_5m", "a_b_1h"], [other]) == [("a_b_5m", "a")]
 
     def test_distinct_names_never_clash(self) -> None:
-        others = [spec(name="cart", time_windows=["1h"]), spec(name="cart_1h", time_windows=["5m"])]
-        assert served_key_clashes("cart_1", ["1h", "5m"], others) == []
+        others = [snap(name="cart", time_windows=["1h"]), snap(name="cart_1h", time_windows=["5m"])]
+        assert served_key_clashes(["cart_1_1h", "cart_1_5m"], others) == []
+
+    def test_a_derived_feature_serves_its_name_and_clashes_with_a_window_key(self) -> None:
+        derived = DerivedFeatureSnapshot(
+            id="d", name="cart_1h", pipeline_id="p", expression="1", enabled=True
+        )
+        assert served_keys_of(derived) == ["cart_1h"]
+        assert served_key_clashes(["cart_1h", "cart_5m"], [derived]) == [("cart_1h", "cart_1h")]
+
+
+def snap(name: str, time_windows: list[str]) -> AggregateFeatureSnapshot:
+    return AggregateFeatureSnapshot(
+        id="a",
+        name=name,
+        pipeline_id="p",
+        source_event="e",
+        aggregation="COUNT",
+        field=None,
+        time_windows=time_windows,
+        enabled=True,
+    )
 
 
 @pytest.mark.parametrize("template", list_templates(), ids=lambda t: t.name)
@@ -87,8 +111,25 @@ def test_every_suggested_feature_fits_its_template(template: object) -> None:
 
     assert isinstance(template, PipelineTemplate)
     for feature in template.suggested_features:
+        if feature.kind == "derived":
+            continue  # checked against the template's aggregates by the next test
         labels, errors = normalize_windows(feature.time_windows)
         assert errors == []
         assert labels == feature.time_windows
         problem = event_problems(spec_of(feature), template.events)
         assert problem == [], feature.name
+
+
+@pytest.mark.parametrize("template", list_templates(), ids=lambda t: t.name)
+def test_every_suggested_derived_feature_reads_the_templates_number_keys(
+    template: PipelineTemplate,
+) -> None:
+    events = {e.name: e for e in template.events}
+    aggregates = [f for f in template.suggested_features if f.kind == "aggregate"]
+    keys = catalogue(aggregates, [], lambda f: events.get(f.source_event))
+    for feature in template.suggested_features:
+        if feature.kind == "derived":
+            expression, problems = expression_problems(feature.expression, keys, ["x"])
+            assert problems == [], feature.name
+            assert expression is not None
+            assert expression.text == feature.expression  # written in canonical form

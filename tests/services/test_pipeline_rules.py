@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from app.core.errors import EventInUse, EventNameTaken, EventNotFound, FieldInUse, PipelineNotReady
-from app.schemas.feature import FeatureRead
+from app.schemas.feature import AggregateFeatureRead
 from app.schemas.pipeline import EventDefinition, EventField
 from app.services import pipeline_rules as rules
 
@@ -22,9 +22,9 @@ def event(name: str, *fields: tuple[str, str], enabled: bool = True) -> EventDef
 
 def feature(
     name: str, source: str, aggregation: str = "COUNT", field: str | None = None
-) -> FeatureRead:
+) -> AggregateFeatureRead:
     now = datetime.now(UTC)
-    return FeatureRead(
+    return AggregateFeatureRead(
         id="0" * 24,
         project_id="p",
         pipeline_id="1" * 24,

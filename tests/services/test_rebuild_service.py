@@ -15,7 +15,7 @@ from app.core.settings import BackendSettings
 from app.db import factory
 from app.db.clickhouse import ChdbSink
 from app.db.online_store import OnlineStore
-from app.schemas.deployment import FeatureSnapshot
+from app.schemas.deployment import AggregateFeatureSnapshot
 from app.schemas.feature import FeatureFilter, FilterCondition
 from app.services.rebuild_service import RebuildService
 from app.tiles.entities import read_pairs
@@ -61,7 +61,7 @@ def random_events(rng: random.Random, pipeline_id: str, count: int) -> list[RawE
     return out
 
 
-def python_applied(pipeline_id: str, windows: list[str]) -> list[FeatureSnapshot]:
+def python_applied(pipeline_id: str, windows: list[str]) -> list[AggregateFeatureSnapshot]:
     """A filtered feature, LAST_N, TOP_K, RECENCY (aggregated in SQL as the others)."""
     pricey = FeatureFilter(all=[FilterCondition(field="price", op="gt", value=50)])
     return [

@@ -140,6 +140,15 @@ FEATURE_CREATE_EXAMPLES: dict[str, Example] = {
             "time_windows": ["5m", "1h", "24h"],
         },
     ),
+    "derived": Example(
+        summary="Derived: arithmetic of served keys, evaluated at read time",
+        value={
+            "kind": "derived",
+            "name": "cart_rate_1h",
+            "pipeline_id": PIPELINE_ID,
+            "expression": "cart_adds_1h / page_views_1h",
+        },
+    ),
 }
 
 FEATURE_UPDATE_EXAMPLES: dict[str, Example] = {

@@ -24,7 +24,11 @@ _RULES = (
     "`source_event` and be a `number` for SUM/AVG/MIN/MAX; `source_event` must exist in "
     "the pipeline `pipeline_id` of this project. Windows `<n><m|h|d>` from 1m to 90d are "
     "deduplicated and sorted by duration. The served keys `{name}_{window}` must be unique "
-    "in the project (409 ServedKeyConflict), and so must the name (409 FeatureNameTaken)."
+    "in the project (409 ServedKeyConflict), and so must the name (409 FeatureNameTaken). "
+    'A derived feature (`"kind": "derived"`) has an `expression` instead of `source_event`, '
+    "`aggregation`, `field` and `time_windows`: served keys of the project's number-valued "
+    "aggregates, numbers, `+ - * /`, parentheses, `min`, `max`, `coalesce`; a syntax error "
+    "or a bad reference is a 422 naming its position. It is served as `{name}`."
 )
 
 
@@ -98,8 +102,9 @@ async def update_feature(
     "/{feature_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a feature",
+    description="409 FeatureInUse while a derived feature reads one of its served keys.",
     response_class=Response,
-    responses=error_responses(401, 404),
+    responses=error_responses(401, 404, 409),
 )
 async def delete_feature(
     project_id: ProjectDep, feature_id: FeatureId, service: FeatureServiceDep

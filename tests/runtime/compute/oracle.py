@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.schemas.deployment import ConfigSnapshot, FeatureSnapshot, PipelineSnapshot
+from app.schemas.deployment import AggregateFeatureSnapshot, ConfigSnapshot, PipelineSnapshot
 from app.schemas.event import EventMessage
 from app.schemas.pipeline import EventDefinition, EventField
 from app.tiles.windows import parse_window
@@ -67,8 +67,8 @@ def feature(
     source_event: str = "add_to_cart",
     field_name: str | None = None,
     enabled: bool = True,
-) -> FeatureSnapshot:
-    return FeatureSnapshot(
+) -> AggregateFeatureSnapshot:
+    return AggregateFeatureSnapshot(
         id=new_id(),
         name=name,
         pipeline_id=pipeline_id,
@@ -80,7 +80,7 @@ def feature(
     )
 
 
-def all_aggregations(pipeline_id: str, windows: list[str]) -> list[FeatureSnapshot]:
+def all_aggregations(pipeline_id: str, windows: list[str]) -> list[AggregateFeatureSnapshot]:
     """One feature per aggregation on `add_to_cart`, named after it."""
     return [feature(a.lower(), pipeline_id, a, windows) for a in AGGREGATIONS]
 
@@ -89,7 +89,7 @@ def config(
     project_id: str,
     version: int,
     pipelines: list[PipelineSnapshot],
-    features: list[FeatureSnapshot],
+    features: list[AggregateFeatureSnapshot],
 ) -> ConfigSnapshot:
     return ConfigSnapshot(
         project_id=project_id, version=version, pipelines=pipelines, features=features
@@ -116,7 +116,9 @@ def _distinct(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
-def oracle_value(f: FeatureSnapshot, window: str, events: list[RawEvent], now_ms: int) -> Any:
+def oracle_value(
+    f: AggregateFeatureSnapshot, window: str, events: list[RawEvent], now_ms: int
+) -> Any:
     """The value of feature `f` over `window` at `now_ms`, from the raw events (in
     production order) of one user."""
     start, end = parse_window(window).span_ms(now_ms)
@@ -151,7 +153,7 @@ def oracle_value(f: FeatureSnapshot, window: str, events: list[RawEvent], now_ms
 
 
 def oracle_values(
-    features: list[FeatureSnapshot], events: list[RawEvent], now_ms: int
+    features: list[AggregateFeatureSnapshot], events: list[RawEvent], now_ms: int
 ) -> dict[str, Any]:
     """{"<feature>_<window>": value} for every window of every feature."""
     return {

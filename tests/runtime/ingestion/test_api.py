@@ -12,7 +12,7 @@ import pytest
 
 from app.core.config_loader import publish_config
 from app.core.secrets import write_secrets
-from app.schemas.deployment import FeatureSnapshot
+from app.schemas.deployment import AggregateFeatureSnapshot
 from app.schemas.event import record_key
 from tests.conftest import KAFKA_BOOTSTRAP, unique
 from tests.runtime.ingestion.conftest import (
@@ -100,7 +100,7 @@ class TestLateEvents:
 
     async def deploy_with_a_feature(self, ingest: IngestApp) -> Pipeline:
         project_id, pid = unique("shop"), pipeline_id()
-        feature = FeatureSnapshot(
+        feature = AggregateFeatureSnapshot(
             id=pipeline_id(),
             name="cart_adds",
             pipeline_id=pid,

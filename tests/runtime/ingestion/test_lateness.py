@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.schemas.deployment import ConfigSnapshot, FeatureSnapshot
+from app.schemas.deployment import AggregateFeatureSnapshot, ConfigSnapshot
 from app.tiles.features import Timing, timing
 from runtime.compute.specs import build_specs, event_key
 from runtime.ingestion.lateness import compile_lateness
@@ -18,8 +18,10 @@ NOW_MS = 1_780_000_123_456
 HOUR_MS = 3_600_000
 
 
-def feature(name: str, event: str, windows: list[str], *, enabled: bool = True) -> FeatureSnapshot:
-    return FeatureSnapshot(
+def feature(
+    name: str, event: str, windows: list[str], *, enabled: bool = True
+) -> AggregateFeatureSnapshot:
+    return AggregateFeatureSnapshot(
         id=pipeline_id(),
         name=name,
         pipeline_id=PID,

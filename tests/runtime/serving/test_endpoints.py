@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from app.schemas.deployment import ConfigSnapshot, FeatureSnapshot
+from app.schemas.deployment import AggregateFeatureSnapshot, ConfigSnapshot
 from tests.factories import feature_document, pipeline_document, snapshot
 from tests.runtime.serving.conftest import ServingKit
 
@@ -202,7 +202,7 @@ class TestSingleUser:
             source_event="purchase",
             time_windows=["1h"],
         )
-        features = [*snap.features, FeatureSnapshot.model_validate(views.model_dump())]
+        features = [*snap.features, AggregateFeatureSnapshot.model_validate(views.model_dump())]
         await kit.deploy(snap.model_copy(update={"version": 2, "features": features}))
         async with kit.client(project_id) as client, asyncio.timeout(10):
             while True:  # the loader hears the notice (or polls) within about a second
