@@ -162,11 +162,24 @@ def _json(status: int, envelope: ErrorEnvelope, headers: Mapping[str, str] | Non
     )
 
 
+# Tags of the request bodies' discriminated unions (a feature's `kind`). Pydantic puts
+# the tag in an error's location (`body.derived.expression`); the envelope reports the
+# path of the field in the body, as it does for a plain model (`body.expression`).
+BODY_UNION_TAGS = frozenset({"aggregate", "derived"})
+
+
+def _location(err: Mapping[str, Any]) -> list[str | int]:
+    loc = [p if isinstance(p, int) else str(p) for p in err.get("loc", ())]
+    if len(loc) > 1 and loc[0] == "body" and loc[1] in BODY_UNION_TAGS:
+        del loc[1]
+    return loc
+
+
 def validation_fields(errors: Sequence[Any]) -> list[FieldError]:
     """Pydantic/FastAPI error dicts → FieldError list (input values are never echoed back)."""
     return [
         FieldError(
-            loc=[p if isinstance(p, int) else str(p) for p in err.get("loc", ())],
+            loc=_location(err),
             msg=str(err.get("msg", "")),
             type=str(err.get("type", "")),
         )

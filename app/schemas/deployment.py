@@ -53,7 +53,7 @@ class AggregateFeatureSnapshot(ResponseModel):
 
 
 class DerivedFeatureSnapshot(ResponseModel):
-    """A derived feature as deployed: its expression in canonical form."""
+    """A derived feature as deployed."""
 
     kind: Literal["derived"] = "derived"
     id: str

@@ -184,7 +184,7 @@ class DerivedFeatureBase(FeatureCommon):
         examples=["purchases_7d / page_views_7d"],
         description="Served keys of aggregate features (numbers: not LAST_N or TOP_K), "
         "numbers, + - * /, parentheses, min(), max(), coalesce(). x / 0 and any null "
-        "input give null (coalesce excepted); results are floats. Stored in canonical form",
+        "input give null (coalesce excepted); results are floats",
     )
 
 

@@ -3,8 +3,8 @@
 Editing a feature changes nothing at runtime until a deploy. Every create/update checks
 the feature against its pipeline as it is now (`feature_rules`), normalises the windows
 (deduplicated, sorted by duration), and keeps names and served keys unique per project.
-A derived feature's expression is checked against the project's aggregates and stored
-in canonical form (`derived_rules`); a feature a derived feature reads cannot be
+A derived feature's expression is checked against the project's aggregates
+(`derived_rules`); a feature a derived feature reads cannot be
 deleted, renamed or changed so that the expression breaks (409 FeatureInUse).
 """
 
@@ -182,8 +182,8 @@ class FeatureService:
     async def check(
         self, project_id: str, body: FeatureBase, *, exclude_id: str | None
     ) -> dict[str, Any]:
-        """Returns the normalised fields of `body` (sorted windows, or the expression's
-        canonical text) if it may be saved in the project.
+        """Returns the normalised fields of `body` (sorted windows, or the stripped
+        expression) if it may be saved in the project.
 
         Raises ValidationFailed for the pipeline, event, field, window and expression
         rules (all problems at once), FeatureNameTaken, ServedKeyConflict.
@@ -225,7 +225,7 @@ class FeatureService:
     async def _check_expression(
         self, project_id: str, body: DerivedFeatureBase, others: Sequence[FeatureDocument]
     ) -> tuple[str, list[FieldError]]:
-        """Returns (the canonical expression, its problems) against the draft's other
+        """Returns (the expression to store, its problems) against the draft's other
         features, enabled or not (the deploy checks what would run)."""
         events = await self._events_by_source(project_id)
         keys = catalogue(
@@ -233,8 +233,10 @@ class FeatureService:
             [f.name for f in others if f.kind == "derived"],
             lambda f: events.get((f.pipeline_id, f.source_event)),
         )
-        expression, problems = expression_problems(body.expression, keys, ["body", "expression"])
-        return (expression.text if expression else body.expression), problems
+        _, problems = expression_problems(body.expression, keys, ["body", "expression"])
+        # Kept as written (not the canonical text), so a definitions file and the API
+        # compare equal.
+        return body.expression.strip(), problems
 
     async def all_features(
         self, project_id: str, pipeline_id: str | None = None

@@ -32,12 +32,12 @@ async def _inputs(api: Api) -> tuple[dict[str, Any], dict[str, Any], dict[str, A
 
 
 class TestValidDefinitions:
-    async def test_created_derived_feature_reads_back_in_canonical_form(self, api: Api) -> None:
+    async def test_created_derived_feature_reads_back_as_written(self, api: Api) -> None:
         pipeline, _, _ = await _inputs(api)
-        body = derived_payload(pipeline["id"], "(buys_1h)/ adds_1h", name="conversion")
+        body = derived_payload(pipeline["id"], " (buys_1h)/ adds_1h ", name="conversion")
         created = await api.ok("POST", "/features", 201, json=body)
         assert created["kind"] == "derived"
-        assert created["expression"] == "buys_1h / adds_1h"
+        assert created["expression"] == "(buys_1h)/ adds_1h"
         assert "source_event" not in created
         assert "time_windows" not in created
         got = await api.ok("GET", f"/features/{created['id']}")

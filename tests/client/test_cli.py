@@ -105,6 +105,33 @@ class TestPlanApply:
         history = dps("deployments")
         assert history.splitlines()[0].startswith("v3")
 
+    def test_a_derived_feature_in_yaml_is_planned_then_dropped_with_its_input(self, dps: Dps):
+        dps("init", "storefront")
+        document = dps.definitions()
+        rate = next(f for f in document["features"] if f["name"] == "cart_rate_24h")
+        assert (rate["pipeline"], rate["expression"]) == (
+            "storefront",
+            "cart_adds_24h / page_views_24h",
+        )
+        assert "source_event" not in rate
+        document["features"] += [
+            CART_QTY,
+            {"name": "qty_per_add", "pipeline": "storefront", "expression": "cart_qty_1h / 2"},
+        ]
+        dps.write(document)
+        plan = dps("plan")
+        assert "created feature qty_per_add" in plan
+        assert "+ feature qty_per_add: created (derived cart_qty_1h / 2)" in plan
+        dps("apply")
+        assert "Draft already matches" in dps("plan")
+        # Both go in one push: the derived feature is deleted before the one it reads.
+        document["features"] = [
+            f for f in document["features"] if f["name"] not in ("cart_qty", "qty_per_add")
+        ]
+        dps.write(document)
+        plan = dps("plan")
+        assert plan.index("deleted feature qty_per_add") < plan.index("deleted feature cart_qty")
+
     def test_export_writes_a_file_that_plans_to_no_change(self, dps: Dps):
         dps("init", "storefront")
         dps("apply")

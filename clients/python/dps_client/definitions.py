@@ -19,6 +19,9 @@ A definitions folder holds any number of `*.yaml`/`*.yml` files, each with optio
         aggregation: SUM
         field: quantity
         time_windows: [5m, 1h]
+      - name: qty_per_add            # a derived feature: arithmetic of served keys
+        pipeline: storefront
+        expression: cart_qty_1h / cart_adds_1h
 
 The files are the source of truth, as in Terraform: pushing makes the draft equal to them
 (creates, updates, and deletes what the files no longer list). Things are matched by
@@ -39,6 +42,8 @@ from dps_client.config_api import ConfigClient, Json
 PIPELINE_KEYS = {"name", "description", "category", "active", "events"}
 FEATURE_KEYS = {
     "name",
+    "kind",
+    "expression",
     "description",
     "pipeline",
     "source_event",
@@ -132,7 +137,21 @@ def pipeline_body(wanted: Json) -> Json:
     return body
 
 
+def is_derived(feature: Json) -> bool:
+    """A derived feature says `kind: derived`, or just gives an `expression`."""
+    return feature.get("kind") == "derived" or "expression" in feature
+
+
 def feature_body(wanted: Json, pipeline_id: str) -> Json:
+    if is_derived(wanted):
+        return {
+            "kind": "derived",
+            "name": wanted["name"],
+            "description": wanted.get("description", ""),
+            "pipeline_id": pipeline_id,
+            "expression": wanted.get("expression"),
+            "enabled": wanted.get("enabled", True),
+        }
     return {
         "name": wanted["name"],
         "description": wanted.get("description", ""),
@@ -158,7 +177,7 @@ def _pipeline_differs(current: Json, body: Json) -> bool:
 
 def _feature_differs(current: Json, body: Json) -> bool:
     # The API sorts and deduplicates windows on save: compare them as sets.
-    if set(current.get("time_windows", [])) != set(body["time_windows"]):
+    if set(current.get("time_windows", [])) != set(body.get("time_windows", [])):
         return True
     return any(current.get(k) != v for k, v in body.items() if k != "time_windows")
 
@@ -174,7 +193,9 @@ def push(config: ConfigClient, wanted: Definitions) -> list[str]:
     pipelines = {p["name"]: p for p in config.pipelines()}
     features = {f["name"]: f for f in config.features()}
 
-    for name in sorted(features.keys() - wanted.features.keys()):
+    # Derived features first: a feature a derived one reads cannot be deleted before it.
+    dropped = features.keys() - wanted.features.keys()
+    for name in sorted(dropped, key=lambda n: (features[n].get("kind") != "derived", n)):
         config.delete_feature(features[name]["id"])
         edits.append(f"deleted feature {name}")
 
@@ -197,7 +218,8 @@ def push(config: ConfigClient, wanted: Definitions) -> list[str]:
             config.set_pipeline_active(current["id"], active)
             edits.append(f"{'activated' if active else 'deactivated'} pipeline {name}")
 
-    for name, spec in wanted.features.items():
+    # Aggregates first: a derived feature is checked against the keys they serve.
+    for name, spec in sorted(wanted.features.items(), key=lambda item: is_derived(item[1])):
         body = feature_body(spec, ids[spec["pipeline"]])
         current = features.get(name)
         if current is None:
@@ -240,6 +262,11 @@ def _clean_feature(feature: Json, pipeline: str) -> Json:
     out: Json = {"name": feature["name"]}
     if feature.get("description"):
         out["description"] = feature["description"]
+    if feature.get("kind") == "derived":
+        out |= {"pipeline": pipeline, "expression": feature["expression"]}
+        if feature.get("enabled") is False:
+            out["enabled"] = False
+        return out
     out |= {
         "pipeline": pipeline,
         "source_event": feature["source_event"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from app.tiles.derived import derived_spec
 from app.tiles.features import FeatureSpec
 from app.tiles.record import AppliedEvent, apply_batch, serve
 from app.tiles.windows import parse_window
@@ -84,3 +85,51 @@ class TestSelection:
         assert len(plan._cache) == MAX_CACHED_SELECTIONS
         # past the bound, answers are still right
         assert plan.select(list(combos[-1])).keys == sorted(set(combos[-1]), key=keys.index)
+
+
+class TestDerived:
+    """Derived features are evaluated after the merge, in the same answer."""
+
+    DERIVED = (
+        derived_spec("spend_per_add", "spend_1h / cart_adds_1h"),
+        derived_spec("adds_or_zero", "coalesce(cart_adds_5m, 0)"),
+    )
+    NOW = 10_000_000
+
+    def record(self) -> dict:
+        events = [
+            AppliedEvent(0, i, "add", self.NOW - 1000 * (i + 1), {"price": 2.0 + i})
+            for i in range(3)
+        ]
+        return apply_batch(None, {"add": SPECS}, events, self.NOW).record
+
+    def test_every_feature_answer_holds_derived_values_after_the_aggregates(self) -> None:
+        plan = ServingPlan.build("p", 1, SPECS, self.DERIVED)
+        values = plan.all.merger(self.NOW)(self.record())
+        assert list(values)[-2:] == ["spend_per_add", "adds_or_zero"]
+        assert values["spend_per_add"] == (2.0 + 3.0 + 4.0) / 3
+        assert values["adds_or_zero"] == 3.0
+
+    def test_a_user_without_record_gets_the_derived_value_of_empty_inputs(self) -> None:
+        plan = ServingPlan.build("p", 1, SPECS, self.DERIVED)
+        assert plan.all.empty["spend_per_add"] is None  # 0 / 0
+        assert plan.all.empty["adds_or_zero"] == 0.0
+
+    def test_selecting_only_a_derived_feature_reads_its_inputs_without_returning_them(
+        self,
+    ) -> None:
+        plan = ServingPlan.build("p", 1, SPECS, self.DERIVED)
+        selection = plan.select(["spend_per_add"])
+        assert selection.keys == ["spend_per_add"]
+        assert {s.name for s in selection.specs} == {"spend", "cart_adds"}
+        assert selection.merger(self.NOW)(self.record()) == {"spend_per_add": 3.0}
+
+    def test_an_input_asked_for_is_returned_beside_the_derived_value(self) -> None:
+        plan = ServingPlan.build("p", 1, SPECS, self.DERIVED)
+        selection = plan.select(["spend_per_add", "cart_adds_1h"])
+        values = selection.merger(self.NOW)(self.record())
+        assert values == {"cart_adds_1h": 3, "spend_per_add": 3.0}
+
+    def test_a_derived_feature_reading_an_unserved_key_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="nope_5m"):
+            ServingPlan.build("p", 1, SPECS, (derived_spec("x", "nope_5m + 1"),))
