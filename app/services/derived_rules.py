@@ -1,8 +1,9 @@
 """The rules a derived feature's expression must pass. Pure: no I/O.
 
-An expression reads served keys of aggregate features of the same project, each a
-single number: COUNT, SUM, AVG, MIN, MAX, COUNT_DISTINCT, RECENCY, and LAST/FIRST of a
-`number` field (LAST_N and TOP_K serve lists). A derived feature never reads another
+An expression reads served keys of per-user aggregate features of the same project
+(the user's answer it is evaluated in), each a single number: COUNT, SUM, AVG, MIN,
+MAX, COUNT_DISTINCT, RECENCY, and LAST/FIRST of a `number` field (LAST_N and TOP_K
+serve lists). A derived feature never reads another
 derived feature: depth is one, so there is no cycle to look for, and evaluation order
 does not matter (a longer formula is written out in one expression, up to the limits of
 `app.tiles.derived`). The feature API applies these rules on write (against the draft),
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from app.core.errors import FieldError
+from app.schemas.common import USER_ENTITY
 from app.schemas.feature import NUMBER_VALUED_AGGREGATIONS
 from app.schemas.pipeline import EventDefinition
 from app.tiles.derived import Expression, ExpressionError, parse, references
@@ -45,6 +47,8 @@ class AggregateLike(Protocol):
     def field(self) -> str | None: ...
     @property
     def time_windows(self) -> list[str]: ...
+    @property
+    def entity(self) -> str | list[str]: ...
 
 
 A = TypeVar("A", bound=AggregateLike)
@@ -52,6 +56,10 @@ A = TypeVar("A", bound=AggregateLike)
 
 def _refusal(feature: A, event_of: Callable[[A], EventDefinition | None]) -> str | None:
     aggregation = feature.aggregation
+    if feature.entity != USER_ENTITY:
+        # The user's answer holds per-user values only; a derived feature of another
+        # entity would read that entity's answer, which serving does not evaluate yet.
+        return f"it is aggregated per {feature.entity}, not per user"
     if aggregation not in NUMBER_VALUED_AGGREGATIONS:
         return f"{aggregation} serves a list, not a number"
     if aggregation in ("LAST", "FIRST"):

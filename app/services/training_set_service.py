@@ -37,6 +37,7 @@ from app.schemas.common import USER_ENTITY
 from app.schemas.deployment import ConfigSnapshot
 from app.services.archive_features import distinct_partial, source_of
 from app.tiles import sketch
+from app.tiles.derived import DerivedSpec, with_derived
 from app.tiles.features import FeatureSpec
 from app.tiles.windows import Window
 from runtime.compute.specs import build_specs
@@ -175,12 +176,12 @@ class TrainingSetService:
 
     def _served(
         self, snapshot: ConfigSnapshot, features: Sequence[str] | None
-    ) -> tuple[list[tuple[FeatureSpec, Window]], list[str]]:
-        specs = build_specs(snapshot).specs
-        served = [(s, w) for s in specs for w in s.windows]
-        keys = [f"{s.name}_{w.label}" for s, w in served]
+    ) -> tuple[list[tuple[FeatureSpec, Window]], list[str], tuple[DerivedSpec, ...]]:
+        built = build_specs(snapshot)
+        served = [(s, w) for s in built.specs for w in s.windows]
+        keys = [f"{s.name}_{w.label}" for s, w in served] + [d.name for d in built.derived]
         if features is None:
-            return served, keys
+            return served, keys, built.derived
         unknown = sorted(set(features) - set(keys))
         if unknown:
             # Entity features (per entity, per user x entity) are served by entity id:
@@ -197,9 +198,11 @@ class TrainingSetService:
                     f"entity features are not in training sets (rows are users): {entity}"
                 )
             raise UnknownTrainingFeature(f"not served by version {snapshot.version}: {unknown}")
-        wanted = set(features)
+        derived = tuple(d for d in built.derived if d.name in features)
+        # A derived feature's inputs are computed too (a column only when asked for).
+        wanted = set(features) | {k for d in derived for k in d.expression.keys}
         served = [(s, w) for s, w in served if f"{s.name}_{w.label}" in wanted]
-        return served, list(dict.fromkeys(features))  # the columns in the order asked
+        return served, list(dict.fromkeys(features)), derived  # columns in the order asked
 
     async def build(
         self,
@@ -218,7 +221,7 @@ class TrainingSetService:
         key the deployed config does not serve."""
         if len(rows) > max_rows:
             raise TrainingSetTooLarge(f"{len(rows)} rows: at most {max_rows} a request")
-        served, keys = self._served(snapshot, features)
+        served, keys, derived = self._served(snapshot, features)
         values: list[dict[str, Any]] = [{} for _ in rows]
         if rows and served:
             table = [(i, r.user_id, r.ts_ms) for i, r in enumerate(rows)]
@@ -229,6 +232,8 @@ class TrainingSetService:
                     done += count
                     if progress is not None:
                         await progress(done)
+        for row_values in values:  # serving's evaluator, over the values at the row's time
+            with_derived(row_values, derived, ())
         return TrainingSet(
             ["user_id", "timestamp", *keys],
             [
