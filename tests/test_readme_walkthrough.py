@@ -96,6 +96,11 @@ def test_the_readme_walkthrough_runs_as_written(platform: RunningStandalone, tmp
     [batch] = [a for a in answers if "entities" in a]
     entities = cast(list[dict[str, object]], batch["entities"])
     assert [e["id"] for e in entities] == ["sku-002", "sku-003"]
+    # The derived feature by curl, and the derived features read alone.
+    assert any(a.get("name") == "shoe_share_7d" and a.get("kind") == "derived" for a in answers)
+    read = [f for a in answers if isinstance(f := a.get("features"), dict)]
+    [derived] = [f for f in read if set(f) == {"shoe_share_7d", "cart_rate_24h"}]
+    assert all(v is None or isinstance(v, float) for v in derived.values())
 
 
 def printed_objects(out: str) -> list[dict[str, object]]:
