@@ -1,12 +1,19 @@
-"""Standard Webhooks verification: precise 401 details, rotation, tolerance (pure)."""
+"""Standard Webhooks verification: precise 401 details, rotation, tolerance (pure), and
+the same verdicts as the `standardwebhooks` package on generated requests (the oracle)."""
 
 from __future__ import annotations
 
+import base64
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from app.core.errors import InvalidSignature
+from app.schemas.pipeline import WebhookSecrets
 from app.services.webhook_secrets import generate_secret
 from app.services.webhook_secrets import sign as config_api_sign
 from runtime.ingestion.signature import check_headers, sign, verify_signature
@@ -127,3 +134,60 @@ class TestVerify:
         headers = {**headers_for(secrets.current), "webhook-signature": f"{wrong} v1,a,b"}
         with pytest.raises(InvalidSignature, match="does not match"):
             verify(headers, secrets)
+
+
+class TestAgainstTheLibrary:
+    """Our HMAC check against `standardwebhooks`' verify, on requests whose signature
+    entries are well formed (`check_headers` refuses the others before either runs)."""
+
+    @staticmethod
+    def library_accepts(secret: str, body: bytes, headers: dict[str, str]) -> bool:
+        try:
+            Webhook(secret).verify(body.decode(), headers, json_parse=False)
+        except WebhookVerificationError:
+            return False
+        return True
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        webhook_id=st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=40),
+        body=st.text(max_size=200).map(str.encode),
+        skew=st.integers(-250, 250),
+        entries=st.lists(
+            st.sampled_from(["right", "other_secret", "other_body", "other_id", "v2", "noise"]),
+            min_size=1,
+            max_size=4,
+        ),
+        noise=st.binary(min_size=1, max_size=40),
+    )
+    def test_both_accept_exactly_the_same_requests(
+        self, webhook_id: str, body: bytes, skew: int, entries: list[str], noise: bytes
+    ) -> None:
+        webhook_id = webhook_id or "msg"
+        secret, other = generate_secret(), generate_secret()
+        ts = int(time.time()) + skew
+
+        def v1(key: str, msg_id: str, data: bytes) -> str:
+            return sign(key, msg_id, ts, data)["webhook-signature"]
+
+        made = {
+            "right": v1(secret, webhook_id, body),
+            "other_secret": v1(other, webhook_id, body),
+            "other_body": v1(secret, webhook_id, body + b" "),
+            "other_id": v1(secret, webhook_id + "x", body),
+            "v2": "v2," + v1(secret, webhook_id, body).partition(",")[2],
+            "noise": "v1," + base64.b64encode(noise).decode(),
+        }
+        headers = {
+            "webhook-id": webhook_id,
+            "webhook-timestamp": str(ts),
+            "webhook-signature": " ".join(made[e] for e in entries),
+        }
+        secrets = WebhookSecrets(current=secret)
+        try:
+            verify(headers, secrets, body)
+            ours = True
+        except InvalidSignature:
+            ours = False
+        assert ours == self.library_accepts(secret, body, headers)
+        assert ours == ("right" in entries)
