@@ -8,7 +8,7 @@ ad-hoc analytics all read (see `app/db/clickhouse.py`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,9 +41,12 @@ class AnalyticsSink(ABC):
         """Returns when the archive answers; raises otherwise."""
 
     @abstractmethod
-    async def insert(self, events: Sequence[AnalyticsEvent]) -> None:
+    async def insert(
+        self, events: Sequence[AnalyticsEvent], through: Mapping[int, int] | None = None
+    ) -> None:
         """Inserts one batch; raises on failure (the caller retries the same batch, and
-        an event inserted twice is stored once)."""
+        an event inserted twice is stored once). `through`: the highest offset per
+        partition the batch covers, events or not, which `positions` then reports."""
 
     @abstractmethod
     async def count_events(self, project_id: str) -> int:

@@ -84,7 +84,22 @@ FROM event_archive FINAL WHERE project_id = {project_id:String}
 ORDER BY event_time DESC, event_id LIMIT {limit:UInt32}
 """
 _TABLE_DDL = "SELECT create_table_query FROM system.tables WHERE name = 'event_archive'"
-_POSITIONS = "SELECT log_partition, max(log_offset) FROM event_archive GROUP BY log_partition"
+# How far each partition is archived. Not max(log_offset) of event_archive alone: a merge
+# drops the later copy of an event (the table keeps the first), so a partition whose last
+# record was a copy would read as behind for ever, and records that are not events are
+# never rows. So each batch also records the offsets it covered here (the archive before
+# this table existed is still read from event_archive).
+_CREATE_POSITIONS = """
+CREATE TABLE IF NOT EXISTS archive_positions (log_partition UInt32, log_offset UInt64)
+ENGINE = ReplacingMergeTree(log_offset) ORDER BY log_partition
+"""
+_POSITIONS = """
+SELECT log_partition, max(o) FROM (
+    SELECT log_partition, max(log_offset) AS o FROM archive_positions GROUP BY log_partition
+    UNION ALL
+    SELECT log_partition, max(log_offset) AS o FROM event_archive GROUP BY log_partition
+) GROUP BY log_partition
+"""
 
 
 def _ttl(retention_days: int) -> str:
@@ -167,6 +182,7 @@ class ClickHouseClientSink(AnalyticsSink):
             client = self._connect()
             try:
                 client.command(_CREATE_ARCHIVE.format(ttl=ttl))
+                client.command(_CREATE_POSITIONS)
                 ddl = str(client.query(_TABLE_DDL).result_rows[0][0])
                 if f"TTL {ttl}" not in ddl:
                     # A changed retention: rows past the new one go at the next merges.
@@ -189,14 +205,24 @@ class ClickHouseClientSink(AnalyticsSink):
         client = self._started()
         await self._run(lambda: client.command("SELECT 1"))
 
-    async def insert(self, events: Sequence[AnalyticsEvent]) -> None:
-        """Inserts the batch with one INSERT (atomic below a million rows); raises on
-        failure (nothing is retried here). Inserting an event again is harmless."""
-        if not events:
-            return
+    async def insert(
+        self, events: Sequence[AnalyticsEvent], through: Mapping[int, int] | None = None
+    ) -> None:
+        """Inserts the batch with one INSERT (atomic below a million rows), then the
+        offsets it covered (`through`, after the events: a crash in between only makes
+        `positions` lag); raises on failure (nothing is retried here). Inserting an
+        event again is harmless."""
         client = self._started()
-        rows = [_row(event) for event in events]
-        await self._run(lambda: client.insert(ARCHIVE_TABLE, rows, column_names=COLUMNS))
+        if events:
+            rows = [_row(event) for event in events]
+            await self._run(lambda: client.insert(ARCHIVE_TABLE, rows, column_names=COLUMNS))
+        if through:
+            covered = [[int(p), int(o)] for p, o in through.items()]
+            await self._run(
+                lambda: client.insert(
+                    "archive_positions", covered, column_names=["log_partition", "log_offset"]
+                )
+            )
 
     async def count_events(self, project_id: str) -> int:
         """Returns how many distinct events the project has archived."""
@@ -218,7 +244,7 @@ class ClickHouseClientSink(AnalyticsSink):
 
         The archive inserts each partition's records in log order and commits only
         after the insert, so every record of that partition up to it is archived
-        (retention aside)."""
+        (retention aside; a copy of an earlier event is kept as that event)."""
         client = self._started()
         result = await self._run(lambda: client.query(_POSITIONS))
         return {int(p): int(o) for p, o in result.result_rows}

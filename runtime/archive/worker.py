@@ -74,6 +74,11 @@ class ArchiveWorker(ConsumerLoop):
         self._archive = archive
         self._metrics = metrics
 
+    async def log_ends(self) -> dict[int, int]:
+        """Returns the event log's end offset of each partition this worker holds (what a
+        backfill waits for the archive to reach); empty before it holds any."""
+        return await self._consumer.end_offsets()
+
     async def process(self, records: Sequence[LogRecord]) -> bool:
         """Inserts `records`, then commits past them. Returns False when stopped before
         the insert succeeded (nothing committed: the batch comes again)."""
@@ -88,7 +93,10 @@ class ArchiveWorker(ConsumerLoop):
                 extra={"records": len(records), "retry_s": round(delay, 2)},
             )
 
-        stored, _ = await self._until_stored(lambda: self._archive.insert(rows), failed)
+        through: dict[int, int] = {}
+        for record in records:
+            through[record.partition] = max(through.get(record.partition, -1), record.offset)
+        stored, _ = await self._until_stored(lambda: self._archive.insert(rows, through), failed)
         if not stored:
             return False
         self._metrics.events_archived.inc(len(rows))

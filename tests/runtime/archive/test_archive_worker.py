@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import pytest
 
@@ -143,11 +143,13 @@ class TestInsertFailures:
         class Flaky(ChdbSink):
             failures = 3
 
-            async def insert(self, events: Sequence[AnalyticsEvent]) -> None:
+            async def insert(
+                self, events: Sequence[AnalyticsEvent], through: Mapping[int, int] | None = None
+            ) -> None:
                 if Flaky.failures:
                     Flaky.failures -= 1
                     raise ConnectionError("archive down")
-                await archive.insert(events)
+                await archive.insert(events, through)
 
         metrics = ArchiveMetrics()
         worker = ArchiveWorker(
