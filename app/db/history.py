@@ -123,6 +123,14 @@ class ArchiveHistory:
         )
         return [str(r[0]) for r in rows]
 
+    async def user_count(self, project_id: str) -> int:
+        """Returns how many distinct users the project has archived events of."""
+        rows = await self._archive.query_rows(
+            "SELECT uniqExact(user_id) FROM event_archive WHERE project_id = {project:String}",
+            {"project": project_id},
+        )
+        return int(rows[0][0]) if rows else 0
+
     async def user_page(self, project_id: str, after: str | None, limit: int) -> list[str]:
         """Returns up to `limit` of the project's archived user ids after `after`, in
         order (keyset paging: each page is a range scan of the sorting key)."""

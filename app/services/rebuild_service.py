@@ -26,6 +26,8 @@ offset in partition p) and X_p the user's highest archived offset:
 - C_p > A_p: compute is ahead of the archive for this partition; R would lose what
   only C has. The user is deferred (counted; run the rebuild again once the archive
   caught up: its lag is on `/archive`).
+- A_p is read before the chunk's queries and X_p after them, so an event archived
+  while they ran (X_p > A_p) may be in one answer and not another: deferred too.
 - R is written with a compare-and-set on C's generation: a compute write in between
   makes the put fail, and the user is re-read and merged again (`MAX_ATTEMPTS`).
 
@@ -124,25 +126,50 @@ class RebuildService:
             # features are compute's alone: `app/tiles/entities.py`).
             return report
         after: str | None = None
-        while True:
-            users = await self._history.user_page(snapshot.project_id, after, self._chunk_users)
-            if not users:
-                return report
-            after = users[-1]
-            report.users += len(users)
-            await self._rebuild_chunk(specs, users, report)
+        while (after := await self.rebuild_page(specs, after, report)) is not None:
             logger.info(
                 "rebuild progress",
                 extra={"project_id": snapshot.project_id, "users": report.users},
             )
+        return report
+
+    async def user_count(self, project_id: str) -> int:
+        """Returns how many users the archive holds events of (a rebuild's total)."""
+        return await self._history.user_count(project_id)
+
+    async def rebuild_page(
+        self, specs: ProjectSpecs, after: str | None, report: RebuildReport
+    ) -> str | None:
+        """Rebuilds the next `chunk_users` archived users after `after` (in id order)
+        under `specs` (with a TTL), counted in `report`. Returns the last of them, where
+        the next page starts, or None when no user is left."""
+        users = await self._history.user_page(specs.project_id, after, self._chunk_users)
+        if not users:
+            return None
+        report.users += len(users)
+        await self._rebuild_chunk(specs, users, report)
+        return users[-1]
+
+    async def rebuild_users(
+        self, specs: ProjectSpecs, users: Sequence[str], report: RebuildReport
+    ) -> None:
+        """Rebuilds `users` (in id order, e.g. ones deferred before), as `rebuild_page`."""
+        for start in range(0, len(users), self._chunk_users):
+            chunk = list(users[start : start + self._chunk_users])
+            report.users += len(chunk)
+            await self._rebuild_chunk(specs, chunk, report)
 
     async def _rebuild_chunk(
         self, specs: ProjectSpecs, users: Sequence[str], report: RebuildReport
     ) -> None:
         project_id, first, last = specs.project_id, users[0], users[-1]
         now_ms = self._now_ms()
+        # The archive keeps inserting while these queries run. Its positions are read
+        # first: every event up to them is visible to the queries after. The user's
+        # offsets are read last: a user with an event past the positions may have been
+        # read by one query and not another, and is deferred (`_record`).
+        positions = await self._archive.positions()
         features = await self._features.fill(project_id, specs.specs, first, last, now_ms)
-        offsets = await self._history.user_offsets(project_id, first, last)
         recent = await self._history.recent_ids(
             project_id, first, last, now_ms - self._dedup.horizon_ms, self._dedup.max_ids
         )
@@ -150,13 +177,13 @@ class RebuildService:
         last_event = await self._history.last_event_ms(
             project_id, [source_of(s) for s in specs.specs], first, last, earliest
         )
+        offsets = await self._history.user_offsets(project_id, first, last)
         pending = list(users)
         ttl = specs.ttl_seconds
         assert ttl is not None
         for _attempt in range(MAX_ATTEMPTS):
             if not pending:
                 return
-            positions = await self._archive.positions()
             current = await self._store.get_many(project_id, pending)
             writes: list[RecordWrite] = []
             for user, stored in zip(pending, current, strict=True):
@@ -191,7 +218,8 @@ class RebuildService:
         positions: Mapping[int, int],
         now_ms: int,
     ) -> dict[str, Any] | None:
-        """Returns the rebuilt record, or None when compute is ahead of the archive."""
+        """Returns the rebuilt record, or None when compute is ahead of `positions` (the
+        archive as the chunk's queries saw it) or the archive went past them."""
         current = stored.record if stored is not None else {}
         offsets: dict[str, int] = {}
         for partition, applied in current.get("offsets", {}).items():
@@ -199,6 +227,8 @@ class RebuildService:
                 return None  # events only compute has: wait for the archive
             offsets[partition] = applied
         for partition, offset in archived_offsets.items():
+            if offset > positions.get(partition, -1):
+                return None  # archived while the chunk was read: read it again later
             offsets[str(partition)] = max(offsets.get(str(partition), -1), offset)
         rebuilt = {
             "features": features,
