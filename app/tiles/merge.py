@@ -28,6 +28,7 @@ from typing import Any
 
 from app.tiles.aggregations import NEEDS_ORDER, Tiles, TileSpan
 from app.tiles.features import FeatureSpec
+from app.tiles.staging import staged_name
 
 # The value of a user x entity feature without any key value (shared: never modified).
 _NO_KEYS: Mapping[str, Any] = {}
@@ -51,7 +52,15 @@ class Merger:
     (up to one smallest tile: 5 s with a 5m window) and is reused across requests.
     """
 
-    __slots__ = ("_empty", "_features", "_finishing", "_pairs", "valid_from", "valid_until")
+    __slots__ = (
+        "_empty",
+        "_features",
+        "_finishing",
+        "_pairs",
+        "_staged",
+        "valid_from",
+        "valid_until",
+    )
 
     def __init__(self, specs: Iterable[FeatureSpec], now_ms: int) -> None:
         features: list[_Feature] = []
@@ -89,6 +98,9 @@ class Merger:
             (features if spec.key is None else pairs).append(feature)
         self._features = tuple(features)
         self._pairs = tuple(pairs)
+        # Per feature, where a backfill may have staged it (`staging.py`): read when the
+        # name holds nothing of this fingerprint, until compute moves it there.
+        self._staged = {name: staged_name(name, fp) for name, fp, *_ in features}
         self._finishing = tuple(finishing)
         self._empty = empty
         if starts:
@@ -126,7 +138,9 @@ class Merger:
         for name, fingerprint, whole, read, windows in self._features:
             entry = stored.get(name)
             if entry is None or entry["fp"] != fingerprint:
-                continue
+                entry = stored.get(self._staged[name])
+                if entry is None or entry["fp"] != fingerprint:
+                    continue
             state: Mapping[str, Tiles] = entry["w"]
             for label, key, window, inside in windows:
                 tiles = state.get(label)

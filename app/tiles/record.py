@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.tiles.features import MAX_FUTURE_MS, FeatureSpec, FeatureState, read_all
+from app.tiles.staging import STAGED_MARK, staged_name
 
 UserRecord = dict[str, Any]
 
@@ -236,6 +237,7 @@ class BatchApplier:
 
     __slots__ = (
         "_by_event",
+        "_by_staged",
         "_plans",
         "dedup",
         "keyed_events",
@@ -267,6 +269,10 @@ class BatchApplier:
         self._by_event = {
             event: tuple(self._plans[spec.name] for spec in specs)
             for event, specs in specs_by_event.items()
+        }
+        # The staged name a backfill may have filled each feature under (`staging.py`).
+        self._by_staged = {
+            staged_name(plan.name, plan.fingerprint): plan for plan in self._plans.values()
         }
         tiles = [w.tile_ms for specs in specs_by_event.values() for s in specs for w in s.windows]
         # Both ends of a window's range move only when now crosses a multiple of its tile.
@@ -384,10 +390,19 @@ class BatchApplier:
         windows stay, in place, until the end of `apply`, so key order matches a prune
         after the events. A feature stored under another fingerprint restarts empty."""
         features: dict[str, Any] = {}
+        adopted: set[str] = set()
         for name, entry in stored.items():
             plan = self._plans.get(name)
             if plan is None:
-                continue  # no longer configured
+                # A backfill's staged copy (`staging.py`) becomes the feature itself, and
+                # wins over what the name held; anything else is no longer configured.
+                plan = self._by_staged.get(name) if STAGED_MARK in name else None
+                if plan is None or entry.get("fp") != plan.fingerprint:
+                    continue
+                adopted.add(plan.name)
+                name = plan.name
+            elif plan.name in adopted:
+                continue
             if entry.get("fp") != plan.fingerprint:
                 features[name] = {"fp": plan.fingerprint, "w": {}}
                 continue
@@ -456,13 +471,17 @@ def serve(
     """Returns {"<feature>_<window>": value} for every window of every spec.
 
     A feature missing from the record (or `record` None, or a stale fingerprint
-    from before a redeploy) is served at its empty value: 0 for COUNT, SUM and
+    from before a redeploy) is read from its staged name (`staging.py`) if a backfill
+    filled it there, and otherwise served at its empty value: 0 for COUNT, SUM and
     COUNT_DISTINCT, None for the others. Does not modify `record`.
     """
     features: Mapping[str, Any] = (record or {}).get("features", {})
     values: dict[str, Any] = {}
     for spec in specs:
         entry = features.get(spec.name)
+        if not entry or entry["fp"] != spec.fingerprint:
+            # Filled by a backfill and not yet rewritten by compute (`staging.py`).
+            entry = features.get(staged_name(spec.name, spec.fingerprint))
         state: FeatureState = entry["w"] if entry and entry["fp"] == spec.fingerprint else {}
         values.update(read_all(state, spec, now_ms))
     return values

@@ -18,6 +18,7 @@ empty values.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -29,6 +30,7 @@ from app.tiles.derived import DerivedSpec, ExpressionError, derived_spec
 from app.tiles.features import FeatureSpec
 from app.tiles.filters import Condition, FeatureFilter
 from app.tiles.record import record_ttl_seconds
+from app.tiles.staging import staged_name
 from app.tiles.windows import parse_window
 
 
@@ -117,9 +119,10 @@ class ProjectSpecs:
 
 def build_specs(snapshot: ConfigSnapshot) -> ProjectSpecs:
     """Returns the specs of `snapshot`: enabled features whose pipeline is active and
-    whose source event exists there and is enabled. Features that cannot be built
-    (an unparsable window, a missing field or entity key) are listed in `invalid`,
-    never raised."""
+    whose source event exists there and is enabled, and the per-user `staged` ones of a
+    backfill under their staged names (`app/tiles/staging.py`). Features that cannot be
+    built (an unparsable window, a missing field or entity key) are listed in
+    `invalid`, never raised."""
     live_events = {
         event_key(p.id, e.name): e
         for p in snapshot.pipelines
@@ -134,9 +137,11 @@ def build_specs(snapshot: ConfigSnapshot) -> ProjectSpecs:
     per_entity: dict[str, list[tuple[str, str, FeatureSpec]]] = {}
     invalid: list[InvalidFeature] = []
     derived_features: list[DerivedFeatureSnapshot] = []
-    for feature in snapshot.features:
+    staged = len(snapshot.features)
+    for index, feature in enumerate([*snapshot.features, *snapshot.staged]):
         if feature.kind == "derived":
-            derived_features.append(feature)
+            if index < staged:
+                derived_features.append(feature)
             continue
         source = event_key(feature.pipeline_id, feature.source_event)
         event = live_events.get(source)
@@ -163,6 +168,11 @@ def build_specs(snapshot: ConfigSnapshot) -> ProjectSpecs:
         except ValueError as exc:
             invalid.append(InvalidFeature(feature.name, str(exc)))
             continue
+        if index >= staged:
+            if key is not None or isinstance(feature.entity, list):
+                continue  # only per-user features are backfilled (`needs_backfill`)
+            # Being backfilled: filled beside the live definition under its staged name.
+            spec = dataclasses.replace(spec, name=staged_name(spec.name, spec.fingerprint))
         if isinstance(feature.entity, list):
             pairs_by_event.setdefault(source, []).append(spec)
             pairs.append(spec)
@@ -238,15 +248,18 @@ class SpecCache:
     project (versions only move forward; a rollback is a new version)."""
 
     def __init__(self) -> None:
-        self._by_project: dict[str, ProjectSpecs] = {}
+        # project -> ((version, staged version), its specs): a backfill stages features
+        # without a new live version.
+        self._by_project: dict[str, tuple[tuple[int, int | None], ProjectSpecs]] = {}
 
     def get(self, snapshot: ConfigSnapshot) -> tuple[ProjectSpecs, bool]:
         """Returns (the specs of `snapshot`, whether they were built by this call)."""
+        key = (snapshot.version, snapshot.staged_version)
         cached = self._by_project.get(snapshot.project_id)
-        if cached is not None and cached.version == snapshot.version:
-            return cached, False
+        if cached is not None and cached[0] == key:
+            return cached[1], False
         specs = build_specs(snapshot)
-        self._by_project[snapshot.project_id] = specs
+        self._by_project[snapshot.project_id] = (key, specs)
         return specs, True
 
     def forget(self, project_id: str) -> None:

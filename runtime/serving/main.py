@@ -31,8 +31,9 @@ from runtime.serving.service import FeatureService
 def snapshot_specs(snapshot: ConfigSnapshot) -> tuple[Sequence[FeatureSpec], Sequence[DerivedSpec]]:
     """Returns the specs a user's read serves for `snapshot` (enabled features of active
     pipelines' enabled events, per user and per user x entity), built by compute's own
-    code so fingerprints match, and its derived features."""
-    built = build_specs(snapshot)
+    code so fingerprints match, and its derived features. Features a backfill stages
+    (`snapshot.staged`) are not served until they are live."""
+    built = build_specs(snapshot.model_copy(update={"staged": []}))
     return built.user_answer, built.derived
 
 
