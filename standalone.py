@@ -32,7 +32,13 @@ from app.core.settings import (
     StandaloneSettings,
 )
 from app.services.training_job_service import training_jobs_startup
-from runtime.archive.main import archive_router, archive_startup, options_of
+from runtime.archive.main import (
+    archive_router,
+    archive_startup,
+    backfill_options,
+    backfill_startup,
+    options_of,
+)
 from runtime.archive.metrics import ArchiveMetrics
 from runtime.compute.main import compute_router, compute_startup
 from runtime.compute.metrics import ComputeMetrics
@@ -149,6 +155,16 @@ def create_app(
                         archive_metrics,
                         group=archive_settings.consumer_group,
                         options=options_of(archive_settings),
+                    ),
+                    *(
+                        (
+                            backfill_startup(
+                                backfill_options(archive_settings),
+                                chunk_users=archive_settings.backfill_chunk_users,
+                            ),
+                        )
+                        if archive_settings.backfill
+                        else ()
                     ),
                 )
                 if archived

@@ -66,8 +66,13 @@ FeatureServiceDep = Annotated[FeatureService, Depends(get_feature_service)]
 PipelineServiceDep = Annotated[PipelineService, Depends(get_pipeline_service)]
 
 
-def get_deployment_service(store: ConfigStoreDep, cache: CacheDep) -> DeploymentService:
-    return DeploymentService(store, cache)
+def get_deployment_service(
+    store: ConfigStoreDep, cache: CacheDep, resources: ResourcesDep
+) -> DeploymentService:
+    # With an event archive, new and changed features are backfilled before going live
+    # (the archive process, or standalone, runs the backfills).
+    backfill = resources.settings.backends.analytics != "none"
+    return DeploymentService(store, cache, backfill=backfill)
 
 
 DeploymentServiceDep = Annotated[DeploymentService, Depends(get_deployment_service)]

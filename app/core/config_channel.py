@@ -2,8 +2,9 @@
 and a subscription that survives Redis restarts.
 
 - `dps:config:{project_id}`: the deployed snapshot as JSON (with its version);
-- `dps:config-version:{project_id}`: the version alone, what pollers read;
-- channel `dps:config-changes`: `{"project_id": ..., "version": ...}` after each publish.
+- `dps:config-version:{project_id}`: the version alone (`config_token`: `7`, or `7+8`
+  while version 8 is backfilled beside the live 7), what pollers read;
+- channel `dps:config-changes`: `{"project_id", "version", "token"}` after each publish.
 
 The config API publishes (`publish_config`), the runtimes' `ConfigLoader` reads.
 """
@@ -19,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from app.db.cache import Cache
+from app.db.documents import DeploymentDocument
 from app.schemas.deployment import ConfigSnapshot
 
 logger = logging.getLogger(__name__)
@@ -36,6 +38,37 @@ def version_key(project_id: str) -> str:
     return f"dps:config-version:{project_id}"
 
 
+def config_token(snapshot: ConfigSnapshot) -> str:
+    """Returns what tells two published configs apart: the version, plus the version
+    being backfilled when features are staged (`running_config`)."""
+    if snapshot.staged_version is None:
+        return str(snapshot.version)
+    return f"{snapshot.version}+{snapshot.staged_version}"
+
+
+def token_version(raw: bytes) -> int:
+    """Returns the live version of a stored `config_token`. Raises ValueError."""
+    return int(raw.split(b"+", 1)[0])
+
+
+# -- what runs while a deployment is backfilled ---------------------------------------------
+def running_config(
+    live: DeploymentDocument | None, backfilling: DeploymentDocument | None
+) -> ConfigSnapshot | None:
+    """Returns the config the runtimes run: the live (latest successful) deployment's
+    snapshot, plus, while a newer deployment is `backfilling`, its new and changed
+    features as `staged` (compute fills them beside the live ones; serving and ingestion
+    ignore them). None when nothing is live."""
+    if live is None:
+        return None
+    snapshot = live.snapshot.model_copy(update={"version": live.version})
+    if backfilling is None or backfilling.version <= live.version or not backfilling.backfill:
+        return snapshot
+    wanted = set(backfilling.backfill.features)
+    staged = [f for f in backfilling.snapshot.features if f.name in wanted]
+    return snapshot.model_copy(update={"staged": staged, "staged_version": backfilling.version})
+
+
 # -- publishing (the deployment service and the loaders' write-back) ------------------
 async def write_config(cache: Cache, snapshot: ConfigSnapshot) -> None:
     """Stores the snapshot as the shared copy, without announcing it.
@@ -44,19 +77,20 @@ async def write_config(cache: Cache, snapshot: ConfigSnapshot) -> None:
     finds the new snapshot. Raises CacheUnavailable.
     """
     await cache.set(config_key(snapshot.project_id), snapshot.model_dump_json().encode())
-    await cache.set(version_key(snapshot.project_id), str(snapshot.version).encode())
+    await cache.set(version_key(snapshot.project_id), config_token(snapshot).encode())
 
 
-async def announce(cache: Cache, project_id: str, version: int) -> None:
-    """Tells every loader that `project_id` now runs `version`. Raises CacheUnavailable."""
-    message = json.dumps({"project_id": project_id, "version": version}).encode()
-    await cache.publish(CONFIG_CHANNEL, message)
+async def announce(cache: Cache, project_id: str, version: int, token: str | None = None) -> None:
+    """Tells every loader that `project_id` now runs `version` (`token`: its
+    `config_token`, when features are staged). Raises CacheUnavailable."""
+    notice = {"project_id": project_id, "version": version, "token": token or str(version)}
+    await cache.publish(CONFIG_CHANNEL, json.dumps(notice).encode())
 
 
 async def publish_config(cache: Cache, snapshot: ConfigSnapshot) -> None:
     """Makes the snapshot the live config of its project. Raises CacheUnavailable."""
     await write_config(cache, snapshot)
-    await announce(cache, snapshot.project_id, snapshot.version)
+    await announce(cache, snapshot.project_id, snapshot.version, config_token(snapshot))
 
 
 # -- listening -----------------------------------------------------------------------------

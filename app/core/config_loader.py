@@ -8,6 +8,8 @@ Three tiers, nearest first:
    publish is announced on `dps:config-changes` as `{"project_id", "version"}`;
 3. the config store: the latest *successful* deployment is the source of truth. A
    failed deploy is never read back from there, so it never goes live by accident.
+   While a newer deployment is `backfilling`, its new and changed features come with
+   it as `staged` (`running_config`): compute fills them, nothing serves them yet.
 
 Freshness: a background task listens to the change channel (resubscribing with backoff
 after Redis failures) and a poll every 0.5 s compares the version keys of the projects
@@ -41,8 +43,10 @@ from app.core.config_channel import (
     CONFIG_CHANNEL,
     announce,
     config_key,
+    config_token,
     listen_forever,
     publish_config,
+    running_config,
     version_key,
     write_config,
 )
@@ -226,7 +230,7 @@ class ConfigLoader:
 
     async def _from_store(self, project_id: str, *, write_back: bool) -> ConfigSnapshot | None:
         try:
-            doc = await self._store.latest_deployment(project_id)
+            snapshot = await self._running(project_id)
         except Exception as exc:
             held = self._configs.get(project_id)
             if held is not None:
@@ -234,13 +238,12 @@ class ConfigLoader:
             raise ConfigUnavailable(
                 f"config of project {project_id!r} is unavailable: {type(exc).__name__}"
             ) from exc
-        if doc is None:
+        if snapshot is None:
             # The store answered: nothing of this project is live (e.g. its first deploy
             # failed after a loader had seen it in Redis), so nothing is held either.
             self._configs.pop(project_id, None)
             self._missing[project_id] = time.monotonic() + self._negative_ttl_s
             return None
-        snapshot = doc.snapshot.model_copy(update={"version": doc.version})
         if write_back:
             snapshot = await self._write_back(snapshot)
         await self._apply(snapshot)
@@ -251,19 +254,26 @@ class ConfigLoader:
         in between (see the module docstring); returns the newest snapshot seen."""
         try:
             await write_config(self._cache, snapshot)
-            latest = await self._store.latest_deployment(snapshot.project_id)
-            if latest is not None and latest.version != snapshot.version:
-                snapshot = latest.snapshot.model_copy(update={"version": latest.version})
+            latest = await self._running(snapshot.project_id)
+            if latest is not None and config_token(latest) != config_token(snapshot):
+                snapshot = latest
                 await write_config(self._cache, snapshot)
         except Exception as exc:  # the copy in process is right; Redis catches up later
             logger.warning("config write-back of %s failed: %r", snapshot.project_id, exc)
         return snapshot
 
+    async def _running(self, project_id: str) -> ConfigSnapshot | None:
+        """The store's answer: the live deployment, with the features of a backfilling
+        one staged."""
+        live = await self._store.latest_deployment(project_id)
+        backfilling = await self._store.latest_deployment(project_id, ("backfilling",))
+        return running_config(live, backfilling)
+
     async def _apply(self, snapshot: ConfigSnapshot) -> None:
         project_id = snapshot.project_id
         self._missing.pop(project_id, None)
         held = self._configs.get(project_id)
-        if held is not None and held.version == snapshot.version:
+        if held is not None and config_token(held) == config_token(snapshot):
             return
         self._configs[project_id] = snapshot
         logger.info("config of %s is now version %d", project_id, snapshot.version)
@@ -283,11 +293,11 @@ class ConfigLoader:
                 logger.warning("redis unreachable (%r); serving held configs", exc)
         self._redis_ok = ok
 
-    async def _refresh(self, project_id: str, version_hint: int | None = None) -> None:
+    async def _refresh(self, project_id: str, token_hint: str | None = None) -> None:
         """Brings one held (or negatively cached) project up to date."""
         async with self._lock(project_id):
             held = self._configs.get(project_id)
-            if version_hint is not None and held is not None and held.version == version_hint:
+            if token_hint is not None and held is not None and config_token(held) == token_hint:
                 return
             try:
                 raw = await self._cache.get(version_key(project_id))
@@ -301,7 +311,7 @@ class ConfigLoader:
                     with contextlib.suppress(ConfigUnavailable):
                         await self._from_store(project_id, write_back=True)
                 return
-            if held is not None and raw == str(held.version).encode():
+            if held is not None and raw == config_token(held).encode():
                 return
             with contextlib.suppress(ConfigUnavailable):
                 await self._load(project_id)
@@ -310,13 +320,13 @@ class ConfigLoader:
         try:
             notice: dict[str, Any] = json.loads(message)
             project_id = str(notice["project_id"])
-            version = int(notice["version"])
-        except (ValueError, KeyError, TypeError):
+            token = str(notice.get("token") or int(notice["version"]))
+        except (ValueError, KeyError, TypeError, AttributeError):
             logger.warning("ignoring malformed config notice %r", message[:200])
             return
         # A project nobody asked for is loaded lazily on its first get().
         if self._missing.pop(project_id, None) is not None or project_id in self._configs:
-            await self._refresh(project_id, version)
+            await self._refresh(project_id, token)
 
     async def _poll_forever(self) -> None:
         while True:

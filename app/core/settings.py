@@ -270,6 +270,14 @@ class ArchiveSettings(ServiceSettings):
     consumer_group: str = "dps-archive"
     max_batch_messages: int = Field(default=10_000, ge=1)
     poll_timeout_ms: int = Field(default=500, ge=1)
+    # Run deployments' backfills (`app/services/backfill_service.py`): needs the config
+    # store, the cache and the online store besides the archive.
+    backfill: bool = True
+    # How long after staging a backfill's features every compute is taken to run them
+    # (the loaders' 0.5 s poll, their 5 s store poll while Redis is down, one batch).
+    backfill_settle_s: float = Field(default=6.0, ge=0)
+    # Users rebuilt per chunk (one set of queries, one progress update each).
+    backfill_chunk_users: int = Field(default=2_000, ge=1)
 
 
 class ServingSettings(ServiceSettings):

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from app.db.documents import DeploymentDocument, FeatureDocument, PipelineDocument
-from app.schemas.deployment import DeploymentStatus
+from app.schemas.deployment import BackfillProgress, DeploymentStatus
 from app.schemas.pipeline import Category, PipelineStatus
 
 
@@ -127,6 +127,18 @@ class ConfigStore(ABC):
         error: str | None = None,
     ) -> None:
         """Moves a deployment to `status` (and stamps deployed_at / error when given)."""
+
+    @abstractmethod
+    async def update_backfill(
+        self, project_id: str, deployment_id: str, progress: BackfillProgress
+    ) -> bool:
+        """Stores the progress of a deployment that is `backfilling`. Returns False, and
+        writes nothing, when it is not (failed as abandoned, or finished) any more."""
+
+    @abstractmethod
+    async def deployments_in_status(self, status: DeploymentStatus) -> list[DeploymentDocument]:
+        """Returns every project's deployments in `status`, oldest first (the backfill
+        runner looks for `backfilling` ones)."""
 
     @abstractmethod
     async def mark_rolled_back(self, project_id: str, after_version: int) -> int:

@@ -67,3 +67,8 @@ class EventLogConsumer(ABC):
     @abstractmethod
     async def lag(self) -> dict[int, int]:
         """Returns, per assigned partition, how many records are not yet consumed."""
+
+    @abstractmethod
+    async def end_offsets(self) -> dict[int, int]:
+        """Returns, per assigned partition, the offset the next record written will get
+        (empty before the group assigned anything)."""

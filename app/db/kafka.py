@@ -358,6 +358,18 @@ class KafkaEventConsumer(EventLogConsumer):
         except KafkaError as exc:
             raise EventLogUnavailable(f"kafka commit failed: {exc!r}") from exc
 
+    async def end_offsets(self) -> dict[int, int]:
+        """As `EventLogConsumer.end_offsets`; raises EventLogUnavailable."""
+        consumer = await self._started()
+        assigned = list(consumer.assignment())
+        if not assigned:
+            return {}
+        try:
+            ends = await consumer.end_offsets(assigned)
+        except KafkaError as exc:
+            raise EventLogUnavailable(f"kafka offsets failed: {exc!r}") from exc
+        return {tp.partition: int(ends[tp]) for tp in assigned}
+
     async def lag(self) -> dict[int, int]:
         """Returns, per assigned partition, end offset minus position (empty before the
         group assigned anything); raises EventLogUnavailable."""

@@ -331,6 +331,16 @@ class LocalEventConsumer(EventLogConsumer):
 
         await self._file.run(upsert)
 
+    async def end_offsets(self) -> dict[int, int]:
+        """Returns, per partition, the offset of the next record appended."""
+        await self.start()
+        ends = await self._file.run(
+            lambda conn: conn.execute(
+                "SELECT partition, next_offset FROM log_partitions"
+            ).fetchall()
+        )
+        return {int(p): int(o) for p, o in ends}
+
     async def lag(self) -> dict[int, int]:
         """Returns, per partition, how many records lie after the position."""
         await self.start()

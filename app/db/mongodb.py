@@ -37,7 +37,7 @@ from app.db.documents import (
     FeatureDocument,
     PipelineDocument,
 )
-from app.schemas.deployment import DeploymentStatus
+from app.schemas.deployment import BackfillProgress, DeploymentStatus
 from app.schemas.pipeline import Category, PipelineStatus
 
 Doc = dict[str, Any]
@@ -403,6 +403,26 @@ class MongoConfigStore(ConfigStore):
             changes["error"] = require_str(error, "error")
         query = {"_id": oid, "project_id": require_str(project_id, "project_id")}
         await self._deployments.update_one(query, {"$set": changes})
+
+    async def update_backfill(
+        self, project_id: str, deployment_id: str, progress: BackfillProgress
+    ) -> bool:
+        oid = _oid(deployment_id)
+        if oid is None:
+            return False
+        query = {
+            "_id": oid,
+            "project_id": require_str(project_id, "project_id"),
+            "status": "backfilling",
+        }
+        stored = normalize_times(progress).model_dump(mode="python")
+        result = await self._deployments.update_one(query, {"$set": {"backfill": stored}})
+        return result.matched_count == 1
+
+    async def deployments_in_status(self, status: DeploymentStatus) -> list[DeploymentDocument]:
+        query = {"status": require_str(status, "status")}
+        cursor = self._deployments.find(query).sort(_DRAFT_ORDER)
+        return [DeploymentDocument.model_validate(_from_mongo(r)) for r in await cursor.to_list()]
 
     async def mark_rolled_back(self, project_id: str, after_version: int) -> int:
         query = {

@@ -29,7 +29,7 @@ from app.db.documents import (
     FeatureDocument,
     PipelineDocument,
 )
-from app.schemas.deployment import DeploymentStatus
+from app.schemas.deployment import BackfillProgress, DeploymentStatus
 from app.schemas.pipeline import Category, PipelineStatus
 
 R = TypeVar("R")
@@ -366,6 +366,39 @@ class SQLiteConfigStore(ConfigStore):
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    async def update_backfill(
+        self, project_id: str, deployment_id: str, progress: BackfillProgress
+    ) -> bool:
+        if not is_object_id(deployment_id):
+            return False
+        return await self._run(self._update_backfill, project_id, deployment_id, progress)
+
+    def _update_backfill(
+        self, project_id: str, deployment_id: str, progress: BackfillProgress
+    ) -> bool:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")  # read-modify-write, as `_update_deployment`
+        try:
+            raw = self._get(_DEPLOYMENTS.name, project_id, deployment_id)
+            doc = _DEPLOYMENTS.parse(raw) if raw is not None else None
+            backfilling = doc is not None and doc.status == "backfilling"
+            if doc is not None and backfilling:
+                doc = doc.model_copy(update={"backfill": normalize_times(progress)})
+                db.execute(
+                    "UPDATE deployments SET doc = ? WHERE id = ?", (doc.model_dump_json(), doc.id)
+                )
+            db.execute("COMMIT")
+            return backfilling
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    async def deployments_in_status(self, status: DeploymentStatus) -> list[DeploymentDocument]:
+        sql = "SELECT doc FROM deployments WHERE status = ? ORDER BY created_ms, id"
+        params = (require_str(status, "status"),)
+        rows = await self._run(lambda: self._db.execute(sql, params).fetchall())
+        return [_DEPLOYMENTS.parse(r[0]) for r in rows]
 
     async def mark_rolled_back(self, project_id: str, after_version: int) -> int:
         sql = (

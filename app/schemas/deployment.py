@@ -11,7 +11,10 @@ from app.schemas.common import USER_ENTITY, ObjectIdStr, RequestModel, ResponseM
 from app.schemas.feature import Aggregation, FeatureEntity, FeatureFilter, feature_kind
 from app.schemas.pipeline import Category, EventDefinition, PipelineStatus
 
-DeploymentStatus = Literal["pending", "deploying", "success", "failed", "rolled_back"]
+DeploymentStatus = Literal[
+    "pending", "deploying", "backfilling", "success", "failed", "rolled_back"
+]
+BackfillPhase = Literal["catching_up", "filling", "done"]
 ChangeType = Literal["create", "update", "delete"]
 ResourceType = Literal["pipeline", "event", "feature"]
 
@@ -72,18 +75,46 @@ FeatureSnapshot = Annotated[
 
 
 class ConfigSnapshot(ResponseModel):
-    """The whole config of one project at one version: what the runtimes run."""
+    """The whole config of one project at one version: what the runtimes run.
+
+    `staged` is set only on the copy published while version `staged_version` is being
+    backfilled (`app/services/backfill_service.py`): its new and changed features, which
+    compute fills from the stream under staged names beside the live ones while serving
+    and ingestion keep running `features`. Deployments never store it.
+    """
 
     project_id: str
     version: int
     pipelines: list[PipelineSnapshot]
     features: list[FeatureSnapshot]
+    staged: list[FeatureSnapshot] = Field(default_factory=list)
+    staged_version: int | None = None
 
 
 class DeploymentCreate(RequestModel):
     """POST /deployments body (optional)."""
 
     description: str = Field(default="", max_length=1000)
+
+
+class BackfillProgress(ResponseModel):
+    """Where a deployment's backfill is: which features it fills from the archive and how
+    far it got. `users_total` is the project's archived users when the fill started."""
+
+    features: list[str] = Field(description="New or changed features filled from the archive")
+    phase: BackfillPhase = Field(
+        default="catching_up",
+        description="`catching_up`: waiting for the archive to hold what compute applied "
+        "before the new features were staged; `filling`: rebuilding users; `done`",
+    )
+    users_done: int = 0
+    users_total: int | None = None
+    deferred: int = Field(default=0, description="Users retried because compute was ahead")
+    after: str | None = Field(default=None, description="Last user filled (where a resume starts)")
+    started_at: datetime | None = None
+    heartbeat_at: datetime | None = Field(
+        default=None, description="Last progress; a backfill silent too long is failed"
+    )
 
 
 class DeploymentRead(ResponseModel):
@@ -99,6 +130,11 @@ class DeploymentRead(ResponseModel):
     error: str | None = None
     rolled_back_from: int | None = Field(
         default=None, description="For a rollback: the version whose snapshot was re-activated"
+    )
+    backfill: BackfillProgress | None = Field(
+        default=None,
+        description="Set when the deployment added or changed features: their fill from "
+        "the event archive (status `backfilling` until it is done)",
     )
 
 

@@ -4,6 +4,13 @@ A deployment moves `pending` → `deploying` → `success` | `failed`; a later r
 marks it `rolled_back`. Only `success` is ever live: the config loader's source of
 truth is the latest successful deployment, so a failed one is never picked up.
 
+With an event archive (`ANALYTICS` set), a deployment that adds features or changes
+one's definition (its fingerprint) goes `deploying` → `backfilling` instead: the old
+version keeps serving while the backfill runner (`app/services/backfill_service.py`)
+fills those features from the archive, then `success` (the version goes live) or
+`failed` with the reason (the old one stays live). A backfill whose runner stops
+reporting progress for `backfill_stale_after` is failed by the next deploy.
+
 Concurrency without transactions (FerretDB has none): a deploy reads the project's
 newest deployment of any status once, refuses to start while it is `pending` or
 `deploying` (unless abandoned for `STALE_AFTER`), and inserts version = that + 1. The
@@ -23,6 +30,8 @@ from app.core.config_channel import (
     announce,
     config_key,
     publish_config,
+    running_config,
+    token_version,
     version_key,
     write_config,
 )
@@ -40,6 +49,7 @@ from app.db.config_store import ConfigStore, DuplicateKey
 from app.db.documents import DeploymentDocument
 from app.schemas.common import Page
 from app.schemas.deployment import (
+    BackfillProgress,
     Change,
     ConfigSnapshot,
     DeploymentRead,
@@ -51,18 +61,47 @@ from app.services.common import new_id, utc_now
 from app.services.config_diff import diff, snapshot_from_draft, validate_draft
 from app.services.draft_reset import reset_draft
 from app.services.secret_publisher import SecretPublisher
+from runtime.compute.specs import build_specs, event_key
 
 logger = logging.getLogger(__name__)
 
 ALL_STATUSES: tuple[DeploymentStatus, ...] = (
     "pending",
     "deploying",
+    "backfilling",
     "success",
     "failed",
     "rolled_back",
 )
 # A deploy takes milliseconds; one still pending after this long lost its process.
 STALE_AFTER = timedelta(minutes=2)
+# A backfill reports progress after every chunk of users (seconds); one silent this long
+# lost its runner and no runner took it over.
+BACKFILL_STALE_AFTER = timedelta(minutes=10)
+
+
+def needs_backfill(live: ConfigSnapshot | None, target: ConfigSnapshot) -> list[str]:
+    """Returns the names of the features of `target` to fill from the archive before it
+    goes live: the ones compute runs that are new or whose fingerprint changed against
+    `live`. Features whose source event is not live yet have nothing archived (ingestion
+    refused those events) and are not listed; neither is anything before a first deploy.
+    Windows are not part of a fingerprint: a window added to a feature starts empty."""
+    if live is None:
+        return []
+    before = {spec.name: spec.fingerprint for spec in build_specs(live).specs}
+    live_events = {
+        event_key(p.id, e.name)
+        for p in live.pipelines
+        if p.status == "active"
+        for e in p.events
+        if e.enabled
+    }
+    return [
+        spec.name
+        for spec in build_specs(target).specs
+        if before.get(spec.name) != spec.fingerprint
+        and getattr(spec, "source", None) in live_events
+    ]
 
 
 def to_read(doc: DeploymentDocument) -> DeploymentRead:
@@ -74,11 +113,21 @@ class DeploymentService:
     """The rules of deploying a project's draft and rolling it back."""
 
     def __init__(
-        self, store: ConfigStore, cache: Cache, *, stale_after: timedelta = STALE_AFTER
+        self,
+        store: ConfigStore,
+        cache: Cache,
+        *,
+        stale_after: timedelta = STALE_AFTER,
+        backfill: bool = False,
+        backfill_stale_after: timedelta = BACKFILL_STALE_AFTER,
     ) -> None:
+        """`backfill`: whether an event archive (and its backfill runner) exists, so new
+        and changed features are filled before they go live."""
         self._store = store
         self._cache = cache
         self._stale_after = stale_after
+        self._backfill = backfill
+        self._backfill_stale_after = backfill_stale_after
 
     # -- reading -------------------------------------------------------------------------
     async def list_deployments(
@@ -196,12 +245,16 @@ class DeploymentService:
         longer than `stale_after` is recorded `failed` and the live config republished.
         """
         head = await self._store.latest_deployment(project_id, ALL_STATUSES)
-        if head is not None and head.status in ("pending", "deploying"):
-            if utc_now() - head.created_at < self._stale_after:
+        if head is not None and head.status in ("pending", "deploying", "backfilling"):
+            since, patience = head.created_at, self._stale_after
+            if head.status == "backfilling" and head.backfill is not None:
+                since = head.backfill.heartbeat_at or since
+                patience = self._backfill_stale_after
+            if utc_now() - since < patience:
                 raise DeploymentConflict(
-                    f"Deployment version {head.version} is in progress; retry when it ends"
+                    f"Deployment version {head.version} is {head.status}; retry when it ends"
                 )
-            error = f"abandoned: still {head.status} after {self._stale_after}"
+            error = f"abandoned: {head.status} without progress for {patience}"
             logger.warning("deployment %s v%d %s", project_id, head.version, error)
             await self._store.update_deployment_status(project_id, head.id, "failed", error=error)
             head = head.model_copy(update={"status": "failed", "error": error})
@@ -224,6 +277,13 @@ class DeploymentService:
         before_success: Callable[[], Awaitable[None]] | None = None,
     ) -> DeploymentRead:
         project_id, version = snapshot.project_id, snapshot.version
+        now = utc_now()
+        fill = needs_backfill(previous.snapshot if previous else None, snapshot)
+        progress = (
+            BackfillProgress(features=fill, started_at=now, heartbeat_at=now)
+            if fill and self._backfill
+            else None
+        )
         doc = DeploymentDocument(
             id=new_id(),
             project_id=project_id,
@@ -233,9 +293,10 @@ class DeploymentService:
             description=description,
             deployed_by=deployed_by,
             deployed_at=None,
-            created_at=utc_now(),
+            created_at=now,
             snapshot=snapshot,
             rolled_back_from=rolled_back_from,
+            backfill=progress,
         )
         try:
             await self._store.insert_deployment(doc)
@@ -244,6 +305,8 @@ class DeploymentService:
                 f"Version {version} was taken by a concurrent deployment; retry"
             ) from exc
         await self._store.update_deployment_status(project_id, doc.id, "deploying")
+        if progress is not None:
+            return await self._start_backfill(doc, previous)
         try:
             await publish_config(self._cache, snapshot)
             if before_success is not None:
@@ -259,6 +322,54 @@ class DeploymentService:
             ) from exc
         await self._confirm_published(snapshot)
         return to_read(await self._find(project_id, doc.id))
+
+    # -- backfill (the runner calls these) -------------------------------------------------
+    async def _start_backfill(
+        self, doc: DeploymentDocument, previous: DeploymentDocument | None
+    ) -> DeploymentRead:
+        """Records `backfilling` and stages the new features for compute; the runner
+        takes it from there (and stages them again itself, should this publish fail)."""
+        await self._store.update_deployment_status(doc.project_id, doc.id, "backfilling")
+        try:
+            await self.stage(doc.model_copy(update={"status": "backfilling"}), previous)
+        except Exception as exc:  # Redis: the runner retries; loaders also read the store
+            logger.warning("staging %s v%d failed: %r", doc.project_id, doc.version, exc)
+        return to_read(await self._find(doc.project_id, doc.id))
+
+    async def stage(self, doc: DeploymentDocument, live: DeploymentDocument | None = None) -> None:
+        """Publishes the live config with `doc`'s backfilled features staged, so compute
+        fills them from the stream beside the live ones. Raises CacheUnavailable."""
+        if live is None:
+            live = await self._store.latest_deployment(doc.project_id)
+        running = running_config(live, doc)
+        if running is not None:
+            await publish_config(self._cache, running)
+
+    async def complete_backfill(self, doc: DeploymentDocument) -> bool:
+        """Makes a backfilled deployment live (`success`). Returns False when it is no
+        longer `backfilling` (failed as abandoned meanwhile): nothing is published.
+        Raises what the store and the cache raise (the caller retries)."""
+        assert doc.backfill is not None
+        done = doc.backfill.model_copy(update={"phase": "done", "heartbeat_at": utc_now()})
+        if not await self._store.update_backfill(doc.project_id, doc.id, done):
+            return False
+        snapshot = doc.snapshot.model_copy(update={"version": doc.version})
+        await publish_config(self._cache, snapshot)
+        if doc.rolled_back_from is not None:
+            await self._store.mark_rolled_back(doc.project_id, doc.rolled_back_from)
+        await self._store.update_deployment_status(
+            doc.project_id, doc.id, "success", deployed_at=utc_now()
+        )
+        await self._confirm_published(snapshot)
+        return True
+
+    async def fail_backfill(self, doc: DeploymentDocument, reason: str) -> None:
+        """Records the backfill's failure and publishes the live config again without the
+        staged features: the old version keeps serving."""
+        error = f"backfill failed: {reason}"[:500]
+        logger.error("deployment %s v%d %s", doc.project_id, doc.version, error)
+        await self._store.update_deployment_status(doc.project_id, doc.id, "failed", error=error)
+        await self._restore(doc.project_id, await self._store.latest_deployment(doc.project_id))
 
     async def _fail(
         self, doc: DeploymentDocument, previous: DeploymentDocument | None, exc: Exception
@@ -301,5 +412,5 @@ class DeploymentService:
         read from the store just before our success was recorded (see config_loader)."""
         with contextlib.suppress(Exception):
             raw = await self._cache.get(version_key(snapshot.project_id))
-            if raw is None or int(raw) < snapshot.version:
+            if raw is None or token_version(raw) < snapshot.version:
                 await write_config(self._cache, snapshot)

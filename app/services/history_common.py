@@ -3,6 +3,7 @@ config they run under."""
 
 from __future__ import annotations
 
+from app.core.config_channel import running_config
 from app.core.errors import Conflict, ServiceUnavailable
 from app.db.config_store import ConfigStore
 from app.schemas.deployment import ConfigSnapshot
@@ -27,3 +28,15 @@ async def deployed_snapshot(store: ConfigStore, project_id: str) -> ConfigSnapsh
     if live is None:
         raise ProjectNotDeployed(f"Project {project_id} has no successful deployment")
     return live.snapshot
+
+
+async def running_snapshot(store: ConfigStore, project_id: str) -> ConfigSnapshot:
+    """As `deployed_snapshot`, plus the features a `backfilling` deployment staged (what
+    compute runs): a rebuild during a backfill rebuilds those too. Raises
+    ProjectNotDeployed."""
+    live = await store.latest_deployment(project_id)
+    backfilling = await store.latest_deployment(project_id, ("backfilling",))
+    running = running_config(live, backfilling)
+    if running is None:
+        raise ProjectNotDeployed(f"Project {project_id} has no successful deployment")
+    return running

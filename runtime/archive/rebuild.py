@@ -21,7 +21,7 @@ from app.core.consumer_loop import wall_clock_ms
 from app.core.settings import BackendSettings, ComputeSettings
 from app.db import factory
 from app.db.clickhouse import ClickHouseClientSink
-from app.services.history_common import deployed_snapshot
+from app.services.history_common import running_snapshot
 from app.services.rebuild_service import RebuildReport, RebuildService
 from app.tiles.record import DedupPolicy
 
@@ -49,7 +49,7 @@ async def rebuild_projects(
             projects = [p for p in await service.projects() if p in deployed]
         reports = []
         for project_id in projects:
-            reports.append(await service.rebuild(await deployed_snapshot(config_store, project_id)))
+            reports.append(await service.rebuild(await running_snapshot(config_store, project_id)))
         return reports
     finally:
         await store.close()

@@ -23,7 +23,7 @@ from app.api.deps import (
 from app.core.errors import UnprocessableEntity, UnsupportedMediaType, error_responses
 from app.db.training_jobs import TrainingJob
 from app.schemas.history import RebuildRead, TrainingJobRead, TrainingRowIn, TrainingSetRequest
-from app.services.history_common import deployed_snapshot
+from app.services.history_common import deployed_snapshot, running_snapshot
 from app.services.training_job_service import JOB_MAX_ROWS
 from app.services.training_set_service import MAX_ROWS, TrainingRow
 
@@ -70,7 +70,7 @@ class InvalidTrainingRows(UnprocessableEntity):
 async def rebuild(
     project_id: ProjectDep, store: ConfigStoreDep, service: RebuildServiceDep
 ) -> RebuildRead:
-    report = await service.rebuild(await deployed_snapshot(store, project_id))
+    report = await service.rebuild(await running_snapshot(store, project_id))
     return RebuildRead(
         project_id=report.project_id,
         version=report.version,

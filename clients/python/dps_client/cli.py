@@ -94,6 +94,13 @@ def cmd_deployments(args: argparse.Namespace, config: ConfigClient) -> int:
         when = d.get("deployed_at") or d["created_at"]
         what = d.get("description") or f"{len(d['changes'])} change(s)"
         _out(f"v{d['version']:<4} {d['status']:<12} {when[:19]}  {d['deployed_by']}  {what}")
+        fill = d.get("backfill")
+        if d["status"] == "backfilling" and fill:
+            total = fill.get("users_total")
+            done = f"{fill.get('users_done', 0)}/{total if total is not None else '?'} users"
+            _out(f"      backfilling {', '.join(fill['features'])}: {fill['phase']}, {done}")
+        elif d["status"] == "failed" and d.get("error"):
+            _out(f"      {d['error']}")
     return 0
 
 
