@@ -265,9 +265,11 @@ class ConfigLoader:
     async def _running(self, project_id: str) -> ConfigSnapshot | None:
         """The store's answer: the live deployment, with the features of a backfilling
         one staged."""
-        live = await self._store.latest_deployment(project_id)
-        backfilling = await self._store.latest_deployment(project_id, ("backfilling",))
-        return running_config(live, backfilling)
+        # One read in the common case: the newest of the two is the live one.
+        head = await self._store.latest_deployment(project_id, ("success", "backfilling"))
+        if head is None or head.status == "success":
+            return running_config(head, None)
+        return running_config(await self._store.latest_deployment(project_id), head)
 
     async def _apply(self, snapshot: ConfigSnapshot) -> None:
         project_id = snapshot.project_id

@@ -252,7 +252,8 @@ class DeploymentService:
                 patience = self._backfill_stale_after
             if utc_now() - since < patience:
                 raise DeploymentConflict(
-                    f"Deployment version {head.version} is {head.status}; retry when it ends"
+                    f"Deployment version {head.version} is in progress ({head.status}); "
+                    "retry when it ends"
                 )
             error = f"abandoned: {head.status} without progress for {patience}"
             logger.warning("deployment %s v%d %s", project_id, head.version, error)
