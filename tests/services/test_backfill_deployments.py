@@ -12,7 +12,7 @@ from app.core.config_loader import ConfigLoader
 from app.core.errors import DeploymentConflict
 from app.db.config_store import ConfigStore
 from app.db.redis_cache import RedisCache
-from app.schemas.deployment import FeatureSnapshot
+from app.schemas.deployment import AggregateFeatureSnapshot
 from app.services.common import utc_now
 from app.services.deployment_service import DeploymentService, needs_backfill
 from app.tiles.staging import staged_name
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.redis
 
 def spend(
     pipeline_id: str, aggregation: str = "SUM", windows: list[str] | None = None
-) -> FeatureSnapshot:
+) -> AggregateFeatureSnapshot:
     return feature("spend", pipeline_id, aggregation, windows or ["1h"], field_name="price")
 
 

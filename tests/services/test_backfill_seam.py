@@ -17,7 +17,7 @@ from app.core.settings import BackendSettings
 from app.db.clickhouse import ChdbSink
 from app.db.config_store import ConfigStore
 from app.db.documents import DeploymentDocument
-from app.schemas.deployment import ConfigSnapshot
+from app.schemas.deployment import AggregateFeatureSnapshot, ConfigSnapshot
 from app.schemas.event import record_key
 from app.services.backfill_service import BackfillOptions, BackfillRunner
 from app.services.deployment_service import DeploymentService
@@ -134,7 +134,8 @@ async def assert_oracle(
 ) -> None:
     specs = build_specs(snapshot.model_copy(update={"staged": []})).specs
     for user in sorted({e.user_id for e in events}):
-        want = oracle_values(list(snapshot.features), [e for e in events if e.user_id == user], NOW)
+        aggregates = [f for f in snapshot.features if isinstance(f, AggregateFeatureSnapshot)]
+        want = oracle_values(aggregates, [e for e in events if e.user_id == user], NOW)
         assert_same_values(await values(kit, project, specs, user), want)
 
 

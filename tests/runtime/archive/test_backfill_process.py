@@ -17,6 +17,7 @@ import pytest
 from app.core.settings import BackendSettings
 from app.db import factory
 from app.db.config_store import ConfigStore
+from app.schemas.deployment import AggregateFeatureSnapshot
 from app.schemas.event import record_key
 from app.services.deployment_service import DeploymentService
 from app.tiles.record import serve
@@ -164,6 +165,9 @@ class TestKilledMidBackfill:
         for user in sorted({e.user_id for e in sent}):
             stored = await kit.store.get(project, user)
             got = serve(stored.record if stored else None, specs, NOW)
-            want = oracle_values(doc.snapshot.features, [e for e in sent if e.user_id == user], NOW)
+            aggregates = [
+                f for f in doc.snapshot.features if isinstance(f, AggregateFeatureSnapshot)
+            ]
+            want = oracle_values(aggregates, [e for e in sent if e.user_id == user], NOW)
             assert_same_values(got, want)
         await compute.stop()
