@@ -106,11 +106,13 @@ def _log_position(event: AppliedEvent) -> tuple[int, int]:
 
 @dataclass(frozen=True, slots=True)
 class PairResult:
-    """The new `pairs` section of a user's record, and how many key values the cap
-    dropped."""
+    """The new `pairs` section of a user's record, how many key values the cap dropped,
+    and the event time of the newest event it counted (0: none), for the record's
+    freshness."""
 
     pairs: dict[str, Any]
     dropped: int
+    newest_ms: int = 0
 
 
 class PairApplier:
@@ -160,7 +162,7 @@ class PairApplier:
         """
         stored = stored or {}
         out: dict[str, Any] = {}
-        dropped = 0
+        dropped = newest_ms = 0
         for name, (event_key, spec) in self._specs.items():
             entry = stored.get(name)
             fp = spec.fingerprint
@@ -181,11 +183,12 @@ class PairApplier:
                     keys.pop(value, None)
                 else:
                     keys[value] = {"w": feature["w"], "t": after["last_event_ms"]}
+                    newest_ms = max(newest_ms, after["last_event_ms"])
             keys, lost = _bounded(keys, spec, now_ms, self.max_keys)
             dropped += lost
             if keys:
                 out[name] = {"fp": fp, "k": keys}
-        return PairResult(out, dropped)
+        return PairResult(out, dropped, newest_ms)
 
 
 def _bounded(

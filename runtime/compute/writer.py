@@ -299,6 +299,8 @@ class FeatureWriter:
                 result.record["pairs"] = pairs.pairs
             else:
                 result.record.pop("pairs", None)
+            if pairs.newest_ms > result.record.get("last_event_ms", 0):
+                result.record["last_event_ms"] = pairs.newest_ms  # the answer's freshness
             if pairs.dropped and self._metrics is not None:
                 self._metrics.pair_keys_dropped.inc(pairs.dropped)
         if not fresh:

@@ -199,3 +199,15 @@ class TestEntityIds:
         assert [entity_id_text(v) for v in ("a", 42, "", None, 1.5, True)] == [
             "a", "42", None, None, None, None
         ]  # fmt: skip
+
+
+class TestPairFreshness:
+    def test_the_newest_event_counted_is_reported_for_the_records_freshness(self) -> None:
+        events = [
+            AppliedEvent(0, i, "order", NOW - ago * MINUTE,
+                         {"product_id": "p", "category": "c", "price": 1.0}, None)
+            for i, ago in enumerate([30, 3, 90])
+        ]  # fmt: skip
+        result = PairApplier(PAIRS_BY_EVENT, NOW).apply(None, events, NOW)
+        assert result.newest_ms == NOW - 3 * MINUTE
+        assert PairApplier(PAIRS_BY_EVENT, NOW).apply(None, [], NOW).newest_ms == 0

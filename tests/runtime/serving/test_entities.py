@@ -113,6 +113,7 @@ class TestEntityReads:
             "spend_by_category_1h": {"shoes": 10.0, "hats": 5.0},
         }
         assert unknown.json()["features"] == {"orders_1h": 0, "spend_by_category_1h": {}}
+        assert response.json()["last_event_at"] is not None
 
 
 class TestEntityRefusals:
