@@ -30,6 +30,9 @@ Each printed as ratios: ingestion / bare endpoint and ingestion / raw producer, 
 `--before DIR` adds an older checkout's ingestion process (`git archive <commit> | tar -x
 -C DIR`) to the same rounds, so before and after are measured together.
 
+Server CPU per single event (from /proc, over the closed loop) is printed too: on a machine
+whose cores other work shares, it is the steadier figure.
+
 Round trips: the closed loop's Redis calls per single event (admissions and confirms,
 each carrying the concurrent requests' items) are read from the process's
 `ingest_cache_calls_total` before and after; sent one at a time an event costs 2
@@ -310,6 +313,20 @@ async def raw_producer_figures(
 
 
 # -- the run ----------------------------------------------------------------------------------
+async def publish(target: Target) -> None:
+    """Writes the config and the secrets into Redis, as the config API does. The secrets'
+    copy expires after 5 minutes (app/core/secrets.py) and the benchmark's config store
+    does not hold the pipeline, so this runs again before every measurement."""
+    cache = RedisCache(BackendSettings(redis_url=REDIS_URL))
+    await cache.initialize()
+    try:
+        await publish_config(cache, snapshot(target.project_id, target.pipeline_id))
+        secrets = WebhookSecrets(current=target.secret)
+        await write_secrets(cache, target.project_id, target.pipeline_id, secrets)
+    finally:
+        await cache.close()
+
+
 async def cache_calls(port: int) -> float | None:
     """Returns the process's ingest_cache_calls_total summed over calls (None: no such
     metric, e.g. an older checkout or the bare endpoint)."""
@@ -319,11 +336,19 @@ async def cache_calls(port: int) -> float | None:
     return sum(float(v) for v in found) if response.status_code == 200 and found else None
 
 
-async def measure(port: int, target: Target, args: argparse.Namespace) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """Returns the CPU time (user + system) the process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(
+    port: int, pid: int, target: Target, args: argparse.Namespace
+) -> dict[str, float]:
     await closed_loop(port, target.single(200), CONCURRENCY)  # warm-up
-    calls_before = await cache_calls(port)
+    calls_before, cpu_before = await cache_calls(port), cpu_seconds(pid)
     rps, single_errors = await closed_loop(port, target.single(args.requests), CONCURRENCY)
-    calls_after = await cache_calls(port)
+    calls_after, cpu_after = await cache_calls(port), cpu_seconds(pid)
     fixed = target.single(int(args.rate * args.seconds))
     latencies, rate_errors = await http_fixed_rate(port, fixed, args.rate, args.seconds)
     batch_rps, batch_errors = await closed_loop(
@@ -334,6 +359,7 @@ async def measure(port: int, target: Target, args: argparse.Namespace) -> dict[s
         print(f"  !! {errors} non-2xx answers on port {port}", flush=True)
     figures = {
         "single_rps": rps,
+        "cpu_ms": (cpu_after - cpu_before) * 1000 / args.requests,
         "p50": statistics.median(latencies),
         "p99": percentile(latencies, 0.99),
         "batch_eps": batch_rps * BATCH_SIZE,
@@ -351,12 +377,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
     project_id, pipeline_id = f"bench_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex[:24]
     topic = f"bench_ingest_{uuid.uuid4().hex[:8]}"
     secret = generate_secret()
-    cache = RedisCache(BackendSettings(redis_url=REDIS_URL))
-    await cache.initialize()
-    await publish_config(cache, snapshot(project_id, pipeline_id))
-    await write_secrets(cache, project_id, pipeline_id, WebhookSecrets(current=secret))
-    await cache.close()
     target = Target(project_id, pipeline_id, secret)
+    await publish(target)
 
     ingest_port, bare_port = free_port(), free_port()
     env = {
@@ -382,6 +404,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
     before_env = {**env, "INGEST_PORT": str(before_port), "DATA_DIR": str(tmp / "before")}
     before_env["PYTHONPATH"] = str(args.before)
     servers: list[tuple[str, int]] = [("ingestion", ingest_port), ("bare", bare_port)]
+    pids: dict[int, int] = {}
     with contextlib.ExitStack() as stack:
         children = [
             (ingest_port, tmp / "ingest.log", process(ingest_cmd, env, tmp / "ingest.log")),
@@ -392,13 +415,16 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
             children.append((before_port, log, process(ingest_cmd, before_env, log, args.before)))
             servers.insert(1, ("before", before_port))
         for port, log, started in children:
-            wait_port(port, stack.enter_context(started), log)
+            child = stack.enter_context(started)
+            wait_port(port, child, log)
+            pids[port] = child.pid
         print(f"servers {servers}, kafka {KAFKA_BOOTSTRAP}", flush=True)
         figures: dict[str, list[dict[str, float]]] = {name: [] for name, _ in servers}
         for round_no in range(args.rounds):
             order = servers if round_no % 2 == 0 else servers[::-1]
             for name, port in order:
-                figures[name].append(await measure(port, target, args))
+                await publish(target)
+                figures[name].append(await measure(port, pids[port], target, args))
             print(f"round {round_no + 1}/{args.rounds} done", flush=True)
     rounds_total = args.rounds * len(servers)
     total = rounds_total * (args.requests + int(args.rate * args.seconds))
@@ -412,6 +438,7 @@ def report(
 ) -> None:
     rows = [
         (f"single events/s (closed loop, c={CONCURRENCY})", "single_rps"),
+        ("server CPU ms per single event", "cpu_ms"),
         (f"p50 ms at {args.rate:g}/s", "p50"),
         (f"p99 ms at {args.rate:g}/s", "p99"),
         (f"batch events/s ({BATCH_SIZE}/batch, c={BATCH_CONCURRENCY})", "batch_eps"),
@@ -423,10 +450,12 @@ def report(
     ratios = "".join(f"{name[:6] + '/bare':>12}{name[:6] + '/raw':>12}" for name in measured)
     print(f"{'':44}{head}{ratios}")
     for label, key in rows:
-        values = "".join(f"{got[name][key]:11.1f}" for name in [*measured, "bare"])
-        line = f"{label:44}{values}{raw[key]:11.1f}"
+        values = "".join(f"{got[name][key]:11.2f}" for name in [*measured, "bare"])
+        reference = raw.get(key)
+        line = f"{label:44}{values}" + (f"{reference:11.1f}" if reference else f"{'-':>11}")
         for name in measured:
-            line += f"{got[name][key] / bare[key]:12.2f}{got[name][key] / raw[key]:12.2f}"
+            line += f"{got[name][key] / bare[key]:12.2f}"
+            line += f"{got[name][key] / reference:12.2f}" if reference else f"{'-':>12}"
         print(line)
     print("\n(ratios are ingestion / reference: < 1 for rates means slower, > 1 for latencies)")
     if "redis_per_event" in got["ingestion"]:
