@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaProducer
 
 from tests.conftest import unique
 from tests.faults.conftest import until
-from tests.faults.platform import ProcessPlatform, Tenant
+from tests.faults.platform import START_BOUND_S, ProcessPlatform, Tenant
 from tests.faults.test_process_crashes import committing
 from tests.runtime.ingestion.helpers import read_topic
 from tests.support.apps import bearer
@@ -185,26 +185,27 @@ async def test_a_hot_product_from_every_partition_with_copies_and_a_killed_compu
     async with asyncio.timeout(90):
         await platform.sender(tenant).probe(probe)  # type: ignore[arg-type]
     second = platform.add_compute()
-    second.start()
-    await second.wait_healthy(platform.http)
-    orders = make_orders(2000, users=30, now_ms=int(time.time() * 1000))
     sender = platform.sender(tenant)
-    sending = asyncio.create_task(
-        sender.send_all(orders, concurrency=2, batch_size=5, pause_s=0.02)  # type: ignore[arg-type]
-    )
-    first = platform.computes[0]
-    for member in (first, second):
-        await until(committing(platform, member, 2), f"{member.name} committing")
-    second.kill()  # SIGKILL, mid-stream: its last batch was written, perhaps not committed
-    killed_at = len(sender.acknowledged)
-    await until(lambda: len(sender.acknowledged) >= killed_at + 150, "stream after the kill")
-    second.start()  # back in the group: two writers again for the copies and the rest
-    await second.wait_healthy(platform.http)
-    copies = await produce_copies(platform, tenant.project_id, 100)
-    await until(lambda: len(sender.acknowledged) >= killed_at + 300, "stream after the copies")
-    sender.stop()
-    await sending
+    sending: asyncio.Task[None] | None = None
     try:
+        second.start()
+        await second.wait_healthy(platform.http, START_BOUND_S)
+        orders = make_orders(2000, users=30, now_ms=int(time.time() * 1000))
+        sending = asyncio.create_task(
+            sender.send_all(orders, concurrency=2, batch_size=5, pause_s=0.02)  # type: ignore[arg-type]
+        )
+        first = platform.computes[0]
+        for member in (first, second):
+            await until(committing(platform, member, 2), f"{member.name} committing")
+        second.kill()  # SIGKILL, mid-stream: its last batch was written, perhaps not committed
+        killed_at = len(sender.acknowledged)
+        await until(lambda: len(sender.acknowledged) >= killed_at + 150, "stream after the kill")
+        second.start()  # back in the group: two writers again for the copies and the rest
+        await second.wait_healthy(platform.http, START_BOUND_S)
+        copies = await produce_copies(platform, tenant.project_id, 100)
+        await until(lambda: len(sender.acknowledged) >= killed_at + 300, "stream after the copies")
+        sender.stop()
+        await sending
         accepted = [o for o in orders if o.event_id in sender.acknowledged]
         products = product_oracle(accepted)
         users = user_oracle(accepted)
@@ -232,5 +233,9 @@ async def test_a_hot_product_from_every_partition_with_copies_and_a_killed_compu
         assert got_products == want_products, platform.log_tails()
         assert got_users == want_users, platform.log_tails()
     finally:
+        # Whatever failed, the next case finds one compute and no stream of this one.
+        if sending is not None and not sending.done():
+            sender.stop()
+            sending.cancel()
         second.terminate()
-        platform.computes.remove(second)  # the next case runs on one compute
+        platform.computes.remove(second)
