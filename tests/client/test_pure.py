@@ -10,9 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.core.errors import InvalidSignature
+from app.schemas.deployment import BackfillProgress, DeploymentRead
 from app.schemas.pipeline import WebhookSecrets
 from app.services.webhook_secrets import generate_secret
 from dps_client import Event, RetryPolicy, signed_headers
+from dps_client.cli import deployment_lines
 from dps_client.events import _chunks
 from runtime.ingestion.signature import verify_signature
 
@@ -72,3 +74,27 @@ class TestBatchSplitting:
                     )
                     <= 1000
                 )
+
+
+class TestDeploymentLines:
+    def test_a_backfilling_deployment_shows_its_progress_and_a_failed_one_its_reason(self):
+        read = DeploymentRead(
+            id="a" * 24,
+            project_id="shop",
+            version=7,
+            status="backfilling",
+            changes=[],
+            deployed_by="alice",
+            deployed_at=None,
+            created_at="2026-12-02T06:00:00Z",
+            backfill=BackfillProgress(
+                features=["carts_30d", "spend"], phase="filling", users_done=40, users_total=90
+            ),
+        )
+        lines = deployment_lines(read.model_dump(mode="json"))
+        assert lines[0].startswith("v7    backfilling  2026-12-02T06:00:00  alice")
+        assert lines[1] == "      backfilling carts_30d, spend: filling, 40/90 users"
+        failed = read.model_copy(update={"status": "failed", "error": "backfill failed: x"})
+        assert deployment_lines(failed.model_dump(mode="json"))[1] == "      backfill failed: x"
+        live = read.model_copy(update={"status": "success"})
+        assert len(deployment_lines(live.model_dump(mode="json"))) == 1

@@ -91,17 +91,25 @@ def cmd_deployments(args: argparse.Namespace, config: ConfigClient) -> int:
         _out(json.dumps(history, indent=2))
         return 0
     for d in history:
-        when = d.get("deployed_at") or d["created_at"]
-        what = d.get("description") or f"{len(d['changes'])} change(s)"
-        _out(f"v{d['version']:<4} {d['status']:<12} {when[:19]}  {d['deployed_by']}  {what}")
-        fill = d.get("backfill")
-        if d["status"] == "backfilling" and fill:
-            total = fill.get("users_total")
-            done = f"{fill.get('users_done', 0)}/{total if total is not None else '?'} users"
-            _out(f"      backfilling {', '.join(fill['features'])}: {fill['phase']}, {done}")
-        elif d["status"] == "failed" and d.get("error"):
-            _out(f"      {d['error']}")
+        for line in deployment_lines(d):
+            _out(line)
     return 0
+
+
+def deployment_lines(d: Json) -> list[str]:
+    """Returns how `dps deployments` prints one deployment: its line, then the backfill's
+    progress while it is `backfilling`, or the reason it `failed`."""
+    when = d.get("deployed_at") or d["created_at"]
+    what = d.get("description") or f"{len(d['changes'])} change(s)"
+    lines = [f"v{d['version']:<4} {d['status']:<12} {when[:19]}  {d['deployed_by']}  {what}"]
+    fill = d.get("backfill")
+    if d["status"] == "backfilling" and fill:
+        total = fill.get("users_total")
+        done = f"{fill.get('users_done', 0)}/{total if total is not None else '?'} users"
+        lines.append(f"      backfilling {', '.join(fill['features'])}: {fill['phase']}, {done}")
+    elif d["status"] == "failed" and d.get("error"):
+        lines.append(f"      {d['error']}")
+    return lines
 
 
 def cmd_rollback(args: argparse.Namespace, config: ConfigClient) -> int:
