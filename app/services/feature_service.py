@@ -34,6 +34,7 @@ from app.schemas.feature import (
     FeatureRead,
     FeatureUpdate,
 )
+from app.schemas.pipeline import EventDefinition
 from app.services.common import new_id, revision_conflict, utc_now
 from app.services.derived_rules import catalogue, dependents, expression_problems
 from app.services.feature_rules import (
@@ -175,7 +176,8 @@ class FeatureService:
                 f"Edit or delete them before it is {what}."
             )
 
-    async def _events_by_source(self, project_id: str) -> dict[tuple[str, str], Any]:
+    async def _events_by_source(self, project_id: str) -> dict[tuple[str, str], EventDefinition]:
+        """Returns every event of the project's pipelines by (pipeline id, name)."""
         pipelines, _ = await self._store.list_pipelines(project_id)
         return {(p.id, e.name): e for p in pipelines for e in p.events}
 
