@@ -1,20 +1,31 @@
 """Compute benchmark (not a test): throughput against raw Kafka, and bytes per user.
 
-    .venv/bin/python bench/compute_bench.py [--events 40000] [--users 2000]
+    .venv/bin/python bench/compute_bench.py [--events 20000] [--users 1000]
+        [--mix recommender|basic] [--features 50] [--rounds 2] [--skip-size]
 
 Needs the servers of `scripts/servers.sh start` (loopback Kafka and Redis; addresses
 from KAFKA_BOOTSTRAP / REDIS_URL). Bounded: one topic of `--events` events, one
-Redis database's worth of small keys, a few minutes at most.
+Redis database's worth of user records, a few minutes at most.
 
-1. Throughput: the same topic is read twice, each time by a fresh consumer group:
-   by a bare aiokafka consumer that only counts records (the ceiling), and by the
-   compute worker (decode, config lookup, read-apply-write per user on the Redis
-   online store, commit). Both timings include joining the group. Printed: events/s
-   of each and worker / raw.
+1. Throughput. The feature config is the serving benchmark's (`--features` features x
+   5 windows, 5m 1h 24h 7d 30d; `--mix recommender`, the default: all eleven
+   aggregations, every other feature filtered on the price; `basic`: the eight basic
+   ones). One topic of 2 partitions holds `--events` events of `--users` users. It is
+   read, each time by a fresh consumer group, by:
+   - a bare aiokafka consumer that only counts records (the ceiling: raw consume);
+   - one compute worker process (decode, config lookup, read-apply-write per user on
+     the Redis online store, commit after the store);
+   - two compute worker processes in one group (one partition each).
+   Every rate runs from the first record fetched to the last one committed (the raw
+   consumer: counted), so joining the group is not in it; workers start fetching once
+   the group gave each its partitions. The user records are
+   deleted before each worker run, so every run applies every event. `--rounds`
+   repeats raw, 1 worker, 2 workers in turn (A/B alternated on a loaded machine).
+   Printed: events/s of each and worker / raw.
 2. Bytes per user: one user, 20 features x 5 windows (5m 1h 24h 7d 30d), events
    arriving every ~5 minutes of event time (so the 30d window fills after ~8,600
    events), applied in batches of 100 through the writer into Redis. Printed after
-   10 ... 40,000 events: the stored JSON (`HSTRLEN`) and Redis' own `MEMORY USAGE`.
+   10 ... 40,000 events: the stored record (`HSTRLEN` of its fields) and Redis' own `MEMORY USAGE`.
    Tiles outside every window are pruned on write, so the size stops growing once
    the longest window is full.
 """
@@ -23,8 +34,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -36,11 +49,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from app.core.config_loader import ConfigLoader, publish_config
 from app.core.settings import BackendSettings
 from app.db import factory
-from app.db.kafka import ensure_topic
+from app.db.event_log import EventLogConsumer, LogRecord
+from app.db.kafka import KafkaEventConsumer, ensure_topic
 from app.db.redis_online import record_key
 from app.schemas.deployment import ConfigSnapshot
 from app.schemas.event import EventMessage
@@ -58,7 +73,11 @@ from runtime.compute.worker import (
 from runtime.compute.writer import FeatureWriter
 
 SIZE_CHECKPOINTS = [10, 100, 1_000, 10_000, 20_000, 40_000]
-RUN_BOUND_S = 600.0
+RUN_BOUND_S = 1800.0
+PARTITIONS = 2
+# The serving benchmark's windows (bench/serving_bench.py).
+WINDOWS = ["5m", "1h", "24h", "7d", "30d"]
+SCRIPT = str(Path(__file__).resolve())
 
 
 def _id() -> str:
@@ -66,13 +85,28 @@ def _id() -> str:
 
 
 def snapshot(
-    project_id: str, pipeline_id: str, features: int, windows: list[str]
+    project_id: str, pipeline_id: str, features: int, windows: list[str], recommender: bool
 ) -> ConfigSnapshot:
-    return feature_snapshot(project_id, pipeline_id, features, windows, pipeline_name="bench")
+    return feature_snapshot(
+        project_id, pipeline_id, features, windows, pipeline_name="bench", recommender=recommender
+    )
 
 
 def properties(rng: random.Random) -> dict[str, Any]:
     return {"product_id": f"sku-{rng.randrange(1000)}", "price": rng.randrange(100, 20_000) / 100}
+
+
+def bench_settings(topic: str, data_dir: Path) -> BackendSettings:
+    return BackendSettings(
+        event_log="kafka",
+        online_store="redis",
+        cache="redis",
+        config_store="sqlite",
+        kafka_bootstrap=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:39092"),
+        redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:36379/0"),
+        kafka_topic=topic,
+        data_dir=data_dir,
+    )
 
 
 async def produce(
@@ -105,7 +139,7 @@ async def produce(
 
 
 async def raw_consume(settings: BackendSettings, n: int) -> float:
-    """Seconds a bare aiokafka consumer (new group) takes to read n records."""
+    """Seconds a bare aiokafka consumer (new group) takes from its first record to n."""
     consumer = AIOKafkaConsumer(
         settings.kafka_topic,
         bootstrap_servers=settings.kafka_bootstrap,
@@ -113,20 +147,65 @@ async def raw_consume(settings: BackendSettings, n: int) -> float:
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
-    started = time.perf_counter()
     await consumer.start()
     try:
         seen = 0
+        started = 0.0
         while seen < n:
             batches = await consumer.getmany(timeout_ms=200, max_records=2_000)
-            seen += sum(len(records) for records in batches.values())
+            got = sum(len(records) for records in batches.values())
+            if got and not seen:
+                started = time.perf_counter()
+            seen += got
         return time.perf_counter() - started
     finally:
         await consumer.stop()
 
 
-async def worker_consume(settings: BackendSettings, n: int) -> float:
-    """Seconds the compute worker (new group, Redis online store) takes to apply n."""
+class _FirstFetch(EventLogConsumer):
+    """The worker's consumer, noting (in a file) the wall-clock time of its first record.
+
+    It fetches nothing until the group gave it its share of the partitions: a worker
+    that started first would otherwise take every partition, and the rebalance when the
+    next one joins would throw its batch away (a measure of start-up, not of compute)."""
+
+    def __init__(self, inner: KafkaEventConsumer, mark: Path, share: int) -> None:
+        self._inner = inner
+        self._mark = mark
+        self._marked = False
+        self._share = share
+
+    async def start(self) -> None:
+        await self._inner.start()
+
+    async def stop(self) -> None:
+        await self._inner.stop()
+
+    async def getmany(self, max_records: int, timeout_ms: int) -> list[LogRecord]:
+        if not self._marked:
+            consumer = await self._inner._started()
+            if len(consumer.assignment()) != self._share:
+                await asyncio.sleep(0.05)
+                return []
+        records = await self._inner.getmany(max_records, timeout_ms)
+        if records and not self._marked:
+            self._marked = True
+            self._mark.write_text(repr(time.time()))
+        return records
+
+    async def commit(self, next_offsets: Any) -> None:
+        await self._inner.commit(next_offsets)
+
+    async def lag(self) -> dict[int, int]:
+        return await self._inner.lag()
+
+    async def end_offsets(self) -> dict[int, int]:
+        return await self._inner.end_offsets()
+
+
+async def worker_child(topic: str, data_dir: Path, group: str, mark: Path, share: int) -> None:
+    """One compute worker process (Redis online store) in `group`, until SIGTERM."""
+    settings = bench_settings(topic, data_dir)
     cache = factory.make_cache(settings)
     config_store = factory.make_config_store(settings)
     store = factory.make_online_store(settings)
@@ -136,33 +215,57 @@ async def worker_consume(settings: BackendSettings, n: int) -> float:
     await loader.start(preload=False)
     metrics = ComputeMetrics()
     writer = FeatureWriter(store, now_ms=wall_clock_ms, metrics=metrics)
-    consumer = factory.make_consumer(settings, f"bench-worker-{_id()}")
+    consumer = _FirstFetch(KafkaEventConsumer(settings, group), mark, share)
     worker = ComputeWorker(consumer, writer, loader, metrics=metrics, options=WorkerOptions())
-    started = time.perf_counter()
     freeze_long_lived_objects()  # as compute_startup does for the process
-    task = asyncio.create_task(worker.run())
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, worker.stop)
     try:
-        while True:
-            done = sum(
-                metrics.registry.get_sample_value(name) or 0
-                for name in (
-                    "compute_events_applied_total",
-                    "compute_events_late_total",
-                    "compute_events_duplicate_total",
-                )
-            )
-            if done >= n:
-                break
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-        return time.perf_counter() - started
+        await worker.run()
     finally:
-        worker.stop()
-        await task
         await loader.stop()
         for backend in (store, config_store, cache):
             await backend.close()
+
+
+async def committed(admin: AIOKafkaAdminClient, group: str) -> int:
+    """Returns the sum of the group's committed offsets (records done)."""
+    offsets = await admin.list_consumer_group_offsets(group)
+    return sum(max(meta.offset, 0) for meta in offsets.values())
+
+
+async def workers_consume(settings: BackendSettings, n: int, workers: int, tmp: Path) -> float:
+    """Seconds `workers` compute worker processes (one new group) take from the first
+    record any of them fetched to the commit of the n-th."""
+    group = f"bench-worker-{_id()}"
+    marks = [tmp / f"{group}-{i}.first" for i in range(workers)]
+    args = [SCRIPT, "--worker-child", group, "--topic", settings.kafka_topic]
+    args += ["--data-dir", str(settings.data_dir), "--share", str(PARTITIONS // workers)]
+    children = [
+        await asyncio.create_subprocess_exec(sys.executable, *args, "--mark", str(mark))
+        for mark in marks
+    ]
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        while await committed(admin, group) < n:
+            for child in children:
+                if child.returncode is not None:
+                    raise SystemExit(f"worker exited with {child.returncode}")
+            await asyncio.sleep(0.02)
+        done = time.time()
+        first = min(float(mark.read_text()) for mark in marks if mark.exists())
+        return done - first
+    finally:
+        await admin.close()
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                child.terminate()
+        for child in children:
+            try:
+                await asyncio.wait_for(child.wait(), 30)
+            except TimeoutError:
+                child.kill()
+                await child.wait()
 
 
 async def drop_records(settings: BackendSettings, project: str, users: int) -> None:
@@ -179,11 +282,11 @@ async def drop_records(settings: BackendSettings, project: str, users: int) -> N
 
 
 async def bytes_per_user(settings: BackendSettings) -> list[tuple[int, int, int]]:
-    """[(events applied, stored JSON bytes, Redis MEMORY USAGE bytes)] at each checkpoint."""
+    """[(events applied, stored bytes, Redis MEMORY USAGE bytes)] at each checkpoint."""
     import redis.asyncio as aioredis
 
     project, pipeline = f"bench_{_id()}", _id()
-    specs = build_specs(snapshot(project, pipeline, 20, ["5m", "1h", "24h", "7d", "30d"]))
+    specs = build_specs(snapshot(project, pipeline, 20, WINDOWS, recommender=False))
     assert len(specs.specs) == 20
     store = factory.make_online_store(settings)
     await store.initialize()
@@ -208,7 +311,7 @@ async def bytes_per_user(settings: BackendSettings) -> list[tuple[int, int, int]
                     )
                     applied += 1
                 await writer.write_project(project, specs, {"user-1": batch})
-            json_bytes = int(await client.hstrlen(key, "rec"))
+            json_bytes = sum([int(await client.hstrlen(key, f)) for f in ("rec", "ids")])
             memory = int(await client.memory_usage(key) or 0)
             results.append((applied, json_bytes, memory))
     finally:
@@ -218,45 +321,68 @@ async def bytes_per_user(settings: BackendSettings) -> list[tuple[int, int, int]
     return results
 
 
+async def throughput(args: argparse.Namespace, settings: BackendSettings) -> None:
+    project, pipeline = f"bench_{_id()}", _id()
+    recommender = args.mix == "recommender"
+    features = snapshot(project, pipeline, args.features, WINDOWS, recommender)
+    cache = factory.make_cache(settings)
+    await cache.initialize()
+    await publish_config(cache, features)
+    await cache.close()
+    await ensure_topic(settings, PARTITIONS)
+    await produce(settings, project, pipeline, args.events, args.users)
+    tmp = Path(tempfile.mkdtemp(prefix="dps-bench-marks-"))
+    rates: dict[str, list[float]] = {"raw": [], "1 worker": [], "2 workers": []}
+    for _ in range(args.rounds):
+        rates["raw"].append(args.events / await raw_consume(settings, args.events))
+        for workers in (1, 2):
+            await drop_records(settings, project, args.users)
+            seconds = await workers_consume(settings, args.events, workers, tmp)
+            rates[f"{workers} worker{'s' if workers > 1 else ''}"].append(args.events / seconds)
+    await drop_records(settings, project, args.users)
+    print(
+        f"throughput: {args.events} events, {args.users} users, {PARTITIONS} partitions, "
+        f"{args.features} features x {len(WINDOWS)} windows, mix {args.mix}; "
+        f"load {os.getloadavg()[0]:.2f}"
+    )
+    for round_no in range(args.rounds):
+        raw = rates["raw"][round_no]
+        line = f"  round {round_no + 1}: raw aiokafka consume {raw:8.0f} events/s"
+        for name in ("1 worker", "2 workers"):
+            rate = rates[name][round_no]
+            line += f" | {name} {rate:7.0f} events/s = {rate / raw:5.3f}x raw"
+        print(line)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=40_000)
-    parser.add_argument("--users", type=int, default=2_000)
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--users", type=int, default=1_000)
+    parser.add_argument("--features", type=int, default=50)
+    parser.add_argument("--mix", choices=["basic", "recommender"], default="recommender")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--skip-size", action="store_true")
+    parser.add_argument("--worker-child", help=argparse.SUPPRESS)
+    parser.add_argument("--topic", help=argparse.SUPPRESS)
+    parser.add_argument("--data-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--mark", help=argparse.SUPPRESS)
+    parser.add_argument("--share", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    settings = BackendSettings(
-        event_log="kafka",
-        online_store="redis",
-        cache="redis",
-        config_store="sqlite",
-        kafka_bootstrap=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:39092"),
-        redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:36379/0"),
-        kafka_topic=f"bench-events-{_id()}",
-        data_dir=Path(tempfile.mkdtemp(prefix="dps-bench-")),
-    )
-
-    project, pipeline = f"bench_{_id()}", _id()
-    features = snapshot(project, pipeline, 8, ["5m", "1h", "24h"])
+    if args.worker_child:
+        await worker_child(
+            args.topic, Path(args.data_dir), args.worker_child, Path(args.mark), args.share
+        )
+        return
+    settings = bench_settings(f"bench-events-{_id()}", Path(tempfile.mkdtemp(prefix="dps-bench-")))
     async with asyncio.timeout(RUN_BOUND_S):
-        cache = factory.make_cache(settings)
-        await cache.initialize()
-        await publish_config(cache, features)
-        await cache.close()
-        await ensure_topic(settings)
-        await produce(settings, project, pipeline, args.events, args.users)
-
-        raw_s = await raw_consume(settings, args.events)
-        worker_s = await worker_consume(settings, args.events)
-        raw_rate, worker_rate = args.events / raw_s, args.events / worker_s
-        print(f"throughput: {args.events} events, {args.users} users, 8 features x 3 windows")
-        print(f"  raw aiokafka consume : {raw_rate:10.0f} events/s")
-        print(f"  compute worker       : {worker_rate:10.0f} events/s (Redis online store)")
-        print(f"  ratio worker / raw   : {worker_rate / raw_rate:10.3f}")
-        await drop_records(settings, project, args.users)
-
+        await throughput(args, settings)
+        if args.skip_size:
+            return
         print("bytes per user: 20 features x 5 windows (5m 1h 24h 7d 30d), ~5 min between events")
         for applied, json_bytes, memory in await bytes_per_user(settings):
-            print(f"  after {applied:6d} events: {json_bytes:9d} B JSON, {memory:9d} B in Redis")
+            print(f"  after {applied:6d} events: {json_bytes:9d} B stored, {memory:9d} B in Redis")
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
