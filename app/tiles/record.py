@@ -186,11 +186,14 @@ class _SpecPlan:
     window's tile `t // tile_ms` iff `t >= first readable ms`, which is the
     `tile_of(t) >= tile_range(now)[0]` of `features.apply_value` without a division
     per window. `earliest_ms` is the least of them: older events are late for the spec.
+    `slots` gives each window's label with its index among the applier's distinct
+    windows, whose tile key an event works out once for all its specs.
     """
 
     __slots__ = (
         "accepts",
         "add",
+        "clean_from",
         "earliest_ms",
         "field",
         "fingerprint",
@@ -198,6 +201,7 @@ class _SpecPlan:
         "lo",
         "name",
         "normalise",
+        "slots",
         "windows",
     )
 
@@ -219,10 +223,57 @@ class _SpecPlan:
             w.label: frozenset(map(str, range(self.lo[w.label], w.tile_of(now_ms) + 2)))
             for w in spec.windows
         }
+        # label -> the least `updated_ms` of a record that holds no tile below lo: one
+        # written (and so pruned) at or after it. lo(u) = (u - W) // tile >= lo(now)
+        # iff u >= lo(now) * tile + W. Such a window is not scanned for tiles to prune.
+        self.clean_from = {
+            w.label: self.lo[w.label] * w.tile_ms + w.window_ms for w in spec.windows
+        }
         self.windows = tuple(
             (w.label, w.tile_ms, self.lo[w.label] * w.tile_ms) for w in spec.windows
         )
         self.earliest_ms = min(first_ms for _, _, first_ms in self.windows)
+        self.slots: tuple[tuple[str, int], ...] = ()
+
+
+# The specs one event kind feeds, grouped for `BatchApplier.apply`'s inner loop: by
+# filter (None: none), then by the value they take (field, normalisation), each spec
+# as (feature name, add, its windows' (label, slot)).
+_Targets = tuple[tuple[str, Any, tuple[tuple[str, int], ...]], ...]
+_Groups = tuple[tuple[Any, tuple[tuple[str | None, Any, _Targets], ...]], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _EventPlan:
+    """What an event of one kind does: the feature entries it creates (in spec order),
+    the time below which it is late for every spec, and its specs in `_Groups`, so a
+    filter and a field value are worked out once per event, not once per feature."""
+
+    entries: tuple[tuple[str, str], ...]  # (feature name, fingerprint)
+    earliest_ms: int
+    groups: _Groups
+
+
+def _event_plan(plans: Sequence[_SpecPlan]) -> _EventPlan:
+    by_filter: dict[Any, dict[tuple[str | None, Any], list[_SpecPlan]]] = {}
+    for plan in plans:
+        values = by_filter.setdefault(plan.accepts, {})
+        values.setdefault((plan.field, plan.normalise), []).append(plan)
+    groups = tuple(
+        (
+            accepts,
+            tuple(
+                (field, normalise, tuple((p.name, p.add, p.slots) for p in members))
+                for (field, normalise), members in values.items()
+            ),
+        )
+        for accepts, values in by_filter.items()
+    )
+    return _EventPlan(
+        entries=tuple((p.name, p.fingerprint) for p in plans),
+        earliest_ms=min(p.earliest_ms for p in plans),
+        groups=groups,
+    )
 
 
 class BatchApplier:
@@ -233,12 +284,16 @@ class BatchApplier:
     `updated_ms` depend on the exact `now_ms`, and both are taken per call. Build a new
     one (or check `covers`) when time moves on; `specs_by_event` is kept, not copied.
     Raises ValueError when two different specs share a feature name.
+
+    Per event, the tile key of each distinct window is worked out once (`_slots`), and
+    each filter and field value once (`_EventPlan`), for all the features it feeds.
     """
 
     __slots__ = (
         "_by_event",
         "_by_staged",
         "_plans",
+        "_slots",
         "dedup",
         "keyed_events",
         "max_future_ms",
@@ -266,9 +321,18 @@ class BatchApplier:
         self._plans = {
             name: _SpecPlan(spec, now_ms) for name, spec in _specs_by_name(specs_by_event).items()
         }
+        # (tile ms, first readable ms) of every distinct window: one tile key per event.
+        slot_of: dict[tuple[int, int], int] = {}
+        for plan in self._plans.values():
+            plan.slots = tuple(
+                (label, slot_of.setdefault((tile_ms, first_ms), len(slot_of)))
+                for label, tile_ms, first_ms in plan.windows
+            )
+        self._slots = tuple(slot_of)
         self._by_event = {
-            event: tuple(self._plans[spec.name] for spec in specs)
+            event: _event_plan([self._plans[spec.name] for spec in specs])
             for event, specs in specs_by_event.items()
+            if specs
         }
         # The staged name a backfill may have filled each feature under (`staging.py`).
         self._by_staged = {
@@ -284,16 +348,32 @@ class BatchApplier:
         return self.valid_from <= now_ms < self.valid_until
 
     def apply(
-        self, record: Mapping[str, Any] | None, events: Sequence[AppliedEvent], now_ms: int
+        self,
+        record: Mapping[str, Any] | None,
+        events: Sequence[AppliedEvent],
+        now_ms: int,
+        *,
+        owned: bool = False,
     ) -> ApplyResult:
         """Returns `apply_batch(record, specs_by_event, events, now_ms, max_future_ms)`.
 
+        With `owned`, the caller hands `record` over (a record it just decoded and will
+        not use again): its features are pruned and updated in place instead of copied
+        first, and the result's record is `record` itself. The result is the same.
         Raises ValueError when `now_ms` is outside `[valid_from, valid_until)`.
         """
         if not self.covers(now_ms):
             raise ValueError(f"now {now_ms} is outside [{self.valid_from}, {self.valid_until})")
-        out: UserRecord = dict(record) if record is not None else empty_record()
-        features = self._pruned_copy(record.get("features", {}) if record is not None else {})
+        out: UserRecord
+        if record is None:
+            out = empty_record()
+            features: dict[str, Any] = {}
+        elif owned and isinstance(record, dict):
+            out = record
+            features = self._pruned_in_place(record.get("features", {}), _updated_ms(record))
+        else:
+            out = dict(record)
+            features = self._pruned_copy(record.get("features", {}), _updated_ms(record))
         out["features"] = features
         offsets: dict[str, int] = dict(record.get("offsets", {})) if record is not None else {}
         out["offsets"] = offsets
@@ -304,6 +384,7 @@ class BatchApplier:
 
         future_limit = now_ms + self.max_future_ms
         by_event = self._by_event
+        slots = self._slots
         applied = duplicates = duplicate_ids = late = future = 0
         fresh: list[int] = []
         for index, event in enumerate(events):
@@ -324,49 +405,53 @@ class BatchApplier:
                     continue
                 seen.add(h)  # a second copy later in this batch is a duplicate too
             fresh.append(index)
-            plans = by_event.get(event.event, ())
-            if not plans:
+            plan = by_event.get(event.event)
+            if plan is None:
                 applied += 1  # no feature uses it: applied, offset consumed
                 keyed = event.event in self.keyed_events
                 if h is not None and keyed and event.t_ms <= future_limit:
                     new_ids.append(h)
                 continue
+            for name, fingerprint in plan.entries:
+                if name not in features:
+                    features[name] = {"fp": fingerprint, "w": {}}
             t_ms = event.t_ms
-            on_time = False
-            for plan in plans:
-                entry = features.get(plan.name)
-                if entry is None:
-                    entry = features[plan.name] = {"fp": plan.fingerprint, "w": {}}
-                if t_ms > future_limit or t_ms < plan.earliest_ms:
-                    continue
-                on_time = True
-                if plan.accepts is not None and not plan.accepts(event.properties):
-                    continue  # the feature's filter refuses it: still on time
-                value = plan.normalise(event.properties.get(plan.field) if plan.field else None)
-                if value is None:
-                    continue  # a value this aggregation skips: the event is still on time
-                state: FeatureState = entry["w"]
-                add = plan.add
-                for label, tile_ms, first_ms in plan.windows:
-                    if t_ms < first_ms:
-                        continue  # a query at now or later can no longer read this tile
-                    tiles = state.get(label)
-                    if tiles is None:
-                        tiles = state[label] = {}
-                    key = str(t_ms // tile_ms)
-                    tiles[key] = add(tiles.get(key), t_ms, value)
             # FUTURE does not depend on the spec: one feature's verdict is every one's.
-            keyed = not on_time and event.event in self.keyed_events and t_ms <= future_limit
-            if h is not None and (on_time or keyed):
-                new_ids.append(h)
-            if on_time:
-                applied += 1
-                if t_ms > last_event_ms:
-                    last_event_ms = t_ms
-            elif t_ms > future_limit:
+            if t_ms > future_limit:
                 future += 1
-            else:
-                late += 1
+                continue
+            if t_ms < plan.earliest_ms:
+                late += 1  # older than every window of every feature it feeds
+                if h is not None and event.event in self.keyed_events:
+                    new_ids.append(h)  # the entities' features decide by this record too
+                continue
+            applied += 1
+            if h is not None:
+                new_ids.append(h)
+            if t_ms > last_event_ms:
+                last_event_ms = t_ms
+            # The tile key of each distinct window; None where the tile is no longer read.
+            keys = [
+                str(t_ms // tile_ms) if t_ms >= first_ms else None for tile_ms, first_ms in slots
+            ]
+            properties = event.properties
+            for accepts, values in plan.groups:
+                if accepts is not None and not accepts(properties):
+                    continue  # the feature's filter refuses it: still on time
+                for field, normalise, targets in values:
+                    value = normalise(properties.get(field) if field else None)
+                    if value is None:
+                        continue  # a value this aggregation skips: the event is still on time
+                    for name, add, window_slots in targets:
+                        state: FeatureState = features[name]["w"]
+                        for label, slot in window_slots:
+                            key = keys[slot]
+                            if key is None:
+                                continue  # a query at now or later can no longer read it
+                            tiles = state.get(label)
+                            if tiles is None:
+                                tiles = state[label] = {}
+                            tiles[key] = add(tiles.get(key), t_ms, value)
 
         for name in list(features):
             windows: FeatureState = features[name]["w"]
@@ -383,12 +468,14 @@ class BatchApplier:
             out, applied, duplicates, late, future, tuple(fresh), duplicate_ids, forgotten
         )
 
-    def _pruned_copy(self, stored: Mapping[str, Any]) -> dict[str, Any]:
+    def _pruned_copy(self, stored: Mapping[str, Any], updated_ms: int) -> dict[str, Any]:
         """Returns the stored features of the configured specs, each tile map copied
         without the tiles below its window's range (what `prune` at now would drop; no
         event of this batch can write one). Partials are shared, never modified; empty
         windows stay, in place, until the end of `apply`, so key order matches a prune
-        after the events. A feature stored under another fingerprint restarts empty."""
+        after the events. A feature stored under another fingerprint restarts empty.
+        A window whose range has not moved since the record was written and pruned
+        (`updated_ms`, see `_SpecPlan.clean_from`) is copied without a scan."""
         features: dict[str, Any] = {}
         adopted: set[str] = set()
         for name, entry in stored.items():
@@ -411,12 +498,45 @@ class BatchApplier:
                 lo = plan.lo.get(label)
                 if lo is None:
                     continue  # a window the spec no longer has is dropped
-                if plan.live[label].issuperset(tiles):
+                if updated_ms >= plan.clean_from[label] or plan.live[label].issuperset(tiles):
                     windows[label] = dict(tiles)
                 else:
                     windows[label] = {k: p for k, p in tiles.items() if int(k) >= lo}
             features[name] = {"fp": plan.fingerprint, "w": windows}
         return features
+
+    def _pruned_in_place(self, stored: dict[str, Any], updated_ms: int) -> dict[str, Any]:
+        """Does what `_pruned_copy` returns to `stored` itself and returns it: the same
+        features, windows and tiles in the same order, without copying the tile maps
+        (most of a record; copying them was a third of `apply` for one event)."""
+        for name in list(stored):
+            entry = stored[name]
+            plan = self._plans.get(name)
+            if plan is None:
+                del stored[name]  # no longer configured
+                continue
+            if entry.get("fp") != plan.fingerprint:
+                stored[name] = {"fp": plan.fingerprint, "w": {}}
+                continue
+            windows: FeatureState = entry["w"]
+            gone: list[str] = []
+            for label, tiles in windows.items():
+                lo = plan.lo.get(label)
+                if lo is None:
+                    gone.append(label)  # a window the spec no longer has is dropped
+                elif updated_ms < plan.clean_from[label] and not plan.live[label].issuperset(tiles):
+                    for key in [k for k in tiles if int(k) < lo]:
+                        del tiles[key]
+            for label in gone:
+                del windows[label]
+            stored[name] = {"fp": plan.fingerprint, "w": windows}  # as `_pruned_copy` lays it
+        return stored
+
+
+def _updated_ms(record: Mapping[str, Any]) -> int:
+    """Returns when the record was last written (0: unknown, so every window is scanned)."""
+    updated = record.get("updated_ms", 0)
+    return updated if type(updated) is int else 0
 
 
 def apply_batch(

@@ -42,12 +42,20 @@ from runtime.compute.entity_writer import EntityWriter
 from runtime.compute.metrics import ComputeMetrics
 from runtime.compute.specs import ProjectSpecs
 
-# Users read per get_many: one round trip for a whole batch of the default size, while
-# a very large batch never turns into one unbounded request.
-PREFETCH_CHUNK = 2000
+# Users read per get_many: a few round trips for a batch of the default size, each
+# decoding at most this many records in one go (decoding 2000 records of 50 features
+# blocked the event loop for ~1.6 s), while a very large batch never turns into one
+# unbounded request.
+PREFETCH_CHUNK = 500
 # Users written per put_many (one round trip): records are ~10 KB, so a call carries a
 # few MB at most.
 WRITE_CHUNK = 500
+# The longest the writer applies events without letting the event loop run. Applying is
+# pure CPU: a 2000-event batch of 50 features x 5 windows took 4-8 s on a loaded 2-core
+# machine, during which aiokafka could not heartbeat; past the session timeout (6 s) the
+# group dropped the worker, its commit failed and the batch came back (measured: 158
+# events/s, a rebalance every batch). Yielding this often keeps heartbeats on time.
+MAX_BLOCKING_S = 0.02
 # Attempts per user before the batch fails (and is retried as a whole, with backoff).
 MAX_ATTEMPTS = 8
 # Projects whose BatchApplier is kept between batches; past it the cache starts over.
@@ -165,7 +173,7 @@ class FeatureWriter:
             current.update(zip(chunk, await self._store.get_many(project_id, chunk), strict=True))
 
         prepared = [
-            self._prepare_chunk(
+            await self._prepare_chunk(
                 project_id, specs, users[start : start + WRITE_CHUNK], events_by_user, current, out
             )
             for start in range(0, len(users), WRITE_CHUNK)
@@ -196,7 +204,7 @@ class FeatureWriter:
                 raise result
         return out
 
-    def _prepare_chunk(
+    async def _prepare_chunk(
         self,
         project_id: str,
         specs: ProjectSpecs,
@@ -208,11 +216,17 @@ class FeatureWriter:
         """Applies the events of `users`; returns the records to write (users with
         nothing to write, or whose events are parked, go straight into `out`)."""
         pending: list[tuple[RecordWrite, UserWrite]] = []
+        ran_since = time.perf_counter()
         for user_id in users:
+            if time.perf_counter() - ran_since > MAX_BLOCKING_S:
+                await asyncio.sleep(0)  # heartbeats and other tasks run
+                ran_since = time.perf_counter()
             stored = current[user_id]
             before = stored.record if stored is not None else None
             try:
-                result, done = self._apply(project_id, specs, events_by_user[user_id], before)
+                result, done = self._apply(
+                    project_id, specs, events_by_user[user_id], before, owned=True
+                )
             except Exception as exc:  # pure code: these events fail the same way every time
                 out[user_id] = parked(exc)
                 continue
@@ -275,7 +289,9 @@ class FeatureWriter:
             raise conflict
         async with self._limit:
             current = await self._store.get(project_id, user_id)
-            out[user_id] = await self._write(project_id, user_id, specs, events, current, attempts)
+            out[user_id] = await self._write(
+                project_id, user_id, specs, events, current, attempts, owned=True
+            )
 
     def _apply(
         self,
@@ -283,11 +299,16 @@ class FeatureWriter:
         specs: ProjectSpecs,
         events: Sequence[AppliedEvent],
         before: dict[str, Any] | None,
+        *,
+        owned: bool,
     ) -> tuple[dict[str, Any] | None, UserWrite]:
         """Returns (the record to write, None when there is nothing to write; the
-        UserWrite once it is written)."""
+        UserWrite once it is written). `owned`: `before` was read from the store for
+        this one apply (a conflict or a retry reads it again), so it is updated in
+        place instead of copied (`BatchApplier.apply`)."""
         now_ms = self._now_ms()
-        result = self._applier(project_id, specs, now_ms).apply(before, events, now_ms)
+        applier = self._applier(project_id, specs, now_ms)
+        result = applier.apply(before, events, now_ms, owned=owned)
         fresh = result.fresh
         if not specs.pairs:
             result.record.pop("pairs", None)  # a redeploy removed the last of them
@@ -335,7 +356,9 @@ class FeatureWriter:
         store rejects the record). Raises WriteConflict after `max_attempts` conflicts,
         ValueError when `specs` has no feature (no TTL), and whatever the store raises.
         """
-        return await self._write(project_id, user_id, specs, events, current, self._max_attempts)
+        return await self._write(
+            project_id, user_id, specs, events, current, self._max_attempts, owned=False
+        )
 
     async def _write(
         self,
@@ -345,13 +368,18 @@ class FeatureWriter:
         events: Sequence[AppliedEvent],
         current: StoredRecord | None,
         attempts: int,
+        *,
+        owned: bool,
     ) -> UserWrite:
         if specs.ttl_seconds is None:
             raise ValueError(f"project {project_id} has no feature: nothing to write")
         for attempt in range(1, attempts + 1):
             before = current.record if current is not None else None
             try:
-                record, done = self._apply(project_id, specs, events, before)
+                # The caller's record is copied; a record read here again is owned.
+                record, done = self._apply(
+                    project_id, specs, events, before, owned=owned or attempt > 1
+                )
             except Exception as exc:  # pure code: these events fail the same way every time
                 return parked(exc)
             if record is None:

@@ -290,6 +290,30 @@ class TestBatchApplier:
         assert not applier.covers(applier.valid_until)
         assert not applier.covers(applier.valid_from - 1)
 
+    @PROPERTY
+    @given(spec_sets(), spec_sets(), st.data())
+    def test_applying_to_an_owned_record_in_place_gives_the_record_a_copy_would(
+        self,
+        before_specs: dict[str, list[FeatureSpec]],
+        specs: dict[str, list[FeatureSpec]],
+        data: st.DataObject,
+    ) -> None:
+        # A record written under some config a while ago (tiles to prune, features and
+        # windows to drop, fingerprints to reset), as the writer decodes it.
+        earlier = NOW - data.draw(st.integers(0, 2 * DAY))
+        first, *_ = reference(None, before_specs, data.draw(batches(earlier)), earlier)
+        if data.draw(st.booleans()):
+            specs = before_specs
+        events = data.draw(batches(NOW))
+        owned = json.loads(json.dumps(first))
+
+        got = BatchApplier(specs, NOW).apply(owned, events, NOW, owned=True)
+
+        record, *counts = reference(first, specs, events, NOW)
+        same(got.record, record)
+        assert got.record is owned
+        assert [got.applied, got.skipped_duplicate, got.late, got.future] == counts
+
     def test_a_time_outside_its_interval_is_refused(self) -> None:
         spec = FeatureSpec("f", Aggregation.COUNT, None, (parse_window("5m"),))
         applier = BatchApplier({"view": [spec]}, NOW)
