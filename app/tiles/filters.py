@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -63,7 +64,10 @@ class FeatureFilter:
 
     def compile(self) -> Predicate:
         """Returns the predicate an event's properties must pass (built once per filter)."""
-        return _compiled(self)
+        # Keyed by the canonical text, not the filter: dataclass equality holds 0 == False
+        # and 1 == 1.0 == True, so `price gte 0` found `flag gte false`'s compiled test
+        # (found by tests/tiles/test_filters.py).
+        return _compiled(self.canonical, self)
 
 
 def _plain(value: Any) -> Any:
@@ -71,8 +75,10 @@ def _plain(value: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=4096)  # filters of the deployed configs, built once
-def _compiled(f: FeatureFilter) -> Predicate:
+def _compiled(canonical: str, f: FeatureFilter) -> Predicate:
     tests = [_test(c) for c in f.conditions]
+    if len(tests) == 1:
+        return tests[0]  # the usual filter: no `all`/`any` and generator per event
     if f.mode == "any":
         return lambda props: any(t(props) for t in tests)
     return lambda props: all(t(props) for t in tests)
@@ -121,15 +127,22 @@ def _test(c: Condition) -> Predicate:
         return compare_eq
     kind = _kind(value)
     check: Callable[[Any, Any], bool] = {
-        "gt": lambda a, b: a > b,
-        "gte": lambda a, b: a >= b,
-        "lt": lambda a, b: a < b,
-        "lte": lambda a, b: a <= b,
+        "gt": operator.gt,
+        "gte": operator.ge,
+        "lt": operator.lt,
+        "lte": operator.le,
     }[op]
+    if kind not in ("number", "text"):
+        return lambda props: False
+    # The exact types JSON gives, told apart without `_kind`'s isinstance chain (bool is
+    # its own type, so True never passes as a number); any other type goes through it.
+    fast = (int, float) if kind == "number" else (str,)
 
     def ordered(props: Properties) -> bool:
         got = props.get(field)
-        if got is None or _kind(got) != kind or kind not in ("number", "text"):
+        if type(got) in fast:
+            return check(got, value)
+        if got is None or _kind(got) != kind:
             return False
         return check(got, value)
 
