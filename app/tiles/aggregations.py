@@ -362,14 +362,19 @@ class LastN(Aggregator):
 
     def add(self, partial: Any, t_ms: int, value: Any) -> Any:
         key = distinct_key(value)
-        entries = partial or ()
-        for t, seen in entries:
-            if t > t_ms and distinct_key(seen) == key:
-                return partial  # the value is already there, seen later
-        kept = [e for e in entries if distinct_key(e[1]) != key]
-        # Newest first; put first so that, of equal times, the one applied later leads.
-        kept.insert(0, [t_ms, value])
-        kept.sort(key=_newest_first)
+        kept: list[Any] = []
+        at = -1  # where the new entry goes: before the first one no newer than it
+        for entry in partial or ():
+            if distinct_key(entry[1]) == key:
+                if entry[0] > t_ms:
+                    return partial  # the value is already there, seen later
+                continue  # an older sighting of the value: replaced by this one
+            if at < 0 and entry[0] <= t_ms:
+                at = len(kept)
+            kept.append(entry)
+        # Newest first (as `add` always left it): one insertion instead of a sort; of
+        # equal times, the one applied later leads.
+        kept.insert(len(kept) if at < 0 else at, [t_ms, value])
         return kept[: self.size]
 
     def combine(self, partials: Collection[Any]) -> Any:  # any order: times decide
