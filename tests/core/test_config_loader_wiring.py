@@ -149,7 +149,7 @@ class TestWriteBackRace:
             pid: str, statuses: tuple[DeploymentStatus, ...] = ("success",)
         ) -> DeploymentDocument | None:
             doc = await real(pid, statuses)
-            if not paused[0] and statuses == ("success",):
+            if not paused[0] and statuses == ("success", "backfilling"):  # the loader's read
                 paused[0] = True
                 read_done.set()
                 await go_on.wait()  # the loader holds version 1 from the store here
