@@ -88,6 +88,28 @@ class TestPlanApply:
         assert "2 change(s)" in plan
         assert "Deployed version 2 (2 change(s))" in dps("apply")
 
+    def test_apply_of_a_new_feature_waits_until_its_backfill_is_live(self, dps: Dps):
+        dps("init", "storefront")
+        dps("apply")
+        document = dps.definitions()
+        document["features"].append(CART_QTY)
+        dps.write(document)
+        out = dps("apply", "--poll", "0.2")
+        assert "Version 2 is backfilling; the previous version serves" in out
+        assert out.rstrip().endswith("Version 2 is live.")
+        assert dps("deployments").splitlines()[0].split()[:2] == ["v2", "success"]
+
+    def test_apply_no_wait_returns_while_the_new_version_backfills(self, dps: Dps):
+        dps("init", "storefront")
+        dps("apply")
+        document = dps.definitions()
+        document["features"].append(CART_QTY)
+        dps.write(document)
+        out = dps("apply", "--no-wait")
+        assert "Deployed version 2" in out
+        assert "is live" not in out
+        assert dps("deployments").splitlines()[0].split()[:2] == ["v2", "backfilling"]
+
     def test_rollback_by_version_says_the_draft_was_reset(self, dps: Dps):
         dps("init", "storefront")
         dps("apply")

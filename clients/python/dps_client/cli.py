@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,36 @@ def cmd_apply(args: argparse.Namespace, config: ConfigClient) -> int:
         return 0
     _out(f"Deployed version {deployed['version']} ({len(deployed['changes'])} change(s)):")
     _changes(deployed["changes"])
-    return 0
+    if deployed.get("status") != "backfilling" or args.no_wait:
+        return 0
+    return _wait_for_backfill(config, deployed, args.poll)
+
+
+def _wait_for_backfill(config: ConfigClient, deployed: Json, poll_s: float) -> int:
+    """Waits while the new version fills its features from the archive (the previous
+    version serves meanwhile), printing each change of progress; returns 1 if it failed.
+    Interrupting stops the wait only: the backfill goes on in the platform."""
+    version = deployed["version"]
+    _out(f"Version {version} is backfilling; the previous version serves until it is live.")
+    shown: list[str] = []
+    while True:
+        current = next((d for d in config.deployments() if d["id"] == deployed["id"]), None)
+        if current is None:  # a deployment is never deleted; guard all the same
+            _err(f"Deployment version {version} is no longer listed")
+            return 1
+        if current["status"] != "backfilling":
+            break
+        lines = deployment_lines(current)[1:]
+        if lines and lines != shown:
+            shown = lines
+            for line in lines:
+                _out(line.strip())
+        time.sleep(poll_s)
+    if current["status"] == "success":
+        _out(f"Version {version} is live.")
+        return 0
+    _err(f"Version {version} is {current['status']}: {current.get('error') or 'no reason given'}")
+    return 1
 
 
 def cmd_deployments(args: argparse.Namespace, config: ConfigClient) -> int:
@@ -195,6 +225,12 @@ def parser() -> argparse.ArgumentParser:
     add("plan", "push the YAML into the draft and show what a deploy would change")
     apply = add("apply", "push the YAML into the draft and deploy it")
     apply.add_argument("-m", "--message", default="", help="deployment description")
+    apply.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="return at once when the version backfills (default: wait until it is live)",
+    )
+    apply.add_argument("--poll", type=float, default=1.0, help=argparse.SUPPRESS)
     history = add("deployments", "list the deployment history, newest first")
     history.add_argument("--json", action="store_true", help="print the raw JSON")
     rollback = add("rollback", "re-activate a deployed version (resets the draft to it)")
