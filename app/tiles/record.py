@@ -368,7 +368,7 @@ class BatchApplier:
         if record is None:
             out = empty_record()
             features: dict[str, Any] = {}
-        elif owned and isinstance(record, dict):
+        elif owned and isinstance(record, dict) and not _holds_staged(record):
             out = record
             features = self._pruned_in_place(record.get("features", {}), _updated_ms(record))
         else:
@@ -508,7 +508,8 @@ class BatchApplier:
     def _pruned_in_place(self, stored: dict[str, Any], updated_ms: int) -> dict[str, Any]:
         """Does what `_pruned_copy` returns to `stored` itself and returns it: the same
         features, windows and tiles in the same order, without copying the tile maps
-        (most of a record; copying them was a third of `apply` for one event)."""
+        (most of a record; copying them was a third of `apply` for one event). Not for a
+        record holding a staged copy (`_holds_staged`): only `_pruned_copy` adopts it."""
         for name in list(stored):
             entry = stored[name]
             plan = self._plans.get(name)
@@ -531,6 +532,12 @@ class BatchApplier:
                 del windows[label]
             stored[name] = {"fp": plan.fingerprint, "w": windows}  # as `_pruned_copy` lays it
         return stored
+
+
+def _holds_staged(record: Mapping[str, Any]) -> bool:
+    """Whether the record holds a backfill's staged copy (`staging.py`): `_pruned_copy`
+    adopts one under the feature's name, which pruning in place does not do."""
+    return any(STAGED_MARK in name for name in record.get("features", {}))
 
 
 def _updated_ms(record: Mapping[str, Any]) -> int:

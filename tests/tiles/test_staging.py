@@ -4,6 +4,7 @@ feature's name, moved on compute's next write, and never served before it is liv
 from __future__ import annotations
 
 import dataclasses
+import json
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from app.tiles.aggregations import Aggregation
 from app.tiles.features import FeatureSpec
 from app.tiles.merge import Merger
-from app.tiles.record import AppliedEvent, apply_batch, serve
+from app.tiles.record import AppliedEvent, BatchApplier, apply_batch, serve
 from app.tiles.staging import STAGED_MARK, staged_name
 from app.tiles.windows import parse_window
 
@@ -84,6 +85,21 @@ class TestStagedCopies:
         moved = apply_batch(record, {"cart": (NEW,)}, [], NOW).record
         assert serve(moved, [NEW], NOW) == {"spend_1h": 9.0, "spend_7d": 9.0}
         assert list(moved["features"]) == ["spend"]
+
+    @settings(max_examples=30, deadline=None)
+    @given(during=prices, after=prices)
+    def test_a_record_handed_over_to_be_updated_in_place_still_moves_its_staged_copy(
+        self, during: list[int], after: list[int]
+    ) -> None:
+        # Compute's writer hands the record it just read over (`owned`): the staged copy
+        # must become the feature as it does for a copied record, not be dropped.
+        record = apply_batch(None, {"cart": (OLD, STAGED)}, events(during, 100), NOW).record
+        copied = apply_batch(record, {"cart": (NEW,)}, events(after, 200), NOW).record
+        applier = BatchApplier({"cart": (NEW,)}, NOW)
+        moved = applier.apply(json.loads(json.dumps(record)), events(after, 200), NOW, owned=True)
+        assert moved.record == copied
+        top = float(max(during + after))
+        assert serve(moved.record, [NEW], NOW) == {"spend_1h": top, "spend_7d": top}
 
     def test_staged_features_are_not_in_the_old_versions_answer(self) -> None:
         record = apply_batch(None, {"cart": (OLD, STAGED)}, events([3], 0), NOW).record
