@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field, StringConstraints, TypeAdapter, ValidationError
 from pydantic_core import to_json
 
@@ -44,6 +43,7 @@ from app.core.errors import (
     ServiceUnavailable,
     error_responses,
 )
+from app.core.routing import served_by
 from app.core.service import get_resources
 from app.schemas.common import ENTITY_NAME_PATTERN, RESERVED_ENTITY_NAMES, RequestModel
 from app.schemas.event import MAX_ENTITY_ID_LENGTH, USER_ID_PATTERN, entity_id_problem
@@ -244,29 +244,6 @@ _ENTITY_BATCH_SCHEMA = EntityBatchRequest.model_json_schema()
 _ENTITY_RE = re.compile(ENTITY_NAME_PATTERN)
 
 
-Handler = Callable[[Request], Coroutine[Any, Any, Response]]
-
-
-def _served_by(handler: Handler) -> type[APIRoute]:
-    """Returns a route class documented by its endpoint (parameters, bearer security,
-    responses: FastAPI builds OpenAPI from the signature as usual) whose requests go
-    straight to `handler`.
-
-    FastAPI solves an endpoint's dependencies and validates its parameters on every
-    request: on a single feature read that was 28% of the process's CPU (py-spy), six
-    times the JWT check it resolves. `handler` makes the same checks in the same order
-    (caller, project, then parameters) with the same errors, so callers see the
-    documented behaviour; tests/runtime/serving check it through HTTP, test_openapi.py
-    the documentation.
-    """
-
-    class ServedBy(APIRoute):
-        def get_route_handler(self) -> Handler:
-            return handler
-
-    return ServedBy
-
-
 def _service(request: Request) -> FeatureService:
     service: FeatureService | None = get_resources(request).extras.get(FEATURE_SERVICE)
     if service is None:
@@ -345,7 +322,7 @@ def serving_router(metrics: ServingMetrics) -> APIRouter:
         return await many_users(project_id, request, _service(request))
 
     # What OpenAPI describes, and what FastAPI would run; the requests themselves are
-    # served by `serve_*` above (see `_served_by`).
+    # served by `serve_*` above (see `served_by`).
     async def get_users_features(
         project_id: ProjectDep, request: Request, service: FeatureServiceDep
     ) -> Response:
@@ -384,7 +361,7 @@ def serving_router(metrics: ServingMetrics) -> APIRouter:
                 "content": {"application/json": {"schema": _BATCH_SCHEMA}},
             }
         },
-        route_class_override=_served_by(serve_many_users),
+        route_class_override=served_by(serve_many_users),
     )
     router.add_api_route(
         "/{project_id}/users/{user_id}",
@@ -393,7 +370,7 @@ def serving_router(metrics: ServingMetrics) -> APIRouter:
         summary="Feature values of one user",
         response_model=UserFeaturesResponse,
         responses=error_responses(401, 404, 422, 503),
-        route_class_override=_served_by(serve_one_user),
+        route_class_override=served_by(serve_one_user),
     )
     _add_entity_routes(router, metrics)
     return router
