@@ -291,6 +291,18 @@ class ServingSettings(ServiceSettings):
     access_log: bool = False
 
 
+class StandaloneBackends(BackendSettings):
+    """Standalone's backends: the embedded ones unless the environment names others, as
+    for every process (e.g. `ANALYTICS=none` for a lighter standalone without the archive,
+    `ONLINE_STORE=redis` to read the features from a Redis already running)."""
+
+    config_store: ConfigStoreKind = "sqlite"
+    event_log: EventLogKind = "local"
+    online_store: OnlineStoreKind = "sqlite"
+    analytics: AnalyticsKind = "chdb"
+    cache: CacheKind = "memory"
+
+
 class StandaloneSettings(ConfigApiSettings):
     """All four roles in one process with embedded backends: the quickest way to see it work.
 
@@ -300,15 +312,7 @@ class StandaloneSettings(ConfigApiSettings):
 
     environment: Environment = Field(default="development", validation_alias="ENVIRONMENT")
     port: int = 8000
-    backends: BackendSettings = Field(
-        default_factory=lambda: BackendSettings(
-            config_store="sqlite",
-            event_log="local",
-            online_store="sqlite",
-            analytics="chdb",
-            cache="memory",
-        )
-    )
+    backends: BackendSettings = Field(default_factory=lambda: StandaloneBackends())
 
     @model_validator(mode="after")
     def _ingest_on_the_same_port(self) -> Self:

@@ -156,6 +156,31 @@ def test_standalone_defaults_to_development_and_starts_without_a_secret() -> Non
     assert (settings.environment, settings.auth.secret) == ("development", None)
 
 
+class TestStandaloneBackends:
+    def test_standalone_runs_the_embedded_backends_by_default(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        for name in ("CONFIG_STORE", "EVENT_LOG", "ONLINE_STORE", "ANALYTICS", "CACHE"):
+            monkeypatch.delenv(name, raising=False)
+        backends = StandaloneSettings().backends
+        assert (
+            backends.config_store,
+            backends.event_log,
+            backends.online_store,
+            backends.analytics,
+            backends.cache,
+        ) == ("sqlite", "local", "sqlite", "chdb", "memory")
+
+    def test_the_environment_picks_standalone_backends_as_for_every_process(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("ANALYTICS", "none")
+        monkeypatch.setenv("ONLINE_STORE", "redis")
+        backends = StandaloneSettings().backends
+        assert (backends.analytics, backends.online_store) == ("none", "redis")
+        assert (backends.config_store, backends.event_log) == ("sqlite", "local")
+
+
 class TestIngestionClaimTtl:
     def test_a_claim_that_could_expire_during_a_produce_is_refused(
         self, monkeypatch: pytest.MonkeyPatch
