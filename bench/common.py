@@ -78,10 +78,12 @@ def wait_port(port: int, child: subprocess.Popen[bytes], log: Path) -> None:
     raise SystemExit(f"server on {port} did not start; see {log}")
 
 
-def wait_http(url: str, child: subprocess.Popen[bytes], log: Path) -> None:
+def wait_http(
+    url: str, child: subprocess.Popen[bytes], log: Path, bound_s: float = START_BOUND_S
+) -> None:
     """Returns once GET `url` answers below 500; raises SystemExit (with the tail of `log`)
-    if `child` exits first or START_BOUND_S passes."""
-    deadline = time.monotonic() + START_BOUND_S
+    if `child` exits first or `bound_s` passes."""
+    deadline = time.monotonic() + bound_s
     while time.monotonic() < deadline:
         if child.poll() is not None:
             raise SystemExit(f"{url} exited; see {log}:\n{log.read_text()[-2000:]}")

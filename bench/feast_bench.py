@@ -59,7 +59,15 @@ from app.core.settings import AuthSettings, BackendSettings
 from app.db.online_store import RecordWrite
 from app.db.redis_cache import RedisCache
 from app.db.redis_online import RedisOnlineStore
-from bench.common import ROOT, Connection, free_port, percentile, process, wait_http
+from bench.common import (
+    ROOT,
+    START_BOUND_S,
+    Connection,
+    free_port,
+    percentile,
+    process,
+    wait_http,
+)
 from bench.serving_bench import VARIANTS, own_redis, prebuilt_records, snapshot
 from runtime.compute.specs import build_specs
 
@@ -68,6 +76,9 @@ FEAST_VENV = Path.home() / ".cache" / "dps" / "feast-venv"
 HERE = Path(__file__).resolve().parent
 FEATURES = 10  # x 5 windows = 50 values per user, as Feast's view holds
 BATCH = 100
+# `feast serve` imports pandas, pyarrow and its registry before it listens: over a
+# minute on a loaded 2-core machine (seen at load ~20), where our servers need seconds.
+FEAST_START_BOUND_S = 240.0
 
 
 # -- Feast's venv and repository ------------------------------------------------------------
@@ -390,7 +401,12 @@ def servers(
             command = pinned(server_cpu, commands[target.name])
             own_env = {**env, "SERVING_PORT": str(target.port)}
             child = stack.enter_context(process(command, own_env, log, cwd.get(target.name, ROOT)))
-            wait_http(f"http://127.0.0.1:{target.port}/health", child, log)
+            wait_http(
+                f"http://127.0.0.1:{target.port}/health",
+                child,
+                log,
+                FEAST_START_BOUND_S if target.name == "feast" else START_BOUND_S,
+            )
             target.pid = child.pid  # taskset execs the server: same pid
         yield targets
 
