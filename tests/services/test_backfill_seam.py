@@ -29,9 +29,10 @@ from runtime.archive.worker import ArchiveOptions, ArchiveWorker
 from runtime.compute.specs import build_specs
 from runtime.compute.worker import wall_clock_ms
 from tests.conftest import unique
-from tests.runtime.compute.harness import CATCH_UP_BOUND_S, ComputeKit, Running
+from tests.runtime.compute.harness import CATCH_UP_BOUND_S, ComputeKit, Running, started_kit
 from tests.runtime.compute.oracle import RawEvent, assert_same_values, message, oracle_values
 from tests.services.test_deployment_service import add_feature, add_pipeline, edit_feature
+from tests.support.archive import chdb_archive
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
@@ -88,22 +89,14 @@ class Events:
 
 @pytest.fixture
 async def kit(backend_settings: BackendSettings) -> AsyncIterator[ComputeKit]:
-    k = ComputeKit(backend_settings.model_copy(update={"online_store": "sqlite"}), NOW)
-    await k.start()
-    try:
+    async with started_kit(backend_settings, "sqlite", NOW) as k:
         yield k
-    finally:
-        await k.close()
 
 
 @pytest.fixture
 async def archive(backend_settings: BackendSettings) -> AsyncIterator[ChdbSink]:
-    sink = ChdbSink(backend_settings)
-    await sink.initialize()
-    try:
+    async with chdb_archive(backend_settings) as sink:
         yield sink
-    finally:
-        await sink.close()
 
 
 @contextlib.asynccontextmanager

@@ -4,7 +4,6 @@ live store beside compute, whichever of the two (archive, compute) is ahead."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from runtime.compute.specs import build_specs
 from runtime.compute.worker import wall_clock_ms
 from tests.conftest import unique
 from tests.factories import new_id
-from tests.runtime.compute.harness import CATCH_UP_BOUND_S, ComputeKit
+from tests.runtime.compute.harness import ComputeKit, started_kit
 from tests.runtime.compute.oracle import (
     RawEvent,
     all_aggregations,
@@ -36,6 +35,7 @@ from tests.runtime.compute.oracle import (
     oracle_values,
     pipeline,
 )
+from tests.support.archive import chdb_archive, run_until_archived
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
@@ -80,22 +80,14 @@ def python_applied(pipeline_id: str, windows: list[str]) -> list[AggregateFeatur
 
 @pytest.fixture
 async def kit(backend_settings: BackendSettings) -> AsyncIterator[ComputeKit]:
-    k = ComputeKit(backend_settings.model_copy(update={"online_store": "sqlite"}), NOW)
-    await k.start()
-    try:
+    async with started_kit(backend_settings, "sqlite", NOW) as k:
         yield k
-    finally:
-        await k.close()
 
 
 @pytest.fixture
 async def archive(backend_settings: BackendSettings) -> AsyncIterator[ChdbSink]:
-    sink = ChdbSink(backend_settings)
-    await sink.initialize()
-    try:
+    async with chdb_archive(backend_settings) as sink:
         yield sink
-    finally:
-        await sink.close()
 
 
 async def archive_all(kit: ComputeKit, archive: ChdbSink, group: str, total: int) -> None:
@@ -107,16 +99,7 @@ async def archive_all(kit: ComputeKit, archive: ChdbSink, group: str, total: int
         metrics=metrics,
         options=ArchiveOptions(max_batch_messages=200, poll_timeout_ms=100),
     )
-    task = asyncio.create_task(worker.run())
-    try:
-        async with asyncio.timeout(CATCH_UP_BOUND_S):
-            while metrics.events_archived._value.get() < total:
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.05)
-    finally:
-        worker.stop()
-        await task
+    await run_until_archived(worker, metrics, total)
 
 
 async def assert_oracle(

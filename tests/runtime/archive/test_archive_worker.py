@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 import pytest
@@ -16,10 +15,9 @@ from runtime.archive.metrics import ArchiveMetrics
 from runtime.archive.worker import ArchiveOptions, ArchiveWorker
 from runtime.compute.worker import wall_clock_ms
 from tests.conftest import unique
+from tests.support.archive import chdb_archive, run_until_archived
 
 pytestmark = [pytest.mark.kafka]
-
-BOUND_S = 90.0  # turns a hang into a failure; not a timing assertion
 
 
 def a_message(project_id: str, n: int, user: str) -> EventMessage:
@@ -39,26 +37,8 @@ def a_message(project_id: str, n: int, user: str) -> EventMessage:
 
 @pytest.fixture
 async def archive(backend_settings: BackendSettings) -> AsyncIterator[ChdbSink]:
-    sink = ChdbSink(backend_settings)
-    await sink.initialize()
-    try:
+    async with chdb_archive(backend_settings) as sink:
         yield sink
-    finally:
-        await sink.close()
-
-
-async def run_until_archived(worker: ArchiveWorker, metrics: ArchiveMetrics, rows: int) -> None:
-    task = asyncio.create_task(worker.run())
-    try:
-        async with asyncio.timeout(BOUND_S):
-            while metrics.events_archived._value.get() < rows:
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.05)
-    finally:
-        worker.stop()
-        async with asyncio.timeout(BOUND_S):
-            await task
 
 
 class TestEveryEventOnce:

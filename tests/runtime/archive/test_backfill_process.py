@@ -24,7 +24,7 @@ from app.tiles.record import serve
 from runtime.compute.specs import build_specs
 from runtime.compute.worker import wall_clock_ms
 from tests.conftest import unique
-from tests.runtime.compute.harness import ComputeKit
+from tests.runtime.compute.harness import ComputeKit, started_kit
 from tests.runtime.compute.oracle import RawEvent, assert_same_values, message, oracle_values
 from tests.services.test_deployment_service import add_feature, add_pipeline
 from tests.support.processes import ServiceProcess
@@ -63,12 +63,8 @@ def archive_process(settings: BackendSettings, log_dir: Path) -> ServiceProcess:
 
 @pytest.fixture
 async def kit(backend_settings: BackendSettings) -> AsyncIterator[ComputeKit]:
-    k = ComputeKit(backend_settings.model_copy(update={"online_store": "redis"}), NOW)
-    await k.start()
-    try:
+    async with started_kit(backend_settings, "redis", NOW) as k:
         yield k
-    finally:
-        await k.close()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
@@ -176,3 +176,17 @@ class ComputeKit:
         finally:
             await admin.close()
         return {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+
+
+@contextlib.asynccontextmanager
+async def started_kit(
+    settings: BackendSettings, online_store: str, now_ms: int
+) -> AsyncIterator[ComputeKit]:
+    """Yields a started ComputeKit on `online_store` (its clock at `now_ms`); closes it
+    after, workers it runs included."""
+    kit = ComputeKit(settings.model_copy(update={"online_store": online_store}), now_ms)
+    await kit.start()
+    try:
+        yield kit
+    finally:
+        await kit.close()
