@@ -45,7 +45,7 @@ from runtime.compute.metrics import ComputeMetrics
 from runtime.compute.worker import freeze_long_lived_objects, wall_clock_ms
 from runtime.ingestion.main import ingestion_startup
 from runtime.ingestion.metrics import IngestionMetrics
-from runtime.ingestion.routes import ingestion_router
+from runtime.ingestion.routes import hot_routes, ingestion_router
 from runtime.serving.main import serving_startup
 from runtime.serving.metrics import ServingMetrics
 from runtime.serving.routes import serving_router
@@ -141,6 +141,7 @@ def create_app(
                 *((archive_metrics.registry,) if archived else ()),
             ),
         ),
+        hot_routes=hot_routes(),
         startup=(
             config_loader_hook,
             secret_provider_hook,

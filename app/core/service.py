@@ -22,6 +22,7 @@ from app.core.docs import install_docs
 from app.core.errors import ErrorEnvelope, ServiceUnavailable, install_error_handlers
 from app.core.limits import RequestLimits
 from app.core.logging import configure_logging
+from app.core.routing import HotRoute, HotRoutes
 from app.core.settings import ServiceSettings
 from app.db import factory
 from app.db.analytics import AnalyticsSink
@@ -180,10 +181,13 @@ def build_app(
     routers: Iterable[APIRouter] = (),
     startup: Iterable[StartupHook] = (),
     cors_origins: Sequence[str] = (),
+    hot_routes: Sequence[HotRoute] = (),
 ) -> FastAPI:
     """Assembles a process: backends opened in lifespan, then the start-up hooks in order;
     everything is closed in reverse order on shutdown. `cors_origins` lets a browser
-    dashboard on those origins call the API with its bearer token."""
+    dashboard on those origins call the API with its bearer token. `hot_routes` are
+    answered just inside the request limits, before the router (app/core/routing.py);
+    they must also be declared on one of `routers`, for OpenAPI."""
     configure_logging(settings.log_level)
     wanted = tuple(needs)
     hooks = tuple(startup)
@@ -223,6 +227,8 @@ def build_app(
             allow_headers=["Authorization", "Content-Type"],
             max_age=600,
         )
+    if hot_routes:
+        app.add_middleware(HotRoutes, routes=hot_routes, exception_handlers=app.exception_handlers)
     # Added last, so it runs first: no route, dependency (auth) or parser sees a body
     # over the process's limit or JSON nested too deep (app/core/limits.py).
     app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)

@@ -2,8 +2,8 @@
 
 Reads the deployed config (config loader) and the pipelines' signing secrets (secret
 provider) from Redis, with the config store behind them; writes accepted events to the
-event log and replay/dedup/rate-limit state to the cache. `ingestion_startup` and
-`ingestion_router` are also what the standalone process mounts.
+event log and replay/dedup/rate-limit state to the cache. `ingestion_startup`,
+`ingestion_router` and its `hot_routes` are also what the standalone process mounts.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from app.core.settings import IngestionSettings
 from runtime.ingestion.metrics import IngestionMetrics, metrics_router
 from runtime.ingestion.producer import EventSink
 from runtime.ingestion.ratelimit import RateLimits
-from runtime.ingestion.routes import INGESTION_SERVICE, ingestion_router
+from runtime.ingestion.routes import INGESTION_SERVICE, hot_routes, ingestion_router
 from runtime.ingestion.service import IngestionService
 from runtime.ingestion.signature import MAX_TOLERANCE_SECONDS
 
@@ -88,6 +88,7 @@ def create_app(settings: IngestionSettings | None = None) -> FastAPI:
         ),
         needs=(Backend.CACHE, Backend.CONFIG_STORE, Backend.PRODUCER),
         routers=(ingestion_router(), metrics_router(metrics.registry)),
+        hot_routes=hot_routes(),
         startup=(
             config_loader_hook,
             secret_provider_hook,

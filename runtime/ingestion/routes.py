@@ -30,11 +30,15 @@ Decisions callers see (also in the OpenAPI descriptions):
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope
 
 from app.core.errors import (
     DPSError,
@@ -45,8 +49,8 @@ from app.core.errors import (
     UnsupportedMediaType,
     error_responses,
 )
-from app.core.routing import served_by
-from app.core.service import get_resources
+from app.core.routing import Answer, HotRoute, served_by
+from app.core.service import Resources, get_resources
 from app.schemas.event import BatchIngestResponse, EventEnvelopeDoc, SingleIngestResponse
 from runtime.ingestion.service import IngestionService
 
@@ -55,19 +59,26 @@ logger = logging.getLogger(__name__)
 INGESTION_SERVICE = "ingestion_service"
 """Key of the IngestionService in `Resources.extras` (set by the ingestion start-up hook)."""
 
+SINGLE_PATH = "/ingest/{project_id}/{pipeline_id}"
+BATCH_PATH = "/ingest/{project_id}/{pipeline_id}/batch"
+
 _ERRORS = error_responses(401, 404, 409, 413, 415, 422, 429, 503)
 
 
 def get_ingestion(request: Request) -> IngestionService:
     """The running process's IngestionService; raises ServiceUnavailable if it has none."""
-    service = get_resources(request).extras.get(INGESTION_SERVICE)
+    return _service(get_resources(request))
+
+
+def _service(resources: Resources) -> IngestionService:
+    service = resources.extras.get(INGESTION_SERVICE)
     if not isinstance(service, IngestionService):
         raise ServiceUnavailable("Ingestion is not running in this process")
     return service
 
 
-def _check_content_type(request: Request) -> None:
-    raw = request.headers.get("content-type", "")
+def _check_content_type(headers: Mapping[str, str]) -> None:
+    raw = headers.get("content-type", "")
     media_type, _, params = raw.partition(";")
     if media_type.strip().lower() != "application/json":
         raise UnsupportedMediaType(
@@ -80,42 +91,66 @@ def _check_content_type(request: Request) -> None:
         raise UnsupportedMediaType("Only UTF-8 JSON is accepted (charset=utf-8)")
 
 
-def _check_declared_length(request: Request, limit: int, what: str) -> None:
-    declared = request.headers.get("content-length")
+def _check_declared_length(headers: Mapping[str, str], limit: int, what: str) -> None:
+    declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"Body of {declared} bytes exceeds the {what} limit of {limit}")
 
 
-async def _read_body(request: Request, limit: int, what: str) -> bytes:
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"Body exceeds the {what} limit of {limit} bytes")
-    return bytes(body)
+async def _read_body(receive: Receive, limit: int, what: str) -> bytes:
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientDisconnect()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False) and len(body) <= limit:
+        return body  # the usual case: RequestLimits hands the body over in one message
+    buffer = bytearray(body)
+    while len(buffer) <= limit and message.get("more_body", False):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        buffer += message.get("body", b"")
+    if len(buffer) > limit:
+        raise PayloadTooLarge(f"Body exceeds the {what} limit of {limit} bytes")
+    return bytes(buffer)
+
+
+def _scope_headers(scope: Scope) -> dict[str, str]:
+    # The first of repeated headers wins, as with Starlette's Headers.get.
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(scope["headers"])}
+
+
+def _json(content: Mapping[str, Any]) -> bytes:
+    # As JSONResponse renders it.
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 async def _handle(
-    request: Request, project_id: str, pipeline_id: str, *, batch: bool
-) -> JSONResponse:
-    service = get_ingestion(request)
+    service: IngestionService,
+    headers: Mapping[str, str],
+    receive: Receive,
+    project_id: str,
+    pipeline_id: str,
+    *,
+    batch: bool,
+) -> Answer:
     settings = service.settings
     limit = settings.max_batch_bytes if batch else settings.max_event_bytes
     what = "batch" if batch else "single-event"
-    context = {"project_id": project_id[:64], "pipeline_id": pipeline_id[:64]}
     try:
-        _check_content_type(request)
-        _check_declared_length(request, limit, what)
+        _check_content_type(headers)
+        _check_declared_length(headers, limit, what)
         target = await service.target(project_id, pipeline_id)
-        body = await _read_body(request, limit, what)
+        body = await _read_body(receive, limit, what)
         if batch:
-            result = await service.ingest_batch(target, body, request.headers)
+            result = await service.ingest_batch(target, body, headers)
         else:
-            result = await service.ingest_single(target, body, request.headers)
+            result = await service.ingest_single(target, body, headers)
     except DPSError as exc:
         service.metrics.rejected_requests.labels(reason=exc.name).inc()
         level = logging.WARNING if exc.status_code >= 500 else logging.INFO
         if not isinstance(exc, RateLimited):  # a flood of 429s would flood the log
+            context = {"project_id": project_id[:64], "pipeline_id": pipeline_id[:64]}
             logger.log(level, "ingest refused: %s: %s", exc.name, exc.detail, extra=context)
         raise
     if batch:
@@ -125,7 +160,7 @@ async def _handle(
                 result.accepted,
                 len(result.rejected),
                 result.rejected[0]["error"],
-                extra=context,
+                extra={"project_id": project_id[:64], "pipeline_id": pipeline_id[:64]},
             )
         content: dict[str, Any] = {
             "accepted": result.accepted,
@@ -133,8 +168,8 @@ async def _handle(
             "late": result.late,
             "rejected": result.rejected,
         }
-        headers = dict(EventInFlight.headers or {}) if result.in_flight else None
-        return JSONResponse(content, status_code=202, headers=headers)
+        headers_out = EventInFlight.headers if result.in_flight else None
+        return Answer(202, _json(content), headers_out)
     status = 202 if result.accepted else 200
     content = {
         "accepted": result.accepted,
@@ -142,7 +177,47 @@ async def _handle(
         "late": result.late,
         "event_id": result.event_id,
     }
-    return JSONResponse(content, status_code=status)
+    return Answer(status, _json(content))
+
+
+def _response(answer: Answer) -> Response:
+    return Response(
+        answer.body,
+        status_code=answer.status,
+        headers=dict(answer.headers) if answer.headers else None,
+        media_type="application/json",
+    )
+
+
+def hot_routes() -> tuple[HotRoute, HotRoute]:
+    """The two ingest routes, answered before the router (app/core/routing.HotRoutes):
+    the same handling as `ingestion_router`'s, which still declares them."""
+
+    async def one(scope: Scope, receive: Receive, params: dict[str, str]) -> Answer:
+        service = _service(_scope_resources(scope))
+        headers = _scope_headers(scope)
+        return await _handle(
+            service, headers, receive, params["project_id"], params["pipeline_id"], batch=False
+        )
+
+    async def many(scope: Scope, receive: Receive, params: dict[str, str]) -> Answer:
+        service = _service(_scope_resources(scope))
+        headers = _scope_headers(scope)
+        return await _handle(
+            service, headers, receive, params["project_id"], params["pipeline_id"], batch=True
+        )
+
+    return (
+        HotRoute("POST", SINGLE_PATH, one),
+        HotRoute("POST", BATCH_PATH, many),
+    )
+
+
+def _scope_resources(scope: Scope) -> Resources:
+    resources: Resources | None = getattr(scope["app"].state, "resources", None)
+    if resources is None:
+        raise ServiceUnavailable("Service is starting")
+    return resources
 
 
 def _body_doc(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -168,25 +243,36 @@ def ingestion_router() -> APIRouter:
         "additionalProperties": False,
     }
 
-    async def serve_one(request: Request) -> JSONResponse:
+    async def serve(request: Request, *, batch: bool) -> Response:
         params = request.path_params
-        return await _handle(request, params["project_id"], params["pipeline_id"], batch=False)
+        answer = await _handle(
+            get_ingestion(request),
+            request.headers,
+            request.receive,
+            params["project_id"],
+            params["pipeline_id"],
+            batch=batch,
+        )
+        return _response(answer)
 
-    async def serve_batch(request: Request) -> JSONResponse:
-        params = request.path_params
-        return await _handle(request, params["project_id"], params["pipeline_id"], batch=True)
+    async def serve_one(request: Request) -> Response:
+        return await serve(request, batch=False)
+
+    async def serve_batch(request: Request) -> Response:
+        return await serve(request, batch=True)
 
     # The endpoints below are what OpenAPI describes; requests are served by `serve_*`
     # above, without FastAPI's per-request dependency solving (app/core/routing.py): the
-    # only parameters are the two path strings, checked by IngestionService.target.
-    async def ingest_one(request: Request, project_id: str, pipeline_id: str) -> JSONResponse:
-        return await _handle(request, project_id, pipeline_id, batch=False)
+    # only parameters are the two path strings, checked by IngestionService.target. A
+    # process that installs `hot_routes()` answers them before the router.
+    async def ingest_one(request: Request, project_id: str, pipeline_id: str) -> Response:
+        return await serve_one(request)
 
-    async def ingest_batch(request: Request, project_id: str, pipeline_id: str) -> JSONResponse:
-        return await _handle(request, project_id, pipeline_id, batch=True)
+    async def ingest_batch(request: Request, project_id: str, pipeline_id: str) -> Response:
+        return await serve_batch(request)
 
     router.add_api_route(
-        "/ingest/{project_id}/{pipeline_id}",
+        SINGLE_PATH,
         ingest_one,
         methods=["POST"],
         summary="Ingest one signed event",
@@ -203,7 +289,7 @@ def ingestion_router() -> APIRouter:
         route_class_override=served_by(serve_one),
     )
     router.add_api_route(
-        "/ingest/{project_id}/{pipeline_id}/batch",
+        BATCH_PATH,
         ingest_batch,
         methods=["POST"],
         summary="Ingest a signed batch of events",
