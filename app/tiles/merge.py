@@ -8,11 +8,15 @@ instead of once per user and window:
 
 - each window's range `lo..hi` becomes a `TileSpan`, the set of its tile keys as
   compute writes them, so a map whose tiles are all in range (the usual case:
-  compute prunes the others on write) is told by one subset test in C and combined
-  by the aggregation's `whole`, with no list built and no sort; only the results that
-  depend on tile order are computed in tile order (see each `Aggregator.whole`);
+  compute prunes the others on write) is told by one C-level call (`TileSpan.covers`)
+  and combined by the aggregation's `whole`, with no list built and no sort; only the
+  results that depend on tile order are computed in tile order (see each
+  `Aggregator.whole`);
+- the loop runs over the windows a record holds, not those the spec lists: a user with
+  a few events holds tiles in two or three of a feature's five windows;
 - the answer starts as a copy of the empty answer, so a feature the record does not
-  hold (or holds under another fingerprint) costs one dict lookup.
+  hold (or holds under another fingerprint) costs one dict lookup, a window it does
+  not hold nothing.
 
 `tests/tiles/test_merge.py` checks, with hypothesis, that the result equals
 `record.serve` for every aggregation, window, record and time. A user x entity feature
@@ -23,7 +27,7 @@ event in the window (`entities.read_pairs` is its reference).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Collection, Iterable, KeysView, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from app.tiles.aggregations import NEEDS_ORDER, Tiles, TileSpan
@@ -32,15 +36,17 @@ from app.tiles.staging import staged_name
 
 # The value of a user x entity feature without any key value (shared: never modified).
 _NO_KEYS: Mapping[str, Any] = {}
-# (window label, served key, its range, the keys view of its tiles)
-_Window = tuple[str, str, TileSpan, KeysView[str]]
-# (feature name, fingerprint, `whole` and `read` of its aggregation, its windows)
+# (served key, its range, the range's `covers`)
+_Window = tuple[str, TileSpan, Callable[[Iterable[str]], bool]]
+# (feature name, fingerprint, where a backfill stages it, `whole` and `read` of its
+# aggregation, its windows by label)
 _Feature = tuple[
+    str,
     str,
     str,
     Callable[[Collection[Any]], Any],
     Callable[[Tiles, TileSpan], Any],
-    tuple[_Window, ...],
+    dict[str, _Window],
 ]
 
 
@@ -57,7 +63,6 @@ class Merger:
         "_features",
         "_finishing",
         "_pairs",
-        "_staged",
         "valid_from",
         "valid_until",
     )
@@ -74,14 +79,14 @@ class Merger:
         finishing: list[tuple[str, Callable[[Any, int], Any]]] = []
         for spec in specs:
             aggregator = spec.aggregator
-            windows: list[_Window] = []
+            windows: dict[str, _Window] = {}
             for w in spec.windows:
                 bounds = w.tile_range(now_ms)
                 window = ranges.get(bounds)
                 if window is None:
                     window = ranges[bounds] = TileSpan(*bounds)
                 key = f"{spec.name}_{w.label}"
-                windows.append((w.label, key, window, window.inside))
+                windows[w.label] = (key, window, window.covers)
                 empty[key] = aggregator.empty() if spec.key is None else _NO_KEYS
                 if aggregator.finishes:
                     finishing.append((key, aggregator.finish))
@@ -91,16 +96,16 @@ class Merger:
             feature = (
                 spec.name,
                 spec.fingerprint,
+                # Where a backfill may have staged it (`staging.py`): read when the name
+                # holds nothing of this fingerprint, until compute moves it there.
+                staged_name(spec.name, spec.fingerprint),
                 aggregator.whole,
                 aggregator.read,
-                tuple(windows),
+                windows,
             )
             (features if spec.key is None else pairs).append(feature)
         self._features = tuple(features)
         self._pairs = tuple(pairs)
-        # Per feature, where a backfill may have staged it (`staging.py`): read when the
-        # name holds nothing of this fingerprint, until compute moves it there.
-        self._staged = {name: staged_name(name, fp) for name, fp, *_ in features}
         self._finishing = tuple(finishing)
         self._empty = empty
         if starts:
@@ -135,36 +140,40 @@ class Merger:
         # Every key at its empty value; a feature missing, or stored under another
         # fingerprint (before a redeploy changed its meaning), stays so, as in `serve`.
         values = dict(self._empty)
-        for name, fingerprint, whole, read, windows in self._features:
+        for name, fingerprint, staged, whole, read, windows in self._features:
             entry = stored.get(name)
             if entry is None or entry["fp"] != fingerprint:
-                entry = stored.get(self._staged[name])
+                entry = stored.get(staged)
                 if entry is None or entry["fp"] != fingerprint:
                     continue
-            state: Mapping[str, Tiles] = entry["w"]
-            for label, key, window, inside in windows:
-                tiles = state.get(label)
+            # The windows the record holds (a short record holds a few of the five), not
+            # those the spec lists: no lookup for a window without tiles.
+            for label, tiles in entry["w"].items():
                 if tiles:
-                    if tiles.keys() <= inside:
+                    window = windows.get(label)
+                    if window is None:
+                        continue  # a window not selected (or no longer deployed)
+                    key, span, covers = window
+                    if covers(tiles):
                         value = whole(tiles.values())
                         if value is not NEEDS_ORDER:
                             values[key] = value
                             continue
-                    values[key] = read(tiles, window)
+                    values[key] = read(tiles, span)
         if self._pairs:
             self._read_pairs(record.get("pairs", {}), values)
         return values
 
     def _read_pairs(self, stored: Mapping[str, Any], values: dict[str, Any]) -> None:
-        for name, fingerprint, _, read, windows in self._pairs:
+        for name, fingerprint, _, _, read, windows in self._pairs:
             entry = stored.get(name)
             if entry is None or entry["fp"] != fingerprint:
                 continue
-            for label, key, window, inside in windows:
+            for label, (key, span, covers) in windows.items():
                 found: dict[str, Any] = {}
                 for value, item in entry["k"].items():
                     tiles = item["w"].get(label)
                     # A key value with no event in the window is left out of the answer.
-                    if tiles and (tiles.keys() <= inside or window.ordered(tiles)):
-                        found[value] = read(tiles, window)
+                    if tiles and (covers(tiles) or span.ordered(tiles)):
+                        found[value] = read(tiles, span)
                 values[key] = found
