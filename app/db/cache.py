@@ -176,12 +176,16 @@ class Cache(ABC):
 
     @abstractmethod
     async def admit_many(
-        self, admissions: Sequence[Admission], pending_ttl_seconds: int
+        self,
+        admissions: Sequence[Admission],
+        pending_ttl_seconds: int,
+        confirm: Mapping[str, int] | None = None,
     ) -> list[Admitted]:
         """Decides each admission in order, each atomically (guard, then pending claims
         if exclusive, then every window, then all of it taken), claims pending for
         `pending_ttl_seconds`; returns one verdict per admission. An admission never sees
-        half of another one.
+        half of another one. `confirm` (key -> TTL) is done first, as by confirm_many,
+        in the same call: the admissions see those keys done.
 
         Raises CacheUnavailable (whether the call took effect is then unknown) and
         ValueError for a TTL ≤ 0."""

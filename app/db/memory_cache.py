@@ -119,12 +119,17 @@ class MemoryCache(Cache):
                 del self._values[key]
 
     async def admit_many(
-        self, admissions: Sequence[Admission], pending_ttl_seconds: int
+        self,
+        admissions: Sequence[Admission],
+        pending_ttl_seconds: int,
+        confirm: Mapping[str, int] | None = None,
     ) -> list[Admitted]:
         """See Cache.admit_many; atomic because nothing here awaits. Windows follow the
         wall clock (as Redis' TIME does); ValueError for ttl ≤ 0."""
         if pending_ttl_seconds <= 0:
             raise ValueError("pending_ttl_seconds must be positive")
+        if confirm:
+            await self.confirm_many(confirm)
         return [self._admit(a, pending_ttl_seconds) for a in admissions]
 
     def _admit(self, admission: Admission, ttl: int) -> Admitted:

@@ -83,18 +83,21 @@ for i, key in ipairs(KEYS) do redis.call('SET', key, '{DONE.decode()}', 'EX', AR
 return 0
 """
 # Admissions (see Cache.admit_many and the sliding count in app/db/cache.py), any number
-# in one call. KEYS, per admission: guard, claims, windows. ARGV: pending TTL, admission
-# count, then per admission: claim count, window count, cost, exclusive (0/1), and
+# in one call, after the confirms. KEYS: the keys to confirm, then per admission: guard,
+# claims, windows. ARGV: pending TTL, admission count, confirm count, the confirms' TTLs,
+# then per admission: claim count, window count, cost, exclusive (0/1), and
 # (limit, seconds) per window. Per admission it returns {verdict, guard state, limited
 # window (0-based, -1: none), retry-after, claim states...}, codes as in _VERDICTS and
 # _CLAIM_STATES. The clock is Redis' TIME, the same for every ingestion replica (scripts
 # replicate their effects, so reading the clock is allowed).
 _ADMIT = f"""
 local ttl = ARGV[1]
+local nconfirm = tonumber(ARGV[3])
+for i = 1, nconfirm do redis.call('SET', KEYS[i], '{DONE.decode()}', 'EX', ARGV[3 + i]) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local out = {{}}
-local k, a = 1, 3
+local k, a = nconfirm + 1, nconfirm + 4
 for n = 1, tonumber(ARGV[2]) do
   local nclaims, nwindows = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   local cost, exclusive = tonumber(ARGV[a + 2]), ARGV[a + 3] == '1'
@@ -292,16 +295,24 @@ class RedisCache(Cache):
             await self._script("release")(keys=list(keys))
 
     async def admit_many(
-        self, admissions: Sequence[Admission], pending_ttl_seconds: int
+        self,
+        admissions: Sequence[Admission],
+        pending_ttl_seconds: int,
+        confirm: Mapping[str, int] | None = None,
     ) -> list[Admitted]:
-        """One Lua script for all admissions (one round trip); see Cache.admit_many.
-        Raises CacheUnavailable, ValueError for ttl ≤ 0."""
+        """One Lua script for all admissions and the confirms before them (one round
+        trip); see Cache.admit_many. Raises CacheUnavailable, ValueError for ttl ≤ 0."""
         if pending_ttl_seconds <= 0:
             raise ValueError("pending_ttl_seconds must be positive")
+        confirm = confirm or {}
+        if any(ttl <= 0 for ttl in confirm.values()):
+            raise ValueError("ttl_seconds must be positive")
         if not admissions:
+            await self.confirm_many(confirm)
             return []
-        keys: list[str] = []
-        args: list[int | str] = [pending_ttl_seconds, len(admissions)]
+        keys: list[str] = list(confirm)
+        args: list[int | str] = [pending_ttl_seconds, len(admissions), len(confirm)]
+        args += confirm.values()
         for admission in admissions:
             keys.append(admission.guard)
             keys.extend(admission.claims)

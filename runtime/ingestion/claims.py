@@ -10,6 +10,13 @@ A request takes its claims with its rate-limit charge in one atomic step
 (`Claims.admit`, Cache.admit_many): admitted whole, or refused with nothing claimed or
 charged, so a refusal has nothing to release.
 
+The confirm is queued once the event log acknowledged, and the answer does not wait for
+it: it rides on the next admission call (before that call's admissions, in the same
+script) or goes in a call of its own when no request follows. So a request this process
+admits after another one was answered finds that one's keys done; another replica may
+meet them pending for a round trip's time and answer 409 EventInFlight, whose retry is
+then a duplicate.
+
 - nothing: it claims the key and goes on;
 - done: a duplicate (200, nothing produced) or a replayed webhook (409 ReplayedWebhook);
 - pending: another request is producing it right now, or died (or lost the cache)
@@ -23,11 +30,12 @@ Failure cases, the reason for the two phases:
   they stay pending and expire within the claim TTL; until then retries get 409
   EventInFlight, never a false "duplicate" (the single-phase claim kept a 24 h "seen"
   mark here, and the retry of an event that was never produced was acknowledged).
-- the produce succeeded but confirming fails (cache down): the 2xx is right (the event
-  is in the log), but the pending claims expire and a retry after that is produced
-  again: a duplicate record in the log, which compute drops by event id (each user
-  record remembers the event ids it applied: app/tiles/record.py). Ingestion is
-  at-least-once into the log, never at-most-once; these claims only spare the log.
+- the produce succeeded but confirming fails (cache down; the 2xx may already be
+  sent): it is right (the event is in the log), but the pending claims expire and a
+  retry after that is produced again: a duplicate record in the log, which compute drops
+  by event id (each user record remembers the event ids it applied:
+  app/tiles/record.py). Ingestion is at-least-once into the log, never at-most-once;
+  these claims only spare the log.
 - the claim itself fails (cache down): 503, and nothing is released: the admit script
   is atomic, so either nothing was claimed or the reply was lost after it ran; in the
   second case releasing would also free claims of concurrent requests.
@@ -86,8 +94,9 @@ def in_flight(what: str) -> EventInFlight:
 class Claims:
     """Claims, confirms and releases keys on the cache with the ingestion settings' TTLs.
 
-    Admissions and confirms of concurrent requests share cache calls (coalesce.py): a
-    request's two round trips carry the other requests' items that arrived meanwhile."""
+    Admissions and confirms of concurrent requests share cache calls (coalesce.py): the
+    call carrying a request's admission also carries the confirms queued before it, and
+    the admissions of the requests that arrived meanwhile."""
 
     def __init__(
         self,
@@ -105,27 +114,29 @@ class Claims:
         self.replay_ttl_s = replay_ttl_s
         self._admit_calls = metrics.cache_calls.labels("admit")
         self._confirm_calls = metrics.cache_calls.labels("confirm")
-        self._admissions = Coalescer(self._admit_many, max_items=_MAX_COALESCED, failure=_copy)
-        self._confirms = Coalescer(self._confirm_many, max_items=_MAX_COALESCED, failure=_copy)
+        self._calls: Coalescer[Admission, Admitted, Mapping[str, int]] = Coalescer(
+            self._call, max_items=_MAX_COALESCED, failure=_copy, riders_lost=self._unconfirmed
+        )
 
-    async def _admit_many(self, admissions: list[Admission]) -> list[Admitted]:
-        self._admit_calls.inc()
-        return await self._cache.admit_many(admissions, self._pending_ttl_s)
-
-    async def _confirm_many(self, ttls: list[Mapping[str, int]]) -> list[None]:
+    async def _call(
+        self, admissions: list[Admission], confirms: list[Mapping[str, int]]
+    ) -> list[Admitted]:
         merged: dict[str, int] = {}
-        for one in ttls:
+        for one in confirms:
             merged.update(one)
-        self._confirm_calls.inc()
-        await self._cache.confirm_many(merged)
-        return [None] * len(ttls)
+        if not admissions:
+            self._confirm_calls.inc()
+            await self._cache.confirm_many(merged)
+            return []
+        self._admit_calls.inc()
+        return await self._cache.admit_many(admissions, self._pending_ttl_s, merged)
 
     async def admit(self, admission: Admission) -> Admitted:
         """Returns the cache's verdict on the admission (see Cache.admit_many), its
         claims now held pending if ADMITTED. Raises ServiceUnavailable (503,
         Retry-After) when the cache is down."""
         try:
-            return await self._admissions.submit(admission)
+            return await self._calls.submit(admission)
         except CacheUnavailable as exc:
             raise cache_down(exc) from exc
 
@@ -137,23 +148,32 @@ class Claims:
         except CacheUnavailable as exc:
             raise cache_down(exc) from exc
 
-    async def confirm(self, ttls: Mapping[str, int]) -> None:
-        """Marks the keys done; never raises. If the cache is down the events stay
-        produced (the caller answers 2xx) and the pending claims expire: see the module
-        docstring for the duplicate this can cause."""
-        if not ttls:
-            return
+    def confirm(self, ttls: Mapping[str, int]) -> None:
+        """Marks the keys done with the next cache call (the next admission's, or one of
+        their own), and returns at once: the events are produced, so the 2xx does not
+        wait. A request admitted after this call sees them done. If the cache is down,
+        the pending claims expire: see the module docstring for the duplicate this can
+        cause."""
+        if ttls:
+            self._calls.send(ttls)
+
+    async def drain(self) -> None:
+        """Returns once every confirm queued so far was sent (or found lost)."""
         try:
-            await self._confirms.submit(ttls)
-        except CacheUnavailable as exc:
-            self._metrics.claims_unconfirmed.inc(len(ttls))
-            logger.error(
-                "produced, but could not confirm %d claim(s) (first %s): a retry after "
-                "they expire is produced again: %s",
-                len(ttls),
-                next(iter(ttls)),
-                exc,
-            )
+            await self._calls.drain()
+        except Exception as exc:  # already counted and logged as unconfirmed
+            logger.debug("cache calls ended with %r", exc)
+
+    def _unconfirmed(self, confirms: list[Mapping[str, int]], exc: BaseException) -> None:
+        keys = [key for one in confirms for key in one]
+        self._metrics.claims_unconfirmed.inc(len(keys))
+        logger.error(
+            "produced, but could not confirm %d claim(s) (first %s): a retry after "
+            "they expire is produced again: %r",
+            len(keys),
+            keys[0] if keys else None,
+            exc,
+        )
 
     async def release(self, keys: Sequence[str]) -> None:
         """Frees pending claims so the sender's retry is handled anew, retrying briefly;

@@ -56,7 +56,7 @@ def ingestion_startup(settings: IngestionSettings, metrics: IngestionMetrics) ->
             overrides=settings.rate_limit_overrides,
             on_limited=on_limited,
         )
-        resources.extras[INGESTION_SERVICE] = IngestionService(
+        service = IngestionService(
             settings,
             configs=loader,
             secrets=secrets,
@@ -65,6 +65,10 @@ def ingestion_startup(settings: IngestionSettings, metrics: IngestionMetrics) ->
             limits=limits,
             metrics=metrics,
         )
+        resources.extras[INGESTION_SERVICE] = service
+        # Unwound before the cache closes (opened earlier): answered requests' confirms
+        # are sent first.
+        stack.push_async_callback(service.drain)
         stack.callback(resources.extras.pop, INGESTION_SERVICE, None)
 
     return start

@@ -74,8 +74,9 @@ class IngestionMetrics:
         )
         self.cache_calls = Counter(
             "ingest_cache_calls",
-            "Admission and confirm calls to the cache (one Redis round trip each), each "
-            "carrying the requests that arrived meanwhile: per event, the round trips paid",
+            "Admission calls to the cache (one Redis round trip each, carrying the requests "
+            "that arrived meanwhile and the confirms queued before them) and confirm calls "
+            "(confirms that found no admission to ride on): per event, the round trips paid",
             ("call",),
             registry=self.registry,
         )

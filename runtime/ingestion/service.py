@@ -5,11 +5,11 @@ Single event:
     size (route) → project/pipeline in the deployed config (404/409) → signature (401)
     → JSON (422) → validation (422) → admission: replay claim, dedup claim and rate limit
     in one atomic call (409 ReplayedWebhook or EventInFlight, 429; or a duplicate)
-    → produce (503) → confirm the claims → 202 (200 for a duplicate)
+    → produce (503) → 202 (200 for a duplicate), the claims' confirm queued
 Batch:
     size → project/pipeline → signature → JSON (422, 413) → admission: replay claim and
     rate limit (409, 429) → validation (per item) → dedup claims (per item) → produce
-    (503) → confirm → 202
+    (503) → 202, the confirm queued
 
 Why the orders differ. A single event's parsing and validation are pure and cheap, so
 they go first and everything it needs of Redis before producing is one round trip. A
@@ -19,8 +19,11 @@ claim and charge) before any per-item work. In both, a refused admission takes n
 a replay is refused before any effect, a 429 holds no claim.
 
 Redis round trips of an accepted request: single event 2 (admission, confirm); batch 3
-(admission, dedup claims, confirm) whatever its size. Kafka: one produce, whose records
-share produce requests with the concurrent requests' (the producer's linger).
+(admission, dedup claims, confirm) whatever its size. At most: the confirm is sent after
+the answer, on the next admission call when another request follows (claims.py), and
+concurrent requests share their admission calls, so under load a single event costs a
+fraction of one round trip. Kafka: one produce, whose records share produce requests
+with the concurrent requests' (the producer's linger).
 
 Claims are two-phase, pending while producing and done after (runtime/ingestion/claims.py
 has the protocol and its failure cases):
@@ -152,6 +155,11 @@ class IngestionService:
         self._compiled = CompiledCache()
         self._clock_ms = clock_ms
 
+    async def drain(self) -> None:
+        """Returns once the confirms of answered requests were sent to the cache (at
+        shutdown, before the cache closes)."""
+        await self._claims.drain()
+
     # -- before the body -------------------------------------------------------------------
     async def target(self, project_id: str, pipeline_id: str) -> Target:
         """Returns the deployed, active pipeline.
@@ -204,7 +212,7 @@ class IngestionService:
         confirm = {replay: self._claims.replay_ttl_s}
         if new:
             confirm[dedup] = self._claims.dedup_ttl_s
-        await self._claims.confirm(confirm)
+        self._claims.confirm(confirm)
         late = int(new and self._is_late(target, message))
         self._count(int(new), int(not new), late)
         return IngestResult(int(new), int(not new), late, event_id=message.event_id)
@@ -235,7 +243,7 @@ class IngestionService:
             raise
         confirm = dict.fromkeys(produced, self._claims.dedup_ttl_s)
         confirm[replay] = self._claims.replay_ttl_s
-        await self._claims.confirm(confirm)
+        self._claims.confirm(confirm)
         self._count(result.accepted, result.duplicates, result.late)
         return result
 

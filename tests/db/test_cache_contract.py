@@ -222,6 +222,23 @@ class TestAdmissions:
         [admitted] = await admit(cache, *fresh_admissions(limit, 1))
         assert admitted.verdict is Verdict.ADMITTED
 
+    async def test_confirms_in_an_admission_call_are_done_before_its_admissions(
+        self, cache: Cache
+    ) -> None:
+        guard, busy, other = unique("guard"), unique("claim"), unique("claim")
+        await cache.claim_many([busy, other], 60)
+        admission = Admission(guard, (busy,), (window(5),), 1, exclusive=True)
+        [admitted] = await cache.admit_many([admission], 60, {busy: 60, other: 30})
+        # Pending before the call, the exclusive admission would be refused as in flight.
+        assert admitted == Admitted(Verdict.ADMITTED, claims=(DONE,))
+        assert await cache.claim_many([busy, other], 60) == [DONE, DONE]
+
+    async def test_confirms_without_admissions_are_done(self, cache: Cache) -> None:
+        key = unique("claim")
+        await cache.claim_many([key], 60)
+        assert await cache.admit_many([], 60, {key: 60}) == []
+        assert await cache.get(key) == b"done"
+
     async def test_an_exclusive_admission_with_a_pending_claim_takes_nothing(
         self, cache: Cache
     ) -> None:

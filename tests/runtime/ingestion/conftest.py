@@ -23,6 +23,8 @@ from app.core.settings import BackendSettings, IngestionSettings
 from app.schemas.event import EventMessage
 from app.schemas.pipeline import WebhookSecrets
 from runtime.ingestion.main import create_app
+from runtime.ingestion.routes import INGESTION_SERVICE
+from runtime.ingestion.service import IngestionService
 from tests.conftest import KAFKA_BOOTSTRAP, MONGODB_URL, REDIS_URL, unique
 from tests.runtime.ingestion.helpers import (
     config_snapshot,
@@ -49,6 +51,13 @@ class IngestApp:
     def resources(self) -> Resources:
         resources: Resources = self.app.state.resources
         return resources
+
+    async def confirms_sent(self) -> None:
+        """Returns once the confirms of the requests answered so far reached the cache
+        (they are sent after the answer: runtime/ingestion/claims.py)."""
+        service = self.resources.extras[INGESTION_SERVICE]
+        assert isinstance(service, IngestionService)
+        await service.drain()
 
     async def messages(self, project_id: str) -> list[EventMessage]:
         """Every message of `project_id` on the module's topic."""

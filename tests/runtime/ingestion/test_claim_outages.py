@@ -268,6 +268,8 @@ async def test_unconfirmed_claims_still_acknowledge_and_a_late_retry_is_produced
         produced = await first
         assert produced.status_code == 202, produced.text
         assert produced.json()["accepted"] == 1
+        # The confirm is sent after the answer, and fails.
+        await pipe.ingest.confirms_sent()
         assert await counter(pipe, "ingest_claims_unconfirmed_total") == 2
 
         own_redis.start()

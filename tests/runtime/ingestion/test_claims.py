@@ -39,12 +39,25 @@ def assert_in_flight(response: Any) -> None:
 
 
 class TestSingleEvent:
-    async def test_claims_are_done_after_a_202(self, pipeline: Pipeline) -> None:
+    async def test_claims_are_done_once_a_202_s_confirm_is_sent(self, pipeline: Pipeline) -> None:
         payload = event()
         assert (await pipeline.post(payload, webhook_id="msg_done")).status_code == 202
+        await pipeline.ingest.confirms_sent()
         cache = cache_of(pipeline)
         assert await cache.get(dedup_key(pipeline.project_id, payload["event_id"])) == b"done"
         assert await cache.get(replay_key(pipeline.project_id, "msg_done")) == b"done"
+
+    async def test_a_resend_right_after_the_202_is_a_duplicate_and_a_replay(
+        self, pipeline: Pipeline
+    ) -> None:
+        # No wait for the confirm: it goes to the cache before the resend's admission.
+        payload = event()
+        assert (await pipeline.post(payload, webhook_id="msg_again")).status_code == 202
+        resent = await pipeline.post(payload)
+        assert (resent.status_code, resent.json()["duplicates"]) == (200, 1)
+        replayed = await pipeline.post(payload, webhook_id="msg_again")
+        assert (replayed.status_code, replayed.json()["error"]) == (409, "ReplayedWebhook")
+        assert len(await pipeline.messages()) == 1
 
     async def test_event_in_flight_elsewhere_is_409_and_not_produced(
         self, pipeline: Pipeline
@@ -200,6 +213,7 @@ class TestBatch:
         a, b = event(), event()
         response = await pipeline.post({"events": [a, b]}, batch=True, webhook_id="msg_b_done")
         assert response.status_code == 202
+        await pipeline.ingest.confirms_sent()
         cache = cache_of(pipeline)
         for payload in (a, b):
             assert await cache.get(dedup_key(pipeline.project_id, payload["event_id"])) == b"done"

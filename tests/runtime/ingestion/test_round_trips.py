@@ -2,9 +2,10 @@
 `execute_command`, aiokafka's `AIOKafkaClient.send`) while requests go one after the
 other to the real servers: what the README states per event.
 
-Requests sent one at a time share nothing; concurrent requests share the same calls
-(coalesced admissions and confirms, and the producer's linger), so these are the most a
-request costs.
+Requests sent one at a time, each confirm sent before the next request, share nothing;
+concurrent requests share the same calls (coalesced admissions, with the confirms queued
+before them riding along, and the producer's linger), so these are the most a request
+costs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka.client import AIOKafkaClient
 
+from app.core.settings import BackendSettings
+from app.db.cache import Admission, ClaimState, Verdict
+from app.db.redis_cache import RedisCache
+from runtime.ingestion.claims import Claims
+from runtime.ingestion.metrics import IngestionMetrics
+from tests.conftest import REDIS_URL, unique
 from tests.runtime.ingestion.conftest import Pipeline
 from tests.runtime.ingestion.helpers import event
 
@@ -69,6 +76,14 @@ async def warm(pipeline: Pipeline) -> None:
     calls are counted."""
     assert (await pipeline.post(event())).status_code == 202
     assert (await pipeline.post({"events": [event()]}, batch=True)).status_code == 202
+    await pipeline.ingest.confirms_sent()
+
+
+async def one_at_a_time(pipeline: Pipeline, body: dict[str, Any], **post: Any) -> Any:
+    """Posts `body` and waits for its confirm to be sent (it goes after the answer)."""
+    response = await pipeline.post(body, **post)
+    await pipeline.ingest.confirms_sent()
+    return response
 
 
 async def test_a_single_event_costs_two_redis_round_trips_and_one_produce(
@@ -78,7 +93,7 @@ async def test_a_single_event_costs_two_redis_round_trips_and_one_produce(
     sent.redis.clear()
     sent.kafka.clear()
     for _ in range(REQUESTS):
-        assert (await pipeline.post(event())).status_code == 202
+        assert (await one_at_a_time(pipeline, event())).status_code == 202
     # Per event: the admission (replay claim, dedup claim, rate limit) and the confirm.
     assert sent.per_event() == ["EVALSHA"] * (2 * REQUESTS)
     assert sent.produce_requests() == REQUESTS
@@ -93,7 +108,7 @@ async def test_a_duplicate_costs_two_redis_round_trips_and_no_produce(
     sent.redis.clear()
     sent.kafka.clear()
     for _ in range(REQUESTS):
-        assert (await pipeline.post(payload)).status_code == 200
+        assert (await one_at_a_time(pipeline, payload)).status_code == 200
     assert sent.per_event() == ["EVALSHA"] * (2 * REQUESTS)
     assert sent.produce_requests() == 0
 
@@ -106,7 +121,7 @@ async def test_a_batch_costs_three_redis_round_trips_whatever_its_size(
     sent.kafka.clear()
     for size in (1, 50, 500):
         batch = {"events": [event() for _ in range(size)]}
-        response = await pipeline.post(batch, batch=True)
+        response = await one_at_a_time(pipeline, batch, batch=True)
         assert response.json()["accepted"] == size, response.text
     # Per batch: the admission (replay claim, rate limit), the dedup claims, the confirm.
     assert sent.per_event() == ["EVALSHA"] * 9
@@ -119,8 +134,33 @@ async def test_a_refused_request_costs_one_redis_round_trip(pipeline: Pipeline, 
     await warm(pipeline)
     sent.redis.clear()
     sent.kafka.clear()
-    replay = await pipeline.post(payload, webhook_id="msg_rt")
+    replay = await one_at_a_time(pipeline, payload, webhook_id="msg_rt")
     assert replay.status_code == 409, replay.text
     # Refused by the admission: nothing was claimed, so nothing is released or confirmed.
     assert sent.per_event() == ["EVALSHA"]
     assert sent.produce_requests() == 0
+
+
+async def test_a_confirm_rides_on_the_next_admission_which_sees_its_keys_done(
+    sent: Sent,
+) -> None:
+    cache = RedisCache(BackendSettings(redis_url=REDIS_URL))
+    await cache.initialize()
+    try:
+        claims = Claims(
+            cache, IngestionMetrics(), pending_ttl_s=60, dedup_ttl_s=60, replay_ttl_s=60
+        )
+        key = unique("dps:dedup:rides:")
+        assert await cache.claim_many([key], 60) == [ClaimState.CLAIMED]  # being produced
+        await claims.admit(Admission(unique("dps:wh:warm:")))  # loads the script
+        sent.redis.clear()
+        claims.confirm({key: 60})  # produced: queued, not sent
+        admitted = await claims.admit(Admission(unique("dps:wh:rides:"), (key,), exclusive=True))
+        # One call, the confirm first: the exclusive admission finds the key done, where
+        # a pending one would have refused it as in flight.
+        assert sent.per_event() == ["EVALSHA"]
+        assert admitted.verdict is Verdict.ADMITTED
+        assert admitted.claims == (ClaimState.DONE,)
+        assert await cache.get(key) == b"done"
+    finally:
+        await cache.close()
