@@ -60,10 +60,11 @@ from app.db.redis_online import record_key
 from app.schemas.deployment import ConfigSnapshot
 from app.schemas.event import EventMessage
 from app.schemas.event import record_key as kafka_key
-from app.tiles.record import AppliedEvent
+from app.tiles.codec import EncodedRecord, decode_record, encode_record
+from app.tiles.record import AppliedEvent, BatchApplier
 from bench.common import EVENT_NAMES, feature_snapshot
 from runtime.compute.metrics import ComputeMetrics
-from runtime.compute.specs import build_specs, event_key
+from runtime.compute.specs import ProjectSpecs, build_specs, event_key
 from runtime.compute.worker import (
     ComputeWorker,
     WorkerOptions,
@@ -109,33 +110,84 @@ def bench_settings(topic: str, data_dir: Path) -> BackendSettings:
     )
 
 
-async def produce(
-    settings: BackendSettings, project: str, pipeline: str, n: int, users: int
-) -> None:
-    producer = factory.make_producer(settings)
-    await producer.start()
+def messages(project: str, pipeline: str, n: int, users: int) -> list[tuple[bytes, bytes]]:
+    """Returns the topic's records (key, value): `n` events of `users` users, event times
+    spread over the last hour, the same for a given n and users."""
     rng = random.Random(1)
     now = wall_clock_ms()
+    out = []
+    for i in range(n):
+        user = f"user-{rng.randrange(users)}"
+        message = EventMessage(
+            project_id=project,
+            pipeline_id=pipeline,
+            event=rng.choice(EVENT_NAMES),
+            user_id=user,
+            event_id=f"e{i}",
+            event_time_ms=now - rng.randrange(0, 3_600_000),
+            received_at_ms=now,
+            version=1,
+            properties=properties(rng),
+        )
+        out.append((kafka_key(project, user), message.encode()))
+    return out
+
+
+async def produce(settings: BackendSettings, records: list[tuple[bytes, bytes]]) -> None:
+    producer = factory.make_producer(settings)
+    await producer.start()
     try:
-        for start in range(0, n, 2_000):
-            batch = []
-            for i in range(start, min(n, start + 2_000)):
-                user = f"user-{rng.randrange(users)}"
-                message = EventMessage(
-                    project_id=project,
-                    pipeline_id=pipeline,
-                    event=rng.choice(EVENT_NAMES),
-                    user_id=user,
-                    event_id=f"e{i}",
-                    event_time_ms=now - rng.randrange(0, 3_600_000),
-                    received_at_ms=now,
-                    version=1,
-                    properties=properties(rng),
-                )
-                batch.append((kafka_key(project, user), message.encode()))
-            await producer.produce_many(batch)
+        for start in range(0, len(records), 2_000):
+            await producer.produce_many(records[start : start + 2_000])
     finally:
         await producer.stop()
+
+
+def in_memory(specs: ProjectSpecs, records: list[tuple[bytes, bytes]]) -> tuple[float, float]:
+    """Returns the process CPU seconds two in-memory runs over `records` take, in
+    batches of the worker's size, one partition: (the tile code alone: events already
+    decoded, records kept decoded; the worker's pure steps: each event message decoded,
+    each user's record decoded, applied and encoded once a batch, as the writer does).
+    No I/O: bounds of what this Python code allows whatever the stores and Kafka do.
+    Run with the worker process's GC settings (`freeze_long_lived_objects`)."""
+    batch = WorkerOptions().max_batch_messages
+    batches = [records[start : start + batch] for start in range(0, len(records), batch)]
+    now = wall_clock_ms()
+    applier = BatchApplier(specs.by_event, now, keyed_events=specs.keyed_events)
+
+    def grouped(offset: int, chunk: list[tuple[bytes, bytes]]) -> dict[str, list[AppliedEvent]]:
+        by_user: dict[str, list[AppliedEvent]] = {}
+        for at, (_, value) in enumerate(chunk, offset):
+            m = EventMessage.decode(value)
+            by_user.setdefault(m.user_id, []).append(
+                AppliedEvent(
+                    0,
+                    at,
+                    event_key(m.pipeline_id, m.event),
+                    m.event_time_ms,
+                    m.properties,
+                    m.event_id,
+                )
+            )
+        return by_user
+
+    decoded = [grouped(i * batch, chunk) for i, chunk in enumerate(batches)]
+    kept: dict[str, dict[str, Any]] = {}
+    started = time.process_time()
+    for by_user in decoded:
+        for user, events in by_user.items():
+            kept[user] = applier.apply(kept.get(user), events, now, owned=True).record
+    tiles_only = time.process_time() - started
+
+    stored: dict[str, EncodedRecord] = {}
+    started = time.process_time()
+    for i, chunk in enumerate(batches):
+        # As the writer does: the batch's records decoded (and alive) together.
+        by_user = grouped(i * batch, chunk)
+        current = {u: decode_record(*stored[u]) if u in stored else None for u in by_user}
+        applied = {u: applier.apply(current[u], e, now, owned=True) for u, e in by_user.items()}
+        stored.update((u, encode_record(result.record)) for u, result in applied.items())
+    return tiles_only, time.process_time() - started
 
 
 async def raw_consume(settings: BackendSettings, n: int) -> float:
@@ -163,7 +215,8 @@ async def raw_consume(settings: BackendSettings, n: int) -> float:
 
 
 class _FirstFetch(EventLogConsumer):
-    """The worker's consumer, noting (in a file) the wall-clock time of its first record.
+    """The worker's consumer, noting (in files) the wall-clock time of its first record
+    and the process CPU time from that record to each commit (`.cpu`).
 
     It fetches nothing until the group gave it its share of the partitions: a worker
     that started first would otherwise take every partition, and the rebalance when the
@@ -174,6 +227,7 @@ class _FirstFetch(EventLogConsumer):
         self._mark = mark
         self._marked = False
         self._share = share
+        self._first_cpu = 0.0
 
     async def start(self) -> None:
         await self._inner.start()
@@ -190,11 +244,14 @@ class _FirstFetch(EventLogConsumer):
         records = await self._inner.getmany(max_records, timeout_ms)
         if records and not self._marked:
             self._marked = True
+            self._first_cpu = time.process_time()
             self._mark.write_text(repr(time.time()))
         return records
 
     async def commit(self, next_offsets: Any) -> None:
         await self._inner.commit(next_offsets)
+        cpu = time.process_time() - self._first_cpu
+        self._mark.with_suffix(".cpu").write_text(repr(cpu))
 
     async def lag(self) -> dict[int, int]:
         return await self._inner.lag()
@@ -233,9 +290,12 @@ async def committed(admin: AIOKafkaAdminClient, group: str) -> int:
     return sum(max(meta.offset, 0) for meta in offsets.values())
 
 
-async def workers_consume(settings: BackendSettings, n: int, workers: int, tmp: Path) -> float:
-    """Seconds `workers` compute worker processes (one new group) take from the first
-    record any of them fetched to the commit of the n-th."""
+async def workers_consume(
+    settings: BackendSettings, n: int, workers: int, tmp: Path
+) -> tuple[float, float]:
+    """Returns the seconds `workers` compute worker processes (one new group) take from
+    the first record any of them fetched to the commit of the n-th, and the CPU seconds
+    they spent together from their first record to their last commit."""
     group = f"bench-worker-{_id()}"
     marks = [tmp / f"{group}-{i}.first" for i in range(workers)]
     args = [SCRIPT, "--worker-child", group, "--topic", settings.kafka_topic]
@@ -254,7 +314,6 @@ async def workers_consume(settings: BackendSettings, n: int, workers: int, tmp: 
             await asyncio.sleep(0.02)
         done = time.time()
         first = min(float(mark.read_text()) for mark in marks if mark.exists())
-        return done - first
     finally:
         await admin.close()
         for child in children:
@@ -266,6 +325,9 @@ async def workers_consume(settings: BackendSettings, n: int, workers: int, tmp: 
             except TimeoutError:
                 child.kill()
                 await child.wait()
+    spent = [m.with_suffix(".cpu") for m in marks]
+    cpu = sum(float(path.read_text()) for path in spent if path.exists())
+    return done - first, cpu
 
 
 async def drop_records(settings: BackendSettings, project: str, users: int) -> None:
@@ -330,15 +392,23 @@ async def throughput(args: argparse.Namespace, settings: BackendSettings) -> Non
     await publish_config(cache, features)
     await cache.close()
     await ensure_topic(settings, PARTITIONS)
-    await produce(settings, project, pipeline, args.events, args.users)
+    records = messages(project, pipeline, args.events, args.users)
+    await produce(settings, records)
     tmp = Path(tempfile.mkdtemp(prefix="dps-bench-marks-"))
     rates: dict[str, list[float]] = {"raw": [], "1 worker": [], "2 workers": []}
+    rates |= {"tiles": [], "pure": [], "1 worker cpu": [], "2 workers cpu": []}
     for _ in range(args.rounds):
         rates["raw"].append(args.events / await raw_consume(settings, args.events))
+        freeze_long_lived_objects()  # the worker's GC settings, for the in-memory runs
+        tiles_s, pure_s = in_memory(build_specs(features), records)
+        rates["tiles"].append(args.events / tiles_s)
+        rates["pure"].append(args.events / pure_s)
         for workers in (1, 2):
             await drop_records(settings, project, args.users)
-            seconds = await workers_consume(settings, args.events, workers, tmp)
-            rates[f"{workers} worker{'s' if workers > 1 else ''}"].append(args.events / seconds)
+            seconds, cpu = await workers_consume(settings, args.events, workers, tmp)
+            name = f"{workers} worker{'s' if workers > 1 else ''}"
+            rates[name].append(args.events / seconds)
+            rates[f"{name} cpu"].append(cpu / args.events)
     await drop_records(settings, project, args.users)
     print(
         f"throughput: {args.events} events, {args.users} users, {PARTITIONS} partitions, "
@@ -350,8 +420,16 @@ async def throughput(args: argparse.Namespace, settings: BackendSettings) -> Non
         line = f"  round {round_no + 1}: raw aiokafka consume {raw:8.0f} events/s"
         for name in ("1 worker", "2 workers"):
             rate = rates[name][round_no]
+            cpu_us = rates[f"{name} cpu"][round_no] * 1e6
             line += f" | {name} {rate:7.0f} events/s = {rate / raw:5.3f}x raw"
+            line += f" ({cpu_us:4.0f} us CPU/event)"
         print(line)
+        tiles, pure = rates["tiles"][round_no], rates["pure"][round_no]
+        print(
+            f"    no I/O, one process, CPU time: tile code alone {tiles:7.0f} events/s = "
+            f"{tiles / raw:5.3f}x raw | with event and record decode/encode {pure:7.0f} "
+            f"events/s = {pure / raw:5.3f}x raw"
+        )
 
 
 async def main() -> None:

@@ -60,6 +60,10 @@ logger = logging.getLogger(__name__)
 
 
 _frozen = False
+# Young collections every 10,000 container allocations (not 700), a full one after 100
+# middle ones (not 10): cycles (asyncio's, exceptions') are still collected, within
+# seconds; see `freeze_long_lived_objects`.
+GC_THRESHOLDS = (10_000, 10, 100)
 
 
 def freeze_long_lived_objects() -> None:
@@ -71,12 +75,21 @@ def freeze_long_lived_objects() -> None:
     whole start-up heap (~25 ms): 20-25% of the worker's time at 40k events, 0.3 s ->
     0.1 s of GC with the freeze. Garbage is collected first, so nothing dead is frozen;
     frozen objects are still freed by reference counting.
+
+    The collector is also made to run less often (`GC_THRESHOLDS`): a batch decodes its
+    users' records (~2,000 containers each on the serving mix) and keeps them alive
+    until they are written, so at the default (700, 10, 10) a full collection ran every
+    ~70,000 allocations and walked all of them again; records are trees, freed by
+    reference counting, so those passes found nothing. Measured on the serving mix (300
+    users, batches of 2,000 events decoded, applied and encoded as the writer does, no
+    I/O): 190-218 -> 154-167 us of CPU per event.
     """
     global _frozen
     if not _frozen:
         _frozen = True
         gc.collect()
         gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
 
 
 class SnapshotSource(Protocol):
