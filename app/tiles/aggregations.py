@@ -279,6 +279,9 @@ class Min(Aggregator):
         return float(min(partials)) if partials else None
 
     def whole(self, partials: Collection[Any]) -> Any:
+        if len(partials) == 1:
+            for least in partials:
+                return float(least) if least != 0 else NEEDS_ORDER
         if not partials:
             return None
         least = min(partials)
@@ -299,6 +302,9 @@ class Max(Aggregator):
         return float(max(partials)) if partials else None
 
     def whole(self, partials: Collection[Any]) -> Any:
+        if len(partials) == 1:
+            for most in partials:
+                return float(most) if most != 0 else NEEDS_ORDER
         if not partials:
             return None
         most = max(partials)
@@ -355,6 +361,10 @@ class CountDistinct(Aggregator):
         return sketch.count_distinct(partials) if partials else 0
 
     def whole(self, partials: Collection[Any]) -> Any:
+        if len(partials) == 1:
+            for partial in partials:
+                if type(partial) is list:
+                    return len(set(partial))
         union: set[str] = set()
         for p in partials:
             if isinstance(p, str):
