@@ -17,7 +17,11 @@ at the end.
    pipelined HMGET of the same keys) and returns the stored bytes. Each is loaded for
    `--seconds` per scenario by a closed-loop client (httpx) in this process: single
    reads of random users at concurrency 1 and 16, 100-user batch reads at concurrency 1
-   and 4. Printed: p50/p99 latency and requests/s of each, and serving / bare.
+   and 4. Printed: p50/p99 latency, requests/s and the server's CPU time per request
+   (from /proc) of each, and serving / bare. `--before DIR` adds the serving process of
+   another checkout (`git archive` of an older commit into DIR), loaded in turn with
+   the other two in every scenario, so a change is measured before -> after in one
+   sitting.
 2. Freshness. Config API, ingestion, compute and serving run as their real processes
    on real Kafka; a pipeline and a COUNT feature are created and deployed through the
    config API; signed events go to ingestion at a steady `--rate` for `--fresh-seconds`.
@@ -40,7 +44,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,8 +68,10 @@ from app.schemas.deployment import ConfigSnapshot
 from app.tiles.record import AppliedEvent, apply_batch
 from bench.common import (
     EVENT_NAMES,
+    ROOT,
     START_BOUND_S,
     Connection,
+    cpu_seconds,
     feature_snapshot,
     free_port,
     percentile,
@@ -153,10 +159,10 @@ Call = Callable[[Connection], Awaitable[tuple[int, bytes]]]
 
 
 async def load(
-    call: Call, concurrency: int, seconds: float, port: int, headers: dict[str, str]
-) -> tuple[float, float, float, int]:
+    call: Call, concurrency: int, seconds: float, port: int, headers: dict[str, str], pid: int
+) -> tuple[float, float, float, int, float]:
     """Closed-loop load, one connection per worker; returns (p50 ms, p99 ms, requests/s,
-    non-200 answers)."""
+    non-200 answers, CPU ms per request of the server process `pid`)."""
     latencies: list[float] = []
     errors = 0
     connections = [Connection(port, headers) for _ in range(concurrency)]
@@ -173,9 +179,11 @@ async def load(
             latencies.append(time.perf_counter() - started)
             errors += status != 200
 
+    cpu_before = cpu_seconds(pid)
     started = time.perf_counter()
     await asyncio.gather(*(worker(c) for c in connections))
     elapsed = time.perf_counter() - started
+    cpu_ms = (cpu_seconds(pid) - cpu_before) * 1000 / max(1, len(latencies))
     for connection in connections:
         await connection.close()
     return (
@@ -183,6 +191,7 @@ async def load(
         percentile(latencies, 0.99) * 1000,
         len(latencies) / elapsed,
         errors,
+        cpu_ms,
     )
 
 
@@ -220,7 +229,7 @@ async def read_benchmark(args: argparse.Namespace, env: dict[str, str], tmp: Pat
 
     auth = AuthSettings(secret=SecretStr(env["JWT_SECRET"]))
     token = {"authorization": f"Bearer {issue_token(auth, 'bench', [project_id])}"}
-    serving_port, bare_port = free_port(), free_port()
+    serving_port, bare_port, before_port = free_port(), free_port(), free_port()
     python = sys.executable
     rng = random.Random(3)
 
@@ -243,30 +252,44 @@ async def read_benchmark(args: argparse.Namespace, env: dict[str, str], tmp: Pat
         ("batch100", 1, f"/features/{project_id}/users/batch", f"/raw/{project_id}/batch"),
         ("batch100", 4, f"/features/{project_id}/users/batch", f"/raw/{project_id}/batch"),
     ]
-    serving_env = {**env, "SERVING_PORT": str(serving_port)}
-    serving_log, bare_log = tmp / "serving.log", tmp / "bare.log"
+    serving_cmd = [python, "-m", "runtime.serving.main"]
     bare_cmd = [python, __file__, "--serve-bare", str(bare_port), "--redis-url", env["REDIS_URL"]]
-    with (
-        process([python, "-m", "runtime.serving.main"], serving_env, serving_log) as srv,
-        process(bare_cmd, env, bare_log) as bare,
-    ):
-        wait_http(f"http://127.0.0.1:{serving_port}/health", srv, serving_log)
-        wait_http(f"http://127.0.0.1:{bare_port}/health", bare, bare_log)
+    with ExitStack() as stack:
+        servers = {}  # name -> (port, process), started in turn
+        starts = [("serving", serving_port, serving_cmd, ROOT), ("bare", bare_port, bare_cmd, ROOT)]
+        if args.before:
+            starts.append(("before", before_port, serving_cmd, args.before))
+        for name, port, command, cwd in starts:
+            log = tmp / f"{name}.log"
+            own = {**env, "SERVING_PORT": str(port)}
+            child = stack.enter_context(process(command, own, log, cwd))
+            wait_http(f"http://127.0.0.1:{port}/health", child, log)
+            servers[name] = (port, child.pid)
         print(
-            f"\n{'scenario':<12}{'conc':>5}  {'serving p50/p99 ms':>20}  {'req/s':>8}  "
-            f"{'bare p50/p99 ms':>17}  {'req/s':>8}  {'ratio p50':>9}  {'ratio req/s':>11}"
+            f"\n{'scenario':<10}{'conc':>5} {'server':<8}{'p50 / p99 ms':>17}{'req/s':>8}"
+            f"{'CPU ms/req':>11}   vs bare: {'p50':>5} {'p99':>5} {'CPU':>5}"
         )
         for name, conc, serving_path, bare_path in scenarios:
             make = single if name == "single" else batch
-            b = await load(make(bare_path), conc, args.seconds, bare_port, {})
-            s = await load(make(serving_path), conc, args.seconds, serving_port, token)
-            if s[3] or b[3]:
-                print(f"  !! errors: serving {s[3]}, bare {b[3]}")
-            print(
-                f"{name:<12}{conc:>5}  {s[0]:>9.2f} / {s[1]:>7.2f}  {s[2]:>8.0f}  "
-                f"{b[0]:>7.2f} / {b[1]:>6.2f}  {b[2]:>8.0f}  {s[0] / b[0]:>8.1f}x  "
-                f"{s[2] / b[2]:>10.2f}x"
-            )
+            port, pid = servers["bare"]
+            b = await load(make(bare_path), conc, args.seconds, port, {}, pid)
+            rows = [("bare", b)]
+            for server in ("serving", "before"):
+                if server in servers:
+                    port, pid = servers[server]
+                    r = await load(make(serving_path), conc, args.seconds, port, token, pid)
+                    rows.append((server, r))
+            for server, r in rows:
+                versus = (
+                    ""
+                    if server == "bare"
+                    else f"   {r[0] / b[0]:>13.1f}x {r[1] / b[1]:>4.1f}x {r[4] / b[4]:>4.1f}x"
+                )
+                errors = f"  !! {r[3]} errors" if r[3] else ""
+                print(
+                    f"{name:<10}{conc:>5} {server:<8}{r[0]:>8.2f} / {r[1]:>6.2f}{r[2]:>8.0f}"
+                    f"{r[4]:>11.2f}{versus}{errors}"
+                )
 
 
 # -- freshness -------------------------------------------------------------------------------
@@ -465,6 +488,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50.0, help="freshness events/s")
     parser.add_argument("--fresh-seconds", type=float, default=20.0)
     parser.add_argument("--fresh-users", type=int, default=100)
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="also load the serving process of this checkout (e.g. `git archive` of an "
+        "older commit), in turn with ours in every scenario",
+    )
     parser.add_argument("--skip-reads", action="store_true")
     parser.add_argument("--skip-freshness", action="store_true")
     parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
