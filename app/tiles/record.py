@@ -387,6 +387,7 @@ class BatchApplier:
         slots = self._slots
         applied = duplicates = duplicate_ids = late = future = 0
         fresh: list[int] = []
+        entered: set[str] = set()  # event kinds whose features have their entry
         for index, event in enumerate(events):
             partition = str(event.partition)
             last = offsets.get(partition)
@@ -412,9 +413,11 @@ class BatchApplier:
                 if h is not None and keyed and event.t_ms <= future_limit:
                     new_ids.append(h)
                 continue
-            for name, fingerprint in plan.entries:
-                if name not in features:
-                    features[name] = {"fp": fingerprint, "w": {}}
+            if event.event not in entered:  # once per kind: nothing is deleted meanwhile
+                entered.add(event.event)
+                for name, fingerprint in plan.entries:
+                    if name not in features:
+                        features[name] = {"fp": fingerprint, "w": {}}
             t_ms = event.t_ms
             # FUTURE does not depend on the spec: one feature's verdict is every one's.
             if t_ms > future_limit:
