@@ -58,7 +58,11 @@ _REQUEST_TIMEOUT_MS = 5000
 # the consumer's request timeout, which the JoinGroup request waits under. A dead member
 # is already out of the group, so this does not delay a takeover.
 _REBALANCE_TIMEOUT_MS = 2 * _REQUEST_TIMEOUT_MS
-_LINGER_MS = 5
+# No linger: the producer keeps one produce request in flight per broker, and the records
+# that arrive meanwhile go in the next one, so under load they share requests anyway; a
+# linger only added its wait to every answer (ingestion's produce at 32 concurrent
+# requests: 11 -> 7.6 ms, no more CPU per event).
+_LINGER_MS = 0
 # A broker that takes longer than this to accept a connection counts as down.
 _REACHABLE_WITHIN_S = 1.0
 _START_ATTEMPTS = 3
@@ -148,6 +152,8 @@ class KafkaEventProducer(EventLogProducer):
     async def start(self) -> None:
         """Ensures the topic and connects; idempotent. Raises EventLogUnavailable after a
         few failed attempts (a broker down at start never hangs the process)."""
+        if self._producer is not None:  # every produce calls this: no lock when started
+            return
         async with self._start_lock:
             if self._producer is None:
                 self._producer = await _start_bounded(f"producer to {self._topic}", self._open)

@@ -297,9 +297,12 @@ class IngestionService:
         self.metrics.rejected_events.labels(reason=exc.name).inc()
 
     def _count(self, accepted: int, duplicates: int, late: int) -> None:
-        self.metrics.accepted.inc(accepted)
-        self.metrics.deduplicated.inc(duplicates)
-        self.metrics.late.inc(late)
+        if accepted:
+            self.metrics.accepted.inc(accepted)
+        if duplicates:
+            self.metrics.deduplicated.inc(duplicates)
+        if late:
+            self.metrics.late.inc(late)
 
     def _is_late(self, target: Target, message: EventMessage) -> bool:
         return target.config.lateness.is_late(
@@ -338,7 +341,8 @@ class IngestionService:
     def _message(
         self, target: Target, valid: ValidEvent, event_id: str, now_ms: int
     ) -> EventMessage:
-        return EventMessage(
+        # Every value was checked above (types included): no second validation.
+        return EventMessage.model_construct(
             project_id=target.project_id,
             pipeline_id=target.pipeline_id,
             event=valid.event,
