@@ -21,7 +21,11 @@ Redis database's worth of user records, a few minutes at most.
    the group gave each its partitions. The user records are
    deleted before each worker run, so every run applies every event. `--rounds`
    repeats raw, 1 worker, 2 workers in turn (A/B alternated on a loaded machine).
-   Printed: events/s of each and worker / raw.
+   Printed: events/s of each and worker / raw, with the workers' process CPU time per
+   event (the steadier figure on a shared machine). Then two ceilings without I/O, in
+   this process (`in_memory`), as ratios of the same raw consume: the tile code alone,
+   and the worker's pure steps (event decode, the batch's records decoded, applied and
+   encoded), which is what Python allows whatever Kafka and the store do.
 2. Bytes per user: one user, 20 features x 5 windows (5m 1h 24h 7d 30d), events
    arriving every ~5 minutes of event time (so the 30d window fills after ~8,600
    events), applied in batches of 100 through the writer into Redis. Printed after
@@ -178,6 +182,7 @@ def in_memory(specs: ProjectSpecs, records: list[tuple[bytes, bytes]]) -> tuple[
         for user, events in by_user.items():
             kept[user] = applier.apply(kept.get(user), events, now, owned=True).record
     tiles_only = time.process_time() - started
+    del kept, decoded  # not alive (walked by the GC) in the second run
 
     stored: dict[str, EncodedRecord] = {}
     started = time.process_time()
