@@ -19,6 +19,7 @@ from app.db.online_store import OnlineStore
 from app.tiles.record import AppliedEvent, apply_batch, serve
 from app.tiles.windows import parse_window
 from runtime.compute.specs import ProjectSpecs, build_specs, event_key
+from runtime.compute.worker import WorkerOptions
 from tests.conftest import unique
 from tests.factories import new_id
 from tests.runtime.compute.harness import CATCH_UP_BOUND_S, ComputeKit, sample
@@ -170,6 +171,54 @@ class TestStoredRecordsEqualTheOracle:
         await running.wait_processed(len(events))
         await running.stop()
 
+        assert sum((await kit.committed()).values()) == len(events)
+
+
+class TestCatchUpBatches:
+    """Under lag a batch takes more than one fetch while it holds few users, so a
+    user's record is read and written once for many of its events."""
+
+    async def test_a_backlog_of_few_users_is_stored_in_fewer_batches_than_fetches(
+        self, kit: ComputeKit
+    ):
+        project, p = unique("shop"), new_id()
+        await kit.publish(
+            config(project, 1, [pipeline(p, "add_to_cart")], [feature("n", p, "COUNT", ["1h"])])
+        )
+        events = [RawEvent(f"u{i % 3}", p, "add_to_cart", NOW - i) for i in range(1_200)]
+        await kit.produce(project, events, version=1)
+
+        running = kit.run(options=WorkerOptions(max_batch_messages=100, retry_first_s=0.05))
+        await running.wait_processed(len(events))
+        await running.stop()
+
+        # One fetch takes at most 100 records: 12 batches without catching up.
+        assert running.worker.state.batches_committed < 12
+        assert sum((await kit.committed()).values()) == len(events)
+        specs = build_specs(
+            config(project, 1, [pipeline(p, "add_to_cart")], [feature("n", p, "COUNT", ["1h"])])
+        )
+        for user in ("u0", "u1", "u2"):
+            stored = await kit.store.get(project, user)
+            assert stored is not None
+            assert serve(stored.record, specs.specs, NOW) == {"n_1h": 400}
+
+    async def test_a_backlog_of_many_users_keeps_batches_of_about_the_usual_users(
+        self, kit: ComputeKit
+    ):
+        project, p = unique("shop"), new_id()
+        await kit.publish(
+            config(project, 1, [pipeline(p, "add_to_cart")], [feature("n", p, "COUNT", ["1h"])])
+        )
+        events = [RawEvent(f"u{i}", p, "add_to_cart", NOW - i) for i in range(600)]
+        await kit.produce(project, events, version=1)
+
+        running = kit.run(options=WorkerOptions(max_batch_messages=100, retry_first_s=0.05))
+        await running.wait_processed(len(events))
+        await running.stop()
+
+        # A batch stops growing at 100 users, plus at most one extra fetch of 25.
+        assert running.worker.state.batches_committed >= len(events) // 125
         assert sum((await kit.committed()).values()) == len(events)
 
 
