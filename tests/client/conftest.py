@@ -13,8 +13,8 @@ from tests.support.standalone import RunningStandalone, standalone_process
 
 @pytest.fixture(scope="session")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStandalone]:
-    # Analytics plays no part in what the clients see; chDB only slows the start.
-    with standalone_process(tmp_path_factory.mktemp("client-platform"), ANALYTICS="none") as p:
+    # With its archive (chDB, standalone's default): `dps apply` waits for a backfill.
+    with standalone_process(tmp_path_factory.mktemp("client-platform")) as p:
         yield p
 
 
