@@ -99,8 +99,11 @@ def freeze_long_lived_objects() -> None:
 # quarter of that per extra fetch. A user's record is then decoded and encoded once for
 # all of the user's events in the backlog instead of once per fetch: on the serving mix
 # with 300 users (6,000 events, one batch instead of three) 30% less CPU an event. A
-# backlog of many users gains nothing and keeps batches of the usual size.
-CATCH_UP_EVENTS = 10
+# backlog of many users gains nothing and keeps batches of the usual size. Not more:
+# a batch's time is mostly its users' records (~0.5 ms each) plus ~60 µs an event, and
+# a member busy with a batch rejoins a rebalance only after it (10 s allowed), so 5x
+# the events makes the longest batch ~1.5x, not 5x, what it was.
+CATCH_UP_EVENTS = 5
 CATCH_UP_FETCH = 4
 
 
