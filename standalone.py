@@ -48,6 +48,7 @@ from runtime.ingestion.metrics import IngestionMetrics
 from runtime.ingestion.routes import hot_routes, ingestion_router
 from runtime.serving.main import serving_startup
 from runtime.serving.metrics import ServingMetrics
+from runtime.serving.routes import hot_routes as serving_hot_routes
 from runtime.serving.routes import serving_router
 
 
@@ -141,7 +142,7 @@ def create_app(
                 *((archive_metrics.registry,) if archived else ()),
             ),
         ),
-        hot_routes=hot_routes(),
+        hot_routes=(*hot_routes(), *serving_hot_routes(serving_metrics)),
         startup=(
             config_loader_hook,
             secret_provider_hook,

@@ -219,6 +219,8 @@ def build_app(
     app.state.token_verifier = TokenVerifier(settings.auth)
     app.state.resources = None
     install_error_handlers(app)
+    if hot_routes:  # inside CORS, so a browser's reads of hot routes get its headers
+        app.add_middleware(HotRoutes, routes=hot_routes, exception_handlers=app.exception_handlers)
     if cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -227,8 +229,6 @@ def build_app(
             allow_headers=["Authorization", "Content-Type"],
             max_age=600,
         )
-    if hot_routes:
-        app.add_middleware(HotRoutes, routes=hot_routes, exception_handlers=app.exception_handlers)
     # Added last, so it runs first: no route, dependency (auth) or parser sees a body
     # over the process's limit or JSON nested too deep (app/core/limits.py).
     app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)

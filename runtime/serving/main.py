@@ -1,8 +1,8 @@
 """The serving process: `python -m runtime.serving.main` (port 8002).
 
 Reads the deployed config through the shared config loader and users' records from the
-online store; writes nothing. `serving_startup` and `serving_router` are also what the
-standalone process mounts.
+online store; writes nothing. `serving_startup`, `serving_router` and its `hot_routes`
+are also what the standalone process mounts.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from app.tiles.features import FeatureSpec
 from runtime.compute.specs import build_specs
 from runtime.serving.metrics import ServingMetrics
 from runtime.serving.reader import Clock, FeatureReader, system_clock
-from runtime.serving.routes import FEATURE_SERVICE, serving_router
+from runtime.serving.routes import FEATURE_SERVICE, hot_routes, serving_router
 from runtime.serving.service import FeatureService
 
 
@@ -84,6 +84,7 @@ def create_app(settings: ServingSettings | None = None, *, now_ms: Clock | None 
         ),
         needs=(Backend.CACHE, Backend.CONFIG_STORE, Backend.ONLINE_STORE),
         routers=(serving_router(metrics), metrics_router(metrics.registry)),
+        hot_routes=hot_routes(metrics),
         startup=(
             config_loader_hook,
             serving_startup(

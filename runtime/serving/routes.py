@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -36,6 +36,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, StringConstraints, TypeAdapter, ValidationError
 from pydantic_core import to_json
+from starlette.types import Receive, Scope
 
 from app.core.auth import ProjectDep, accessible_project, principal_of
 from app.core.errors import (
@@ -45,7 +46,7 @@ from app.core.errors import (
     ServiceUnavailable,
     error_responses,
 )
-from app.core.routing import served_by
+from app.core.routing import Answer, HotRoute, served_by
 from app.core.service import get_resources
 from app.schemas.common import ENTITY_NAME_PATTERN, RESERVED_ENTITY_NAMES, RequestModel
 from app.schemas.event import MAX_ENTITY_ID_LENGTH, USER_ID_PATTERN, entity_id_problem
@@ -53,6 +54,9 @@ from runtime.serving.metrics import ServingMetrics
 from runtime.serving.reader import Freshness
 from runtime.serving.service import FeatureService, Reading
 from runtime.serving.timestamps import rfc3339_ms
+
+SINGLE_PATH = "/features/{project_id}/users/{user_id}"
+BATCH_PATH = "/features/{project_id}/users/batch"
 
 FEATURE_SERVICE = "feature_service"
 """Key of the FeatureService in `Resources.extras` (set by the serving start-up hook)."""
@@ -168,7 +172,7 @@ def _fresh(f: Freshness) -> dict[str, str | None]:
     }
 
 
-def _json(body: dict[str, Any]) -> Response:
+def _payload(body: dict[str, Any]) -> bytes:
     # Non-finite floats cannot be stored (ingestion refuses them, compute skips them);
     # "null" keeps the body valid JSON should one ever appear.
     try:
@@ -177,7 +181,15 @@ def _json(body: dict[str, Any]) -> Response:
         # What msgspec cannot write (a lone surrogate in a stored string) gets
         # pydantic-core's answer, as before.
         payload = to_json(body, inf_nan_mode="null")
+    return payload
+
+
+def _response(payload: bytes) -> Response:
     return Response(payload, media_type="application/json")
+
+
+def _json(body: dict[str, Any]) -> Response:
+    return _response(_payload(body))
 
 
 def _keys(features: str | None) -> list[str] | None:
@@ -270,28 +282,33 @@ def _invalid(adapter: TypeAdapter[str], value: str, where: str, name: str) -> Ex
     raise AssertionError(f"{name}={value!r} is valid")  # callers checked it was not
 
 
-def serving_router(metrics: ServingMetrics) -> APIRouter:
-    """Returns the router of `GET /features/{project_id}/users/{user_id}` and
-    `POST /features/{project_id}/users/batch`, counting requests on `metrics`."""
-    router = APIRouter(prefix="/features", tags=["serving"])
-    # Label lookups take a lock: the children counted on every request are kept.
-    answered = {name: metrics.requests.labels(name, "200") for name in ("single", "batch")}
+_USER_READS = ("single", "batch")
 
-    def count(endpoint: str, exc: DPSError | None) -> None:
+
+class _UserReads:
+    """The single and batch user reads, counted on `metrics`: what the router's routes
+    and the hot routes both serve. Each returns the answer's JSON document."""
+
+    def __init__(self, metrics: ServingMetrics) -> None:
+        self._metrics = metrics
+        # Label lookups take a lock: the children counted on every request are kept.
+        self._answered = {name: metrics.requests.labels(name, "200") for name in _USER_READS}
+
+    def _count(self, endpoint: str, exc: DPSError | None) -> None:
         if exc is None:
-            answered[endpoint].inc()
+            self._answered[endpoint].inc()
         else:
-            metrics.requests.labels(endpoint, str(exc.status_code)).inc()
+            self._metrics.requests.labels(endpoint, str(exc.status_code)).inc()
 
     async def one_user(
-        project_id: str, user_id: str, features: str | None, service: FeatureService
-    ) -> Response:
+        self, project_id: str, user_id: str, features: str | None, service: FeatureService
+    ) -> bytes:
         try:
             reading = await service.read_user(project_id, user_id, _keys(features))
         except DPSError as exc:
-            count("single", exc)
+            self._count("single", exc)
             raise
-        count("single", None)
+        self._count("single", None)
         body = {
             "user_id": user_id,
             "features": reading.values[0],
@@ -299,43 +316,70 @@ def serving_router(metrics: ServingMetrics) -> APIRouter:
             "as_of": rfc3339_ms(reading.now_ms),
             "version": reading.version,
         }
-        return _json(body)
+        return _payload(body)
 
-    async def many_users(project_id: str, request: Request, service: FeatureService) -> Response:
+    async def many_users(self, project_id: str, request: Request, service: FeatureService) -> bytes:
         limit = service.max_batch_users * _BYTES_PER_USER_ID + _BYTES_FOR_REST
         try:
             batch = _parse_batch(await _read_body(request, limit), service.max_batch_users)
-            metrics.batch_users.observe(len(batch.user_ids))
+            self._metrics.batch_users.observe(len(batch.user_ids))
             reading = await service.read_users(project_id, batch.user_ids, batch.features)
         except DPSError as exc:
-            count("batch", exc)
+            self._count("batch", exc)
             raise
-        count("batch", None)
-        return _json(_batch_body(batch.user_ids, reading))
+        self._count("batch", None)
+        return _payload(_batch_body(batch.user_ids, reading))
 
-    async def serve_one_user(request: Request) -> Response:
-        params = request.path_params
+    async def serve_one_user(self, request: Request, params: Mapping[str, str]) -> bytes:
         project_id = accessible_project(params["project_id"], principal_of(request))
         service = _service(request)
-        user_id: str = params["user_id"]
+        user_id = params["user_id"]
         if not _USER_ID_RE.fullmatch(user_id):
             raise _invalid(_USER_ID, user_id, "path", "user_id")
         features = request.query_params.get("features")
         if features is not None and len(features) > _MAX_SELECTION_CHARS:
             raise _invalid(_SELECTION, features, "query", "features")
-        return await one_user(project_id, user_id, features, service)
+        return await self.one_user(project_id, user_id, features, service)
+
+    async def serve_many_users(self, request: Request, params: Mapping[str, str]) -> bytes:
+        project_id = accessible_project(params["project_id"], principal_of(request))
+        return await self.many_users(project_id, request, _service(request))
+
+
+def hot_routes(metrics: ServingMetrics) -> tuple[HotRoute, HotRoute]:
+    """The single and batch user reads, answered before the router
+    (app/core/routing.HotRoutes) with the same handling as `serving_router`'s, which
+    still declares them (OpenAPI) and counts on the same `metrics`."""
+    reads = _UserReads(metrics)
+
+    async def one(scope: Scope, receive: Receive, params: dict[str, str]) -> Answer:
+        return Answer(200, await reads.serve_one_user(Request(scope, receive), params))
+
+    async def many(scope: Scope, receive: Receive, params: dict[str, str]) -> Answer:
+        return Answer(200, await reads.serve_many_users(Request(scope, receive), params))
+
+    return HotRoute("POST", BATCH_PATH, many), HotRoute("GET", SINGLE_PATH, one)
+
+
+def serving_router(metrics: ServingMetrics) -> APIRouter:
+    """Returns the router of `GET /features/{project_id}/users/{user_id}` and
+    `POST /features/{project_id}/users/batch`, counting requests on `metrics`."""
+    router = APIRouter(tags=["serving"])
+    reads = _UserReads(metrics)
+
+    async def serve_one_user(request: Request) -> Response:
+        return _response(await reads.serve_one_user(request, request.path_params))
 
     async def serve_many_users(request: Request) -> Response:
-        principal = principal_of(request)
-        project_id = accessible_project(request.path_params["project_id"], principal)
-        return await many_users(project_id, request, _service(request))
+        return _response(await reads.serve_many_users(request, request.path_params))
 
     # What OpenAPI describes, and what FastAPI would run; the requests themselves are
-    # served by `serve_*` above (see `served_by`).
+    # served by `serve_*` above (see `served_by`), or before the router by `hot_routes`
+    # in a process that installs them.
     async def get_users_features(
         project_id: ProjectDep, request: Request, service: FeatureServiceDep
     ) -> Response:
-        return await many_users(project_id, request, service)
+        return _response(await reads.many_users(project_id, request, service))
 
     async def get_user_features(
         project_id: ProjectDep,
@@ -355,10 +399,10 @@ def serving_router(metrics: ServingMetrics) -> APIRouter:
             ),
         ] = None,
     ) -> Response:
-        return await one_user(project_id, user_id, features, service)
+        return _response(await reads.one_user(project_id, user_id, features, service))
 
     router.add_api_route(
-        "/{project_id}/users/batch",
+        BATCH_PATH,
         get_users_features,
         methods=["POST"],
         summary="Feature values of many users (one store read)",
@@ -373,7 +417,7 @@ def serving_router(metrics: ServingMetrics) -> APIRouter:
         route_class_override=served_by(serve_many_users),
     )
     router.add_api_route(
-        "/{project_id}/users/{user_id}",
+        SINGLE_PATH,
         get_user_features,
         methods=["GET"],
         summary="Feature values of one user",
@@ -448,7 +492,7 @@ def _add_entity_routes(router: APIRouter, metrics: ServingMetrics) -> None:
         )
 
     router.add_api_route(
-        "/{project_id}/{entity}/batch",
+        "/features/{project_id}/{entity}/batch",
         get_entities_features,
         methods=["POST"],
         summary="Feature values of many entities of one kind (one store read)",
@@ -462,7 +506,7 @@ def _add_entity_routes(router: APIRouter, metrics: ServingMetrics) -> None:
         },
     )
     router.add_api_route(
-        "/{project_id}/{entity}/{entity_id}",
+        "/features/{project_id}/{entity}/{entity_id}",
         get_entity_features,
         methods=["GET"],
         summary="Feature values of one entity (e.g. a product)",
