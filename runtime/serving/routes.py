@@ -516,8 +516,16 @@ def _add_entity_routes(router: APIRouter, metrics: ServingMetrics) -> None:
 
 
 def _batch_body(user_ids: Sequence[str], reading: Reading) -> dict[str, Any]:
+    # `_fresh` written out: no dict built and unpacked per user.
     users = [
-        {"user_id": uid, "features": values, **_fresh(fresh)}
-        for uid, values, fresh in zip(user_ids, reading.values, reading.freshness, strict=True)
+        {
+            "user_id": uid,
+            "features": values,
+            "last_event_at": None if last_event_ms is None else rfc3339_ms(last_event_ms),
+            "updated_at": None if updated_ms is None else rfc3339_ms(updated_ms),
+        }
+        for uid, values, (last_event_ms, updated_ms) in zip(
+            user_ids, reading.values, reading.freshness, strict=True
+        )
     ]
     return {"users": users, "as_of": rfc3339_ms(reading.now_ms), "version": reading.version}
