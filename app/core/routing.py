@@ -3,9 +3,8 @@
 FastAPI solves an endpoint's dependencies and validates its parameters on every request,
 inside an exit stack of its own: on ingestion's single event that was ~10% of the
 process's CPU (py-spy) for an endpoint whose only parameters are two path strings.
-`served_by` skips that and keeps the rest of the stack.
 
-`HotRoutes` goes further for the hottest paths: a pure ASGI layer, just inside
+`HotRoutes` skips that and more for the hottest paths: a pure ASGI layer, just inside
 `RequestLimits` (app/core/limits.py: body size and JSON depth are checked before it),
 that answers the requests of its routes itself, without the router's matching through
 every included router, the exception and exit-stack middlewares, or a Request and a
@@ -17,33 +16,15 @@ since an exception is answered by the app's own handler for it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from inspect import isawaitable
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import Response
-from fastapi.routing import APIRoute
 from starlette._utils import get_route_path
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
-
-Handler = Callable[[Request], Coroutine[Any, Any, Response]]
-
-
-def served_by(handler: Handler) -> type[APIRoute]:
-    """Returns a route class documented by its endpoint (FastAPI builds OpenAPI from the
-    endpoint's signature as usual) whose requests go straight to `handler`, still inside
-    Starlette's exception handling (so errors keep the one envelope).
-
-    `handler` must make the endpoint's checks itself, with the same errors."""
-
-    class ServedBy(APIRoute):
-        def get_route_handler(self) -> Handler:
-            return handler
-
-    return ServedBy
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,7 +49,7 @@ from app.core.errors import (
     UnsupportedMediaType,
     error_responses,
 )
-from app.core.routing import Answer, HotRoute, served_by
+from app.core.routing import Answer, HotRoute
 from app.core.service import Resources, get_resources
 from app.schemas.event import BatchIngestResponse, EventEnvelopeDoc, SingleIngestResponse
 from runtime.ingestion.service import IngestionService
@@ -243,33 +243,25 @@ def ingestion_router() -> APIRouter:
         "additionalProperties": False,
     }
 
-    async def serve(request: Request, *, batch: bool) -> Response:
-        params = request.path_params
+    # What OpenAPI describes; a process that installs `hot_routes()` (every one that
+    # mounts this router) answers these requests before the router, the same way. The
+    # only parameters are the two path strings, checked by IngestionService.target.
+    async def serve(request: Request, project_id: str, pipeline_id: str, batch: bool) -> Response:
         answer = await _handle(
             get_ingestion(request),
             request.headers,
             request.receive,
-            params["project_id"],
-            params["pipeline_id"],
+            project_id,
+            pipeline_id,
             batch=batch,
         )
         return _response(answer)
 
-    async def serve_one(request: Request) -> Response:
-        return await serve(request, batch=False)
-
-    async def serve_batch(request: Request) -> Response:
-        return await serve(request, batch=True)
-
-    # The endpoints below are what OpenAPI describes; requests are served by `serve_*`
-    # above, without FastAPI's per-request dependency solving (app/core/routing.py): the
-    # only parameters are the two path strings, checked by IngestionService.target. A
-    # process that installs `hot_routes()` answers them before the router.
     async def ingest_one(request: Request, project_id: str, pipeline_id: str) -> Response:
-        return await serve_one(request)
+        return await serve(request, project_id, pipeline_id, batch=False)
 
     async def ingest_batch(request: Request, project_id: str, pipeline_id: str) -> Response:
-        return await serve_batch(request)
+        return await serve(request, project_id, pipeline_id, batch=True)
 
     router.add_api_route(
         SINGLE_PATH,
@@ -286,7 +278,6 @@ def ingestion_router() -> APIRouter:
         response_model=SingleIngestResponse,
         responses={200: {"model": SingleIngestResponse}, **_ERRORS},
         openapi_extra=_body_doc(envelope, "One event envelope (at most 32 KB)"),
-        route_class_override=served_by(serve_one),
     )
     router.add_api_route(
         BATCH_PATH,
@@ -304,6 +295,5 @@ def ingestion_router() -> APIRouter:
         response_model=BatchIngestResponse,
         responses=_ERRORS,
         openapi_extra=_body_doc(batch_body, "A batch of event envelopes"),
-        route_class_override=served_by(serve_batch),
     )
     return router
