@@ -28,7 +28,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -46,7 +46,7 @@ from app.core.errors import (
     ServiceUnavailable,
     error_responses,
 )
-from app.core.routing import Answer, HotRoute, served_by
+from app.core.routing import Answer, HotRoute
 from app.core.service import get_resources
 from app.schemas.common import ENTITY_NAME_PATTERN, RESERVED_ENTITY_NAMES, RequestModel
 from app.schemas.event import MAX_ENTITY_ID_LENGTH, USER_ID_PATTERN, entity_id_problem
@@ -210,41 +210,38 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _parse_batch(body: bytes, max_users: int) -> BatchRequest:
-    """Counts the ids before validating them, so an oversized batch is a 413 whatever
-    its content; other problems are the usual 422 envelope."""
+_Batch = TypeVar("_Batch", bound=RequestModel)
+
+
+def _parse_ids(
+    body: bytes, adapter: TypeAdapter[_Batch], field: str, noun: str, max_ids: int
+) -> _Batch:
+    """Counts the ids of `field` before validating them, so an oversized batch is a 413
+    whatever its content; other problems are the usual 422 envelope."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         error = {"loc": ("body",), "msg": f"Invalid JSON: {exc}", "type": "json_invalid"}
         raise RequestValidationError([error]) from exc
     if isinstance(data, dict):
-        ids = data.get("user_ids")
-        if isinstance(ids, list) and len(ids) > max_users:
-            raise BatchTooLarge(f"A batch holds at most {max_users} user ids, got {len(ids)}")
+        ids = data.get(field)
+        if isinstance(ids, list) and len(ids) > max_ids:
+            raise BatchTooLarge(f"A batch holds at most {max_ids} {noun}, got {len(ids)}")
     try:
-        return _BATCH.validate_python(data)
+        return adapter.validate_python(data)
     except ValidationError as exc:
         errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_input=False)]
         raise RequestValidationError(errors) from exc
+
+
+def _parse_batch(body: bytes, max_users: int) -> BatchRequest:
+    """`{"user_ids": [...], "features": ...}`, at most `max_users` ids."""
+    return _parse_ids(body, _BATCH, "user_ids", "user ids", max_users)
 
 
 def _parse_entity_batch(body: bytes, max_ids: int) -> EntityBatchRequest:
     """As `_parse_batch`, for `{"ids": [...]}`; each id must be one an event can carry."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        error = {"loc": ("body",), "msg": f"Invalid JSON: {exc}", "type": "json_invalid"}
-        raise RequestValidationError([error]) from exc
-    if isinstance(data, dict):
-        ids = data.get("ids")
-        if isinstance(ids, list) and len(ids) > max_ids:
-            raise BatchTooLarge(f"A batch holds at most {max_ids} ids, got {len(ids)}")
-    try:
-        batch = _ENTITY_BATCH.validate_python(data)
-    except ValidationError as exc:
-        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_input=False)]
-        raise RequestValidationError(errors) from exc
+    batch = _parse_ids(body, _ENTITY_BATCH, "ids", "ids", max_ids)
     bad = [
         {"loc": ("body", "ids", i), "msg": why, "type": "invalid_entity_id"}
         for i, entity_id in enumerate(batch.ids)
@@ -367,15 +364,8 @@ def serving_router(metrics: ServingMetrics) -> APIRouter:
     router = APIRouter(tags=["serving"])
     reads = _UserReads(metrics)
 
-    async def serve_one_user(request: Request) -> Response:
-        return _response(await reads.serve_one_user(request, request.path_params))
-
-    async def serve_many_users(request: Request) -> Response:
-        return _response(await reads.serve_many_users(request, request.path_params))
-
-    # What OpenAPI describes, and what FastAPI would run; the requests themselves are
-    # served by `serve_*` above (see `served_by`), or before the router by `hot_routes`
-    # in a process that installs them.
+    # What OpenAPI describes; a process that installs `hot_routes` (every one that
+    # mounts this router) answers these requests before the router, the same way.
     async def get_users_features(
         project_id: ProjectDep, request: Request, service: FeatureServiceDep
     ) -> Response:
@@ -414,7 +404,6 @@ def serving_router(metrics: ServingMetrics) -> APIRouter:
                 "content": {"application/json": {"schema": _BATCH_SCHEMA}},
             }
         },
-        route_class_override=served_by(serve_many_users),
     )
     router.add_api_route(
         SINGLE_PATH,
@@ -423,7 +412,6 @@ def serving_router(metrics: ServingMetrics) -> APIRouter:
         summary="Feature values of one user",
         response_model=UserFeaturesResponse,
         responses=error_responses(401, 404, 422, 503),
-        route_class_override=served_by(serve_one_user),
     )
     _add_entity_routes(router, metrics)
     return router
