@@ -379,12 +379,12 @@ class KafkaEventConsumer(EventLogConsumer):
     async def lag(self) -> dict[int, int]:
         """Returns, per assigned partition, end offset minus position (empty before the
         group assigned anything); raises EventLogUnavailable."""
+        ends = await self.end_offsets()
         consumer = await self._started()
-        assigned = list(consumer.assignment())
-        if not assigned:
-            return {}
         try:
-            ends = await consumer.end_offsets(assigned)
-            return {tp.partition: max(0, ends[tp] - await consumer.position(tp)) for tp in assigned}
+            return {
+                p: max(0, end - await consumer.position(TopicPartition(self._topic, p)))
+                for p, end in ends.items()
+            }
         except KafkaError as exc:
             raise EventLogUnavailable(f"kafka offsets failed: {exc!r}") from exc
