@@ -16,13 +16,14 @@ from app.core.settings import BackendSettings
 from app.db.event_log import LogRecord
 from app.db.kafka import DEFAULT_PARTITIONS
 from app.db.online_store import OnlineStore
+from app.schemas.deployment import ConfigSnapshot
 from app.tiles.record import AppliedEvent, apply_batch, serve
 from app.tiles.windows import parse_window
 from runtime.compute.specs import ProjectSpecs, build_specs, event_key
 from runtime.compute.worker import WorkerOptions
 from tests.conftest import unique
 from tests.factories import new_id
-from tests.runtime.compute.harness import CATCH_UP_BOUND_S, ComputeKit, sample
+from tests.runtime.compute.harness import CATCH_UP_BOUND_S, ComputeKit, Running, sample
 from tests.runtime.compute.oracle import (
     RawEvent,
     all_aggregations,
@@ -178,26 +179,32 @@ class TestCatchUpBatches:
     """Under lag a batch takes more than one fetch while it holds few users, so a
     user's record is read and written once for many of its events."""
 
+    @staticmethod
+    async def backlog(kit: ComputeKit, users: int, events: int) -> tuple[Running, ConfigSnapshot]:
+        """Produces `events` add-to-carts spread over `users` users, then runs a worker
+        of 100-message fetches over them; returns it (stopped) and the config."""
+        project, p = unique("shop"), new_id()
+        snapshot = config(
+            project, 1, [pipeline(p, "add_to_cart")], [feature("n", p, "COUNT", ["1h"])]
+        )
+        await kit.publish(snapshot)
+        raws = [RawEvent(f"u{i % users}", p, "add_to_cart", NOW - i) for i in range(events)]
+        await kit.produce(project, raws, version=1)
+        running = kit.run(options=WorkerOptions(max_batch_messages=100, retry_first_s=0.05))
+        await running.wait_processed(events)
+        await running.stop()
+        assert sum((await kit.committed()).values()) == events
+        return running, snapshot
+
     async def test_a_backlog_of_few_users_is_stored_in_fewer_batches_than_fetches(
         self, kit: ComputeKit
     ):
-        project, p = unique("shop"), new_id()
-        await kit.publish(
-            config(project, 1, [pipeline(p, "add_to_cart")], [feature("n", p, "COUNT", ["1h"])])
-        )
-        events = [RawEvent(f"u{i % 3}", p, "add_to_cart", NOW - i) for i in range(1_200)]
-        await kit.produce(project, events, version=1)
-
-        running = kit.run(options=WorkerOptions(max_batch_messages=100, retry_first_s=0.05))
-        await running.wait_processed(len(events))
-        await running.stop()
+        running, snapshot = await self.backlog(kit, users=3, events=1_200)
 
         # One fetch takes at most 100 records: 12 batches without catching up.
         assert running.worker.state.batches_committed < 12
-        assert sum((await kit.committed()).values()) == len(events)
-        specs = build_specs(
-            config(project, 1, [pipeline(p, "add_to_cart")], [feature("n", p, "COUNT", ["1h"])])
-        )
+        specs = build_specs(snapshot)
+        project = snapshot.project_id
         for user in ("u0", "u1", "u2"):
             stored = await kit.store.get(project, user)
             assert stored is not None
@@ -206,20 +213,10 @@ class TestCatchUpBatches:
     async def test_a_backlog_of_many_users_keeps_batches_of_about_the_usual_users(
         self, kit: ComputeKit
     ):
-        project, p = unique("shop"), new_id()
-        await kit.publish(
-            config(project, 1, [pipeline(p, "add_to_cart")], [feature("n", p, "COUNT", ["1h"])])
-        )
-        events = [RawEvent(f"u{i}", p, "add_to_cart", NOW - i) for i in range(600)]
-        await kit.produce(project, events, version=1)
-
-        running = kit.run(options=WorkerOptions(max_batch_messages=100, retry_first_s=0.05))
-        await running.wait_processed(len(events))
-        await running.stop()
+        running, _ = await self.backlog(kit, users=600, events=600)
 
         # A batch stops growing at 100 users, plus at most one extra fetch of 25.
-        assert running.worker.state.batches_committed >= len(events) // 125
-        assert sum((await kit.committed()).values()) == len(events)
+        assert running.worker.state.batches_committed >= 600 // 125
 
 
 class TestLagMetric:
